@@ -1,0 +1,1 @@
+"""Analyzers: they never change a model."""
