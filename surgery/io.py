@@ -120,10 +120,11 @@ def load(
         elif suffix == ".onnx":
             raise SurgeryError(f"{ref}: ONNX files are outputs of surgery (--onnx); load the .pt or .cfg it came from")
         else:
-            net = _load_torch_file(path, arch=arch, trust_pickle=trust_pickle)
+            net = _load_torch_file(path, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape)
     if input_shape is not None:
         net = net.evolve(net.module, input_shape=tuple(input_shape))
-    net.module.eval()
+    if net.format != "exported":  # an ExportedProgram's module is already fixed to its traced mode
+        net.module.eval()
     return net
 
 
@@ -164,11 +165,11 @@ def _is_torchscript(path: Path) -> bool:
         return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
 
 
-def _load_torch_file(path: Path, *, arch: str | None, trust_pickle: bool) -> Net:
+def _load_torch_file(path: Path, *, arch: str | None, trust_pickle: bool, input_shape=None) -> Net:
     meta = {"sources": {str(path): sha256(path)}}
     if _is_torchscript(path):
         module = torch.jit.load(str(path), map_location="cpu")
-        shape = _shape_from_arch(arch) if arch else None
+        shape = input_shape or (_shape_from_arch(arch) if arch else None)
         if shape is None:
             raise SurgeryError(f"{path} is a TorchScript archive and records no input shape; pass --input CxHxW")
         return Net(module, None, shape, source=str(path), format="torchscript", metadata=meta)
@@ -180,8 +181,8 @@ def _load_torch_file(path: Path, *, arch: str | None, trust_pickle: bool) -> Net
                 f"{path} holds pickled Python objects (a whole module), which run arbitrary code when loaded; "
                 f"refused. Re-run with --trust-pickle if you trust its source, or save its state_dict and pass --arch"
             ) from None
-        return _load_pickled_module(path, arch, meta)
-    except (RuntimeError, EOFError, ValueError, OSError) as e:
+        return _load_pickled_module(path, arch, meta, input_shape)
+    except Exception as e:  # torch.load raises many types (IndexError, RuntimeError...) on a damaged file
         raise SurgeryError(f"{path}: not a readable PyTorch file ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
     if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
         return _from_checkpoint(path, obj, meta)
@@ -197,11 +198,11 @@ def _load_torch_file(path: Path, *, arch: str | None, trust_pickle: bool) -> Net
                metadata={**meta, "arch": arch})
 
 
-def _load_pickled_module(path: Path, arch: str | None, meta: dict) -> Net:
+def _load_pickled_module(path: Path, arch: str | None, meta: dict, input_shape=None) -> Net:
     obj = torch.load(str(path), map_location="cpu", weights_only=False)
     if not isinstance(obj, nn.Module):
         raise SurgeryError(f"{path}: trusted pickle holds a {type(obj).__name__}, not an nn.Module")
-    shape = _shape_from_arch(arch) if arch else getattr(obj, "input_shape", None)
+    shape = input_shape or (_shape_from_arch(arch) if arch else getattr(obj, "input_shape", None))
     if not shape:
         raise SurgeryError(f"{path}: a pickled module records no input shape; pass --input CxHxW")
     return Net(obj, None, tuple(shape), source=str(path), format="pickle", metadata=meta)

@@ -1,0 +1,63 @@
+"""Shared fixtures: where the real Darknet cfgs are, and how to call the real console script."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SURGERY = str(Path(sys.executable).parent / "surgery")
+
+# Two cores: keep torch from oversubscribing when pytest-xdist runs two workers.
+torch.set_num_threads(1)
+
+
+def shared_dir() -> Path | None:
+    env = os.environ.get("SURGERY_SHARED")
+    cands = [Path(env)] if env else []
+    cands += [ROOT.parent / "shared", ROOT / "shared"]
+    for c in cands:
+        if (c / "data" / "darknet").is_dir():
+            return c
+    return None
+
+
+@pytest.fixture(scope="session")
+def darknet_dir() -> Path:
+    d = shared_dir()
+    if d is None:
+        pytest.skip("shared/data/darknet not found beside the repo (set SURGERY_SHARED)")
+    return d / "data" / "darknet"
+
+
+class CliResult:
+    def __init__(self, proc: subprocess.CompletedProcess):
+        self.code = proc.returncode
+        self.out = proc.stdout
+        self.err = proc.stderr
+
+    def json(self):
+        return json.loads(self.out)
+
+
+def run_cli(*args: str, cwd=None, env=None, timeout=600) -> CliResult:
+    """Run the installed ``surgery`` console script as a user would."""
+    e = dict(os.environ)
+    e.pop("SURGERY_DEBUG", None)
+    e.setdefault("COLUMNS", "200")
+    e["OMP_NUM_THREADS"] = "1"
+    if env:
+        e.update(env)
+    proc = subprocess.run([SURGERY, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=e, timeout=timeout)
+    return CliResult(proc)
+
+
+@pytest.fixture
+def cli():
+    return run_cli
