@@ -190,16 +190,24 @@ def build_resnet(depth: int, *, variant: str = "v1.5", root: int = 1, num_classe
     return ResNet(block, layers, num_classes=num_classes, width_per_group=width_per_group, root=root, variant=variant)
 
 
-def _input_shape(kwargs: dict) -> tuple[int, int, int]:
-    return (3, 224, 224)
-
-
 _PUBLISHED = {  # torchvision's counts (He et al. 2016 architectures)
     18: 11_689_512,
     34: 21_797_672,
     50: 25_557_032,
     101: 44_549_160,
     152: 60_192_808,
+}
+
+
+# MACs (conv + linear) of the default build (v1.5, root-1) at 224x224, torchvision's model
+# card "GFLOPS" (which are multiply-accumulates); resnet50 also carries the v1 figure of
+# Deep Roots Table 1. tests/test_zoo.py recounts them in closed form.
+_EXTRA = {
+    18: {"macs": 1.81e9},
+    34: {"macs": 3.66e9},
+    50: {"macs": 4.09e9, "macs_v1": DEEP_ROOTS_TABLE1[1][0]},
+    101: {"macs": 7.80e9},
+    152: {"macs": 11.51e9},
 }
 
 
@@ -213,14 +221,14 @@ def _make_entry(depth: int) -> Callable[..., ResNet]:
     return register(
         f"resnet{depth}",
         family="resnet",
-        input_shape=_input_shape,
+        input_shape=(3, 224, 224),
         description=f"ResNet-{depth}, ImageNet 3x224x224; variant=v1|v1.5, root=n (Deep Roots), width_per_group",
         published_params=_PUBLISHED[depth],
         params_rtol=0.001,
         source="He et al. 2016 / torchvision model card" + (
             "; Deep Roots Table 1 (root-n, v1)" if depth == 50 else ""),
         slow=depth >= 101,
-        extra={"macs": 3.86e9 if depth == 50 else None} if depth == 50 else {},
+        extra=_EXTRA[depth],
     )(builder)
 
 
