@@ -1,0 +1,985 @@
+"""Darknet ``.cfg`` / ``.weights``: parser, module builder, weights I/O and cfg writer.
+
+The semantics are Darknet's own (pjreddie/darknet ``parser.c`` and ``*_layer.c``), so a
+layer table built here has Darknet's layer indices and Darknet's printed shapes:
+
+- ``parse_cfg`` reads sections the way ``read_cfg`` does (all whitespace stripped from a
+  line; ``#``/``;`` lines are comments), ``write_cfg`` is its inverse.
+- ``build_darknet`` makes a :class:`DarknetNet`: ``layers[i]`` is Darknet layer ``i``, a
+  :class:`DarknetLayer` with ``index``, ``section``, ``options``, ``inputs`` (absolute indices
+  it reads, ``-1`` = the network input), ``in_shapes`` and ``out_shape`` (C, H, W).
+  Route/shortcut layers take the tensors they read as forward arguments, so a torch.fx trace
+  that keeps ``DarknetLayer`` as leaves (``surgery_leaf = True``) has the true data flow.
+- ``read_weights`` / ``write_weights`` speak the ``.weights`` format byte for byte (the
+  header is kept on ``net.weights_header``, so read → write reproduces the file).
+
+Forward is inference-exact except for BatchNorm: see :data:`BN_EPS`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from surgery.errors import SurgeryError, suggest
+
+__all__ = ["BN_EPS", "DarknetLayer", "DarknetNet", "WeightsHeader", "build_darknet", "load_darknet", "parse_cfg",
+           "read_weights", "save_darknet", "weights_nbytes", "write_cfg", "write_weights"]
+
+Shape = tuple[int, int, int]
+
+# pjreddie's CPU/GPU inference normalises with (x - mean) / (sqrt(var) + .000001f)
+# (blas.c normalize_cpu, blas_kernels.cu normalize_kernel); AlexeyAB's darknet and the cuDNN
+# path use (x - mean) / sqrt(var + .00001f). nn.BatchNorm2d can only express the second, so
+# we match AlexeyAB/cuDNN exactly; against pjreddie's CPU path the relative difference is
+# about 5e-6 for var ~ 1 (it grows only for near-zero variances).
+BN_EPS = 1e-5
+BN_MOMENTUM = 0.01  # Darknet: rolling = .99 * rolling + .01 * batch statistic
+
+# ------------------------------------------------------------------------------------
+# cfg text
+# ------------------------------------------------------------------------------------
+
+_ALIASES = {"network": "net", "conv": "convolutional", "conn": "connected", "max": "maxpool",
+            "avg": "avgpool", "soft": "softmax"}
+SECTIONS = ("net", "convolutional", "connected", "maxpool", "avgpool", "route", "shortcut",
+            "upsample", "reorg", "yolo", "region", "detection", "dropout", "softmax", "crop",
+            "local", "cost", "activation")
+# Sections Darknet (pjreddie or AlexeyAB) knows but this builder does not implement.
+_UNSUPPORTED = set("deconvolutional deconv logistic l2norm crnn gru lstm rnn conv_lstm normalization lrn batchnorm "
+                   "iseg scale_channels sam gaussian_yolo reorg3d implicit_add implicit_mul empty silence "
+                   "contrastive local_avgpool history".split())
+_OUTPUT_SECTIONS = ("yolo", "region", "detection")
+TYPE_OPTION = "@type"  # where an option named `type` (e.g. [cost] type=sse) is kept; "type" is the section
+
+
+def parse_cfg(text: str, source: str = "<cfg>") -> list[dict]:
+    """Sections in file order: ``[{"type": "net", "width": "416", ...}, {"type": "convolutional", ...}]``.
+
+    Like Darknet's ``read_cfg``: every whitespace character is removed from a line, lines
+    starting with ``#`` or ``;`` are comments; an inline ``# ...`` is dropped too. Section
+    aliases (``[conv]``, ``[network]``...) become their canonical names. If a key repeats,
+    the first value wins (Darknet's ``option_find``). Values stay strings. An option
+    called ``type`` is stored as :data:`TYPE_OPTION` (``"type"`` holds the section name).
+    """
+    blocks: list[dict] = []
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = "".join(raw.split()).split("#", 1)[0]
+        if not line or line[0] == ";":
+            continue
+        if line[0] == "[":
+            if not line.endswith("]") or len(line) < 3:
+                raise SurgeryError(f"{source}:{lineno}: malformed section header {raw.strip()!r}; write it as [name]")
+            name = line[1:-1]
+            canon = _ALIASES.get(name.lower(), name.lower())
+            if canon not in SECTIONS:
+                what = "is not supported by surgery" if canon in _UNSUPPORTED else "is not a Darknet section"
+                raise SurgeryError(
+                    f"{source}:{lineno}: section [{name}] {what}{suggest(canon, SECTIONS)}; "
+                    f"supported: {', '.join(SECTIONS)}"
+                )
+            blocks.append({"type": canon})
+            continue
+        if not blocks:
+            raise SurgeryError(f"{source}:{lineno}: option {line!r} before the first section; start the file with [net]")
+        key, sep, value = line.partition("=")
+        if not sep or not key:
+            raise SurgeryError(f"{source}:{lineno}: cannot parse {raw.strip()!r}; options are written key=value")
+        blocks[-1].setdefault(TYPE_OPTION if key == "type" else key, value)
+    if not blocks:
+        raise SurgeryError(f"{source}: no sections; a Darknet cfg starts with [net]")
+    if blocks[0]["type"] != "net":
+        raise SurgeryError(f"{source}: the first section is [{blocks[0]['type']}]; a Darknet cfg starts with [net]")
+    return blocks
+
+
+def write_cfg(blocks: Iterable[dict]) -> str:
+    """Cfg text for ``blocks``; ``parse_cfg(write_cfg(b)) == b`` for parsed blocks. Values
+    may be numbers or sequences (written comma-separated)."""
+    lines: list[str] = []
+    for block in blocks:
+        lines.append(f"[{block['type']}]")
+        for key, value in block.items():
+            if key == "type":
+                continue
+            if isinstance(value, (list, tuple)):
+                value = ",".join(str(v) for v in value)
+            lines.append(f"{'type' if key == TYPE_OPTION else key}={value}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------
+# activations
+# ------------------------------------------------------------------------------------
+
+
+def _stair(x):
+    n = torch.floor(x)
+    half = torch.floor(x / 2)
+    return torch.where(torch.remainder(n, 2) == 0, half, (x - n) + half)
+
+
+# Formulas from Darknet's activations.h (pjreddie + AlexeyAB additions), constants as there.
+_CUSTOM_ACTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "loggy": lambda x: 2.0 / (1.0 + torch.exp(-x)) - 1.0,
+    "relie": lambda x: torch.where(x > 0, x, 0.01 * x),
+    "ramp": lambda x: x * (x > 0) + 0.1 * x,
+    "plse": lambda x: torch.where(x < -4, 0.01 * (x + 4), torch.where(x > 4, 0.01 * (x - 4) + 1, 0.125 * x + 0.5)),
+    "stair": _stair,
+    "hardtan": lambda x: torch.clamp(x, -1.0, 1.0),
+    "lhtan": lambda x: torch.where(x < 0, 0.001 * x, torch.where(x > 1, 0.001 * (x - 1) + 1, x)),
+    "selu": lambda x: torch.where(x >= 0, 1.0507 * x, 1.0507 * 1.6732 * (torch.exp(x) - 1)),
+    "gelu": lambda x: 0.5 * x * (1 + torch.tanh(0.797885 * x + 0.035677 * x.pow(3))),
+    "hard_mish": lambda x: torch.where(x > 0, x, torch.where(x > -2, x * x / 2 + x, torch.zeros_like(x))),
+}
+# Exact torch equivalents (kept as standard modules so other tools recognise them).
+_TORCH_ACTS: dict[str, Callable[[], nn.Module]] = {
+    "linear": nn.Identity,
+    "relu": nn.ReLU,
+    "leaky": lambda: nn.LeakyReLU(0.1),
+    "logistic": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "elu": nn.ELU,
+    "relu6": nn.ReLU6,
+    "mish": nn.Mish,
+    "swish": nn.SiLU,
+}
+ACTIVATIONS = tuple(sorted({*_TORCH_ACTS, *_CUSTOM_ACTS}))
+
+
+class DarknetActivation(nn.Module):
+    """A Darknet activation with no exact torch module (formula from activations.h)."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+
+    def forward(self, x):
+        return _CUSTOM_ACTS[self.name](x)
+
+    def extra_repr(self) -> str:
+        return self.name
+
+
+def make_activation(name: str, where: str = "") -> nn.Module:
+    if name in _TORCH_ACTS:
+        return _TORCH_ACTS[name]()
+    if name in _CUSTOM_ACTS:
+        return DarknetActivation(name)
+    raise SurgeryError(f"{where}activation={name!r} is not supported{suggest(name, ACTIVATIONS)}; use one of: {', '.join(ACTIVATIONS)}")
+
+
+# ------------------------------------------------------------------------------------
+# layers
+# ------------------------------------------------------------------------------------
+
+
+def _identity(self, x):
+    return x
+
+
+class DarknetLayer(nn.Module):
+    """One Darknet layer. ``index`` is Darknet's layer index, ``inputs`` the absolute
+    indices of the layers whose outputs ``forward`` receives (in argument order)."""
+
+    surgery_leaf = True  # torch.fx: a unit of surgery and of cost attribution
+    section = "?"
+
+    def __init__(self, ctx: "_Ctx", inputs: tuple[int, ...], out_shape: Shape):
+        super().__init__()
+        self.index: int = ctx.index
+        self.options: dict = dict(ctx.opts)
+        self.inputs: tuple[int, ...] = tuple(inputs)
+        self.in_shapes: tuple[Shape, ...] = tuple(ctx.shape(j) for j in inputs)
+        self.out_shape: Shape = tuple(int(v) for v in out_shape)
+        if min(self.out_shape) <= 0:
+            raise ctx.error(f"output shape {self.out_shape} is empty (input {self.in_shapes}); check size/stride/padding")
+
+    @property
+    def in_shape(self) -> Shape:
+        return self.in_shapes[0]
+
+    def extra_repr(self) -> str:
+        return f"index={self.index}, inputs={self.inputs}, out_shape={self.out_shape}"
+
+
+class ConvolutionalLayer(DarknetLayer):
+    section = "convolutional"
+
+    def __init__(self, ctx: "_Ctx"):
+        c, h, w = ctx.need_image()
+        ctx.refuse("binary", "xnor", "antialiasing", "share_index", "deform", "numload", "dilation", "coordconv")
+        filters, size = ctx.int("filters", 1), ctx.int("size", 1)
+        stride = ctx.int("stride", 1)
+        sy, sx = ctx.int("stride_y", stride), ctx.int("stride_x", stride)
+        padding = ctx.int("padding", 0)
+        if ctx.int("pad", 0):
+            padding = size // 2
+        groups = ctx.int("groups", 1)
+        ctx.positive(filters=filters, size=size, stride=min(sy, sx), groups=groups)
+        if c % groups or filters % groups:
+            raise ctx.error(f"groups={groups} must divide the input channels ({c}) and filters ({filters})")
+        out = (filters, _cdiv(h + 2 * padding - size, sy) + 1, _cdiv(w + 2 * padding - size, sx) + 1)
+        super().__init__(ctx, (ctx.index - 1,), out)
+        self.batch_normalize = bool(ctx.int("batch_normalize", 0))
+        self.flipped = bool(ctx.int("flipped", 0))
+        if self.flipped and groups != 1:
+            raise ctx.error("flipped=1 with groups>1 is not supported")
+        self.conv = nn.Conv2d(c, filters, size, (sy, sx), padding, groups=groups, bias=not self.batch_normalize)
+        self.bn = nn.BatchNorm2d(filters, eps=BN_EPS, momentum=BN_MOMENTUM) if self.batch_normalize else None
+        self.act = make_activation(ctx.str("activation", "logistic"), ctx.where)
+
+    def forward(self, x):
+        x = self.conv(x)
+        if self.bn is not None:
+            x = self.bn(x)
+        return self.act(x)
+
+
+class ConnectedLayer(DarknetLayer):
+    section = "connected"
+
+    def __init__(self, ctx: "_Ctx"):
+        c, h, w = ctx.in_shape
+        if c * h * w <= 0:
+            raise ctx.error(f"needs a non-empty input, got {c}x{h}x{w}")
+        output = ctx.int("output", 1)
+        ctx.positive(output=output)
+        super().__init__(ctx, (ctx.index - 1,), (output, 1, 1))
+        self.batch_normalize = bool(ctx.int("batch_normalize", 0))
+        self.fc = nn.Linear(c * h * w, output, bias=not self.batch_normalize)
+        self.bn = nn.BatchNorm1d(output, eps=BN_EPS, momentum=BN_MOMENTUM) if self.batch_normalize else None
+        self.act = make_activation(ctx.str("activation", "logistic"), ctx.where)
+
+    def forward(self, x):
+        x = self.fc(x.flatten(1))
+        if self.bn is not None:
+            x = self.bn(x)
+        return self.act(x)[:, :, None, None]
+
+
+class LocalLayer(DarknetLayer):
+    """Locally connected: a different filter bank per output position (local_layer.c)."""
+
+    section = "local"
+
+    def __init__(self, ctx: "_Ctx"):
+        c, h, w = ctx.need_image()
+        n, size, stride, pad = ctx.int("filters", 1), ctx.int("size", 1), ctx.int("stride", 1), ctx.int("pad", 0)
+        ctx.positive(filters=n, size=size, stride=stride)
+        oh = (h - (1 if pad else size)) // stride + 1  # local_out_height
+        ow = (w - (1 if pad else size)) // stride + 1
+        # forward runs im2col with padding `pad`; the two agree only when 2*pad == size-1.
+        if pad and 2 * pad != size - 1:
+            raise ctx.error(f"pad={pad} with size={size}: Darknet's output size and its im2col disagree; use pad=(size-1)/2")
+        super().__init__(ctx, (ctx.index - 1,), (n, oh, ow))
+        self.size, self.stride, self.pad = size, stride, pad
+        k = c * size * size
+        scale = math.sqrt(2.0 / k)
+        self.weight = nn.Parameter(torch.empty(oh * ow, n, k).uniform_(-scale, scale))  # (locations, n, c*k*k)
+        self.bias = nn.Parameter(torch.zeros(n, oh, ow))
+        self.act = make_activation(ctx.str("activation", "logistic"), ctx.where)
+
+    def forward(self, x):
+        cols = F.unfold(x, self.size, padding=self.pad, stride=self.stride)  # (B, c*k*k, L)
+        y = torch.einsum("bkl,lnk->bnl", cols, self.weight)
+        return self.act(y.reshape(x.shape[0], *self.bias.shape) + self.bias)
+
+
+class MaxpoolLayer(DarknetLayer):
+    """Darknet max pooling: out = (w + padding - size)/stride + 1, window origin -padding/2."""
+
+    section = "maxpool"
+
+    def __init__(self, ctx: "_Ctx"):
+        c, h, w = ctx.need_image()
+        ctx.refuse("maxpool_depth", "antialiasing")
+        stride = ctx.int("stride", 1)
+        self.sy, self.sx = ctx.int("stride_y", stride), ctx.int("stride_x", stride)
+        self.size = ctx.int("size", stride)
+        self.padding = ctx.int("padding", self.size - 1)
+        ctx.positive(size=self.size, stride=min(self.sy, self.sx))
+        out = (c, _cdiv(h + self.padding - self.size, self.sy) + 1, _cdiv(w + self.padding - self.size, self.sx) + 1)
+        super().__init__(ctx, (ctx.index - 1,), out)
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        oh = (h + self.padding - self.size) // self.sy + 1
+        ow = (w + self.padding - self.size) // self.sx + 1
+        lo = self.padding // 2
+        right = max(0, (ow - 1) * self.sx + self.size - w - lo)
+        bottom = max(0, (oh - 1) * self.sy + self.size - h - lo)
+        if lo or right or bottom:  # out-of-image taps read -FLT_MAX, as in Darknet
+            x = F.pad(x, (lo, right, lo, bottom), value=float(torch.finfo(x.dtype).min))
+        return F.max_pool2d(x, self.size, (self.sy, self.sx))[..., :oh, :ow]
+
+
+class AvgpoolLayer(DarknetLayer):
+    section = "avgpool"  # global average pool
+
+    def __init__(self, ctx: "_Ctx"):
+        c, _, _ = ctx.need_image()
+        super().__init__(ctx, (ctx.index - 1,), (c, 1, 1))
+
+    def forward(self, x):
+        return F.adaptive_avg_pool2d(x, 1)
+
+
+class RouteLayer(DarknetLayer):
+    """Concatenate the outputs of ``layers=`` along channels (``groups``/``group_id``:
+    take channel slice ``group_id`` of each, as in AlexeyAB's darknet)."""
+
+    section = "route"
+
+    def __init__(self, ctx: "_Ctx"):
+        raw = ctx.opts.get("layers")
+        if not raw:
+            raise ctx.error("no layers=; a route layer must list the layers it reads, e.g. layers=-1,61")
+        idx = tuple(ctx.resolve(v, "layers") for v in ctx.ints("layers"))
+        self.groups, self.group_id = ctx.int("groups", 1), ctx.int("group_id", 0)
+        if self.groups < 1 or not 0 <= self.group_id < self.groups:
+            raise ctx.error(f"groups={self.groups} group_id={self.group_id}: need groups >= 1 and 0 <= group_id < groups")
+        shapes = [ctx.shape(j) for j in idx]
+        _, h, w = shapes[0]
+        for j, (cj, hj, wj) in zip(idx, shapes):
+            if (hj, wj) != (h, w):
+                raise ctx.error(
+                    f"layers={raw}: layer {j} is {hj}x{wj} but layer {idx[0]} is {h}x{w}; routed layers must have equal height and width"
+                )
+            if cj % self.groups:
+                raise ctx.error(f"groups={self.groups} does not divide the {cj} channels of layer {j}")
+        super().__init__(ctx, idx, (sum(s[0] for s in shapes) // self.groups, h, w))
+
+    def forward(self, *xs):
+        if self.groups > 1:
+            xs = [x.chunk(self.groups, dim=1)[self.group_id] for x in xs]
+        return xs[0] if len(xs) == 1 else torch.cat(xs, dim=1)
+
+
+class ShortcutLayer(DarknetLayer):
+    """``out = act(alpha * x + beta * from)``, Darknet's shortcut_cpu: over the first
+    min(C) channels, sampling the larger map with stride w1/w2 and writing the smaller one's
+    positions (``forward(x, from_x)``; x is the previous layer's output)."""
+
+    section = "shortcut"
+
+    def __init__(self, ctx: "_Ctx"):
+        raw = ctx.opts.get("from")
+        if raw is None:
+            raise ctx.error("no from=; a shortcut layer names the layer it adds, e.g. from=-3")
+        froms = ctx.ints("from")
+        if len(froms) != 1:
+            raise ctx.error(f"from={raw}: only a single from= layer is supported")
+        ctx.refuse("weights_type", "weights_normalization")
+        src = ctx.resolve(froms[0], "from")
+        c1, h1, w1 = ctx.shape(src)
+        out = ctx.in_shape
+        c2, h2, w2 = out
+        if not (h1 and w1 and h2 and w2) or w1 // w2 != h1 // h2 or w2 // w1 != h2 // h1:
+            raise ctx.error(f"from={raw}: layer {src} is {c1}x{h1}x{w1}, the input is {c2}x{h2}x{w2}; their height and width ratios must agree")
+        super().__init__(ctx, (ctx.index - 1, src), out)
+        self.alpha, self.beta = ctx.float("alpha", 1.0), ctx.float("beta", 1.0)
+        self.act = make_activation(ctx.str("activation", "linear"), ctx.where)
+
+    def forward(self, x, from_x):
+        a, b = self.alpha, self.beta
+        if x.shape == from_x.shape:
+            out = (x if a == 1 else a * x) + (from_x if b == 1 else b * from_x)
+        else:
+            (c1, h1, w1), (c2, h2, w2) = from_x.shape[1:], x.shape[1:]
+            stride, sample = max(1, w1 // w2), max(1, w2 // w1)
+            mc, mh, mw = min(c1, c2), min(h1, h2), min(w1, w2)
+            add = from_x[:, :mc, ::stride, ::stride][:, :, :mh, :mw]
+            out = x.clone()
+            region = (slice(None), slice(0, mc), slice(0, mh * sample, sample), slice(0, mw * sample, sample))
+            out[region] = a * out[region] + b * add
+        return self.act(out)
+
+
+class UpsampleLayer(DarknetLayer):
+    """Nearest-neighbour upsampling times ``scale``; a negative stride sums stride x stride
+    blocks instead (Darknet's reverse upsample)."""
+
+    section = "upsample"
+
+    def __init__(self, ctx: "_Ctx"):
+        c, h, w = ctx.need_image()
+        stride = ctx.int("stride", 2)
+        self.reverse, self.stride = stride < 0, abs(stride)
+        if self.stride == 0:
+            raise ctx.error("stride=0; use a positive (upsample) or negative (downsample) stride")
+        if self.reverse and (h % self.stride or w % self.stride):
+            raise ctx.error(f"stride={stride} does not divide the {h}x{w} input")
+        self.scale = ctx.float("scale", 1.0)
+        out = (c, h // self.stride, w // self.stride) if self.reverse else (c, h * self.stride, w * self.stride)
+        super().__init__(ctx, (ctx.index - 1,), out)
+
+    def forward(self, x):
+        s = self.stride
+        if self.reverse:
+            y = F.avg_pool2d(x, s) * (s * s)
+        elif s & (s - 1) == 0:  # power of two: interpolate's index arithmetic is exact
+            y = F.interpolate(x, scale_factor=s, mode="nearest")
+        else:
+            b, c, h, w = x.shape
+            y = x[:, :, :, None, :, None].expand(b, c, h, s, w, s).reshape(b, c, h * s, w * s)
+        return y if self.scale == 1 else y * self.scale
+
+
+class ReorgLayer(DarknetLayer):
+    """pjreddie's reorg (YOLOv2's passthrough layer), bit-exact including its well-known
+    quirk: reorg_cpu(forward=0) reads the C x H x W input as C/s^2 x Hs x Ws."""
+
+    section = "reorg"
+
+    def __init__(self, ctx: "_Ctx"):
+        c, h, w = ctx.need_image()
+        ctx.refuse("flatten", "extra")
+        s = self.stride = ctx.int("stride", 1)
+        self.reverse = bool(ctx.int("reverse", 0))
+        if s < 1 or c % (s * s) or (not self.reverse and (h % s or w % s)):
+            raise ctx.error(f"stride={s} must divide the input ({c}x{h}x{w}): channels by stride^2, height and width by stride")
+        out = (c // (s * s), h * s, w * s) if self.reverse else (c * s * s, h // s, w // s)
+        super().__init__(ctx, (ctx.index - 1,), out)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        s, oc = self.stride, c // (self.stride * self.stride)
+        if self.reverse:  # out[c2, j*s+dy, i*s+dx] = in[(dy*s+dx)*oc + c2, j, i]
+            y = x.reshape(b, s, s, oc, h, w).permute(0, 3, 4, 1, 5, 2)
+            return y.reshape(b, oc, h * s, w * s)
+        # buffer out[k, j, i] (k = (dy*s+dx)*oc + c2) = in viewed as (oc, h*s, w*s)[c2, j*s+dy, i*s+dx]
+        y = x.reshape(b, oc, h, s, w, s).permute(0, 3, 5, 1, 2, 4)
+        return y.reshape(b, c * s * s, h // s, w // s)
+
+
+class YoloLayer(DarknetLayer):
+    """Identity in forward (raw predictions); :meth:`decode` turns them into boxes."""
+
+    section = "yolo"
+
+    def __init__(self, ctx: "_Ctx"):
+        c, h, w = ctx.need_image()
+        self.classes, self.num = ctx.int("classes", 20), ctx.int("num", 1)
+        self.mask = tuple(ctx.ints("mask")) if "mask" in ctx.opts else tuple(range(self.num))
+        anchors = ctx.floats("anchors") if "anchors" in ctx.opts else [0.5] * (2 * self.num)
+        if len(anchors) != 2 * self.num:
+            raise ctx.error(f"{len(anchors)} anchor values for num={self.num}; give num pairs w,h")
+        if any(not 0 <= m < self.num for m in self.mask):
+            raise ctx.error(f"mask={ctx.opts.get('mask')} refers to anchors outside 0..{self.num - 1}")
+        want = len(self.mask) * (self.classes + 5)
+        if c != want:
+            raise ctx.error(f"input has {c} channels but {len(self.mask)} masks x ({self.classes} classes + 5) = {want}; set the previous filters={want}")
+        super().__init__(ctx, (ctx.index - 1,), (want, h, w))
+        self.anchors = tuple((anchors[2 * m], anchors[2 * m + 1]) for m in self.mask)
+        self.net_hw = ctx.net_hw
+
+    forward = _identity
+
+    def decode(self, p: torch.Tensor, net_hw: tuple[int, int] | None = None) -> torch.Tensor:
+        """(B, masks*H*W, 5+classes): x, y, w, h relative to the network input (0..1),
+        objectness and class scores after the logistic, as Darknet's get_yolo_box."""
+        nh, nw = net_hw or self.net_hw
+        b, _, h, w = p.shape
+        p = p.reshape(b, len(self.mask), self.classes + 5, h, w).permute(0, 1, 3, 4, 2)
+        gy, gx = torch.meshgrid(torch.arange(h, device=p.device), torch.arange(w, device=p.device), indexing="ij")
+        anchors = torch.tensor(self.anchors, dtype=p.dtype, device=p.device).view(1, -1, 1, 1, 2)
+        xy = (torch.sigmoid(p[..., :2]) + torch.stack((gx, gy), -1)) / torch.tensor([w, h], dtype=p.dtype, device=p.device)
+        wh = torch.exp(p[..., 2:4]) * anchors / torch.tensor([nw, nh], dtype=p.dtype, device=p.device)
+        out = torch.cat((xy, wh, torch.sigmoid(p[..., 4:])), -1)
+        return out.reshape(b, -1, self.classes + 5)
+
+
+class RegionLayer(DarknetLayer):
+    section = "region"  # YOLOv2 detection head; identity in forward (raw predictions)
+
+    def __init__(self, ctx: "_Ctx"):
+        c, h, w = ctx.need_image()
+        self.classes, self.coords, self.num = ctx.int("classes", 20), ctx.int("coords", 4), ctx.int("num", 1)
+        want = self.num * (self.classes + self.coords + 1)
+        if c != want:
+            raise ctx.error(f"input has {c} channels but num x (classes + coords + 1) = {want}; set the previous filters={want}")
+        super().__init__(ctx, (ctx.index - 1,), (want, h, w))
+        self.anchors = tuple(ctx.floats("anchors"))
+
+    forward = _identity
+
+
+class DetectionLayer(DarknetLayer):
+    section = "detection"  # YOLOv1 head; identity in forward (raw predictions)
+
+    def __init__(self, ctx: "_Ctx"):
+        c, h, w = ctx.in_shape
+        coords, classes, num, side = ctx.int("coords", 1), ctx.int("classes", 1), ctx.int("num", 1), ctx.int("side", 7)
+        want = side * side * ((1 + coords) * num + classes)
+        if c * h * w != want:
+            raise ctx.error(f"input has {c * h * w} values but side^2 x ((1+coords) x num + classes) = {want}")
+        super().__init__(ctx, (ctx.index - 1,), (c, h, w))
+
+    forward = _identity
+
+
+class _PassLayer(DarknetLayer):
+    """Shape-preserving layers."""
+
+    def __init__(self, ctx: "_Ctx"):
+        super().__init__(ctx, (ctx.index - 1,), ctx.in_shape)
+
+
+class DropoutLayer(_PassLayer):
+    section = "dropout"
+
+    def __init__(self, ctx: "_Ctx"):
+        super().__init__(ctx)
+        self.drop = nn.Dropout(ctx.float("probability", 0.5))  # Darknet scales by 1/(1-p) too
+
+    def forward(self, x):
+        return self.drop(x)
+
+
+class SoftmaxLayer(_PassLayer):
+    """Softmax over ``groups`` contiguous chunks of the flattened C*H*W input (``spatial=1``:
+    over channels at each position). Darknet itself gives this layer no C/H/W (only
+    outputs = inputs); ``out_shape`` repeats the input shape."""
+
+    section = "softmax"
+
+    def __init__(self, ctx: "_Ctx"):
+        super().__init__(ctx)
+        if "tree" in ctx.opts:
+            raise ctx.error("tree= (hierarchical softmax) is not supported")
+        self.groups, self.temperature = ctx.int("groups", 1), ctx.float("temperature", 1.0)
+        self.spatial = bool(ctx.float("spatial", 0.0))
+        n = math.prod(ctx.in_shape)
+        if self.groups < 1 or n % self.groups:
+            raise ctx.error(f"groups={self.groups} does not divide the {n} inputs")
+
+    def forward(self, x):
+        t = x if self.temperature == 1 else x / self.temperature
+        if self.spatial:
+            return F.softmax(t, dim=1)
+        return F.softmax(t.reshape(x.shape[0], self.groups, -1), dim=-1).reshape(x.shape)
+
+
+class CropLayer(DarknetLayer):
+    """Inference crop: the centre crop_height x crop_width window, scaled 2x-1 unless noadjust=1."""
+
+    section = "crop"
+
+    def __init__(self, ctx: "_Ctx"):
+        c, h, w = ctx.need_image()
+        self.ch, self.cw = ctx.int("crop_height", 1), ctx.int("crop_width", 1)
+        if self.ch > h or self.cw > w:
+            raise ctx.error(f"crop {self.ch}x{self.cw} is larger than the {h}x{w} input")
+        self.noadjust = bool(ctx.int("noadjust", 0))
+        super().__init__(ctx, (ctx.index - 1,), (c, self.ch, self.cw))
+
+    def forward(self, x):
+        dh, dw = (x.shape[-2] - self.ch) // 2, (x.shape[-1] - self.cw) // 2
+        y = x[..., dh:dh + self.ch, dw:dw + self.cw]
+        return y if self.noadjust else y * 2 - 1
+
+
+class CostLayer(_PassLayer):
+    section = "cost"  # a training loss; identity at inference
+    forward = _identity
+
+
+class ActivationLayer(_PassLayer):
+    section = "activation"
+
+    def __init__(self, ctx: "_Ctx"):
+        super().__init__(ctx)
+        self.act = make_activation(ctx.str("activation", "linear"), ctx.where)
+
+    def forward(self, x):
+        return self.act(x)
+
+
+_LAYERS: dict[str, type[DarknetLayer]] = {
+    cls.section: cls
+    for cls in (ConvolutionalLayer, ConnectedLayer, LocalLayer, MaxpoolLayer, AvgpoolLayer, RouteLayer,
+                ShortcutLayer, UpsampleLayer, ReorgLayer, YoloLayer, RegionLayer, DetectionLayer,
+                DropoutLayer, SoftmaxLayer, CropLayer, CostLayer, ActivationLayer)
+}
+
+_INT = re.compile(r"\s*[+-]?\d+")
+_FLOAT = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _cdiv(a: int, b: int) -> int:
+    return int(a / b)  # C integer division truncates toward zero, as in Darknet's size formulas
+
+
+class _Ctx:
+    """What a layer constructor sees: its options, the shapes so far, error helpers."""
+
+    def __init__(self, index: int, block: dict, source: str, shapes: list[Shape], input_shape: Shape, net_hw):
+        self.index, self.source, self.shapes, self.input_shape, self.net_hw = index, source, shapes, input_shape, net_hw
+        self.section = block["type"]
+        self.opts = {k: v for k, v in block.items() if k != "type"}
+        self.where = f"{source}: layer {index} [{self.section}]: "
+
+    def error(self, msg: str) -> SurgeryError:
+        return SurgeryError(self.where + msg)
+
+    def shape(self, j: int) -> Shape:
+        return self.input_shape if j < 0 else self.shapes[j]
+
+    @property
+    def in_shape(self) -> Shape:
+        return self.shape(self.index - 1)
+
+    def need_image(self) -> Shape:
+        c, h, w = self.in_shape
+        if not (c > 0 and h > 0 and w > 0):
+            raise self.error(f"needs an image input (C x H x W), got {c}x{h}x{w}")
+        return c, h, w
+
+    def resolve(self, v: int, key: str) -> int:
+        j = self.index + v if v < 0 else v
+        if not 0 <= j < self.index:
+            raise self.error(
+                f"{key}={self.opts.get(key)} refers to layer {j}, which is not an earlier layer; "
+                f"use 0..{self.index - 1} or -1..-{self.index}" if self.index else
+                f"{key}={self.opts.get(key)}: layer 0 has no earlier layer to refer to"
+            )
+        return j
+
+    def positive(self, **values: int) -> None:
+        for k, v in values.items():
+            if v < 1:
+                raise self.error(f"{k}={v} must be at least 1")
+
+    def refuse(self, *keys: str) -> None:
+        defaults = {"dilation": "1"}
+        for k in keys:
+            v = self.opts.get(k)
+            if v not in (None, "0", defaults.get(k, "0")):
+                raise self.error(f"option {k}={v} is not supported; remove it or convert the model another way")
+
+    def _num(self, key: str, v: str, pattern, conv):
+        m = pattern.match(v)
+        if not m:
+            kind = "an integer" if conv is int else "a number"
+            raise self.error(f"{key}={v!r} is not {kind}")
+        return conv(m.group(0))  # a numeric prefix, like C's atoi/atof
+
+    def int(self, key: str, default: int) -> int:
+        return default if key not in self.opts else self._num(key, self.opts[key], _INT, int)
+
+    def float(self, key: str, default: float) -> float:
+        return default if key not in self.opts else self._num(key, self.opts[key], _FLOAT, float)
+
+    def str(self, key: str, default: str) -> str:
+        return self.opts.get(key, default)
+
+    def ints(self, key: str) -> list[int]:
+        return [self._num(key, p, _INT, int) for p in self.opts.get(key, "").split(",") if p]
+
+    def floats(self, key: str) -> list[float]:
+        return [self._num(key, p, _FLOAT, float) for p in self.opts.get(key, "").split(",") if p]
+
+
+# ------------------------------------------------------------------------------------
+# the network
+# ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WeightsHeader:
+    """The ``.weights`` header: int32 major, minor, revision, then ``seen`` images."""
+
+    major: int = 0
+    minor: int = 2
+    revision: int = 0
+    seen: int = 0
+
+    @property
+    def seen_64bit(self) -> bool:  # parser.c load_weights_upto
+        return (self.major * 10 + self.minor) >= 2 and self.major < 1000 and self.minor < 1000
+
+    @property
+    def transpose(self) -> bool:  # connected weights stored input-major
+        return self.major > 1000 or self.minor > 1000
+
+    @property
+    def nbytes(self) -> int:
+        return 12 + (8 if self.seen_64bit else 4)
+
+    def pack(self) -> bytes:
+        seen = struct.pack("<Q" if self.seen_64bit else "<I", self.seen)
+        return struct.pack("<3i", self.major, self.minor, self.revision) + seen
+
+
+class DarknetNet(nn.Module):
+    """A Darknet network: ``layers[i]`` is Darknet layer ``i``.
+
+    ``forward(x)`` returns a tuple: the (raw) outputs of every yolo/region/detection layer
+    in order, else the last layer's output as a 1-tuple. Activations are freed as soon as no
+    later route/shortcut needs them.
+    """
+
+    def __init__(self, blocks: list[dict], source: str = "<cfg>"):
+        super().__init__()
+        self.source = source
+        self.blocks = blocks
+        self.net_options = {k: v for k, v in blocks[0].items() if k != "type"}
+        net = _Ctx(-1, blocks[0], source, [], (0, 0, 0), (0, 0))
+        net.where = f"{source}: [net]: "
+        c, h, w = net.int("channels", 0), net.int("height", 0), net.int("width", 0)
+        if c > 0 and h > 0 and w > 0:
+            self.input_shape: Shape = (c, h, w)
+        elif net.int("inputs", 0) > 0:
+            self.input_shape = (net.int("inputs", 0), 1, 1)
+        else:
+            raise net.error("no input size; set channels, height and width (or inputs)")
+        if len(blocks) < 2:
+            raise SurgeryError(f"{source}: the cfg has no layers after [net]")
+        shapes: list[Shape] = []
+        layers = []
+        for i, block in enumerate(blocks[1:]):
+            layer = _LAYERS[block["type"]](_Ctx(i, block, source, shapes, self.input_shape, (h, w)))
+            layers.append(layer)
+            shapes.append(layer.out_shape)
+        self.layers = nn.ModuleList(layers)
+        self.output_indices = tuple(l.index for l in layers if l.section in _OUTPUT_SECTIONS) or (len(layers) - 1,)
+        self.weights_header = WeightsHeader()
+        # Memory plan: free each activation right after its last reader.
+        n = len(layers)
+        last = {j: j for j in range(-1, n)}
+        for layer in layers:
+            for j in layer.inputs:
+                last[j] = max(last[j], layer.index)
+        last[n - 1] = n
+        self._free_after: tuple[tuple[int, ...], ...] = tuple(
+            tuple(j for j, u in last.items() if u == i) for i in range(n)
+        )
+
+    def forward(self, x):
+        cache = {-1: x}
+        outs = []
+        for i, layer in enumerate(self.layers):
+            y = layer(*[cache[j] for j in layer.inputs])
+            cache[i] = y
+            if layer.section in _OUTPUT_SECTIONS:
+                outs.append(y)
+            for j in self._free_after[i]:
+                cache.pop(j, None)
+        return tuple(outs) if outs else (cache[len(self.layers) - 1],)
+
+    def cfg_text(self) -> str:
+        return write_cfg(self.blocks)
+
+    def extra_repr(self) -> str:
+        return f"source={self.source!r}, input_shape={self.input_shape}"
+
+
+def build_darknet(cfg: str | list[dict], source: str = "<cfg>") -> DarknetNet:
+    """A :class:`DarknetNet` from cfg text or parsed blocks (blocks are re-validated)."""
+    if not isinstance(cfg, str):
+        cfg = write_cfg(cfg)
+    return DarknetNet(parse_cfg(cfg, source), source)
+
+
+# ------------------------------------------------------------------------------------
+# .weights
+# ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    layer: DarknetLayer
+    tensor: torch.Tensor
+    file_rc: tuple[int, int] | None = None  # stored as a rows x cols matrix, transposed in memory
+
+
+def _plan(net: DarknetNet, header: WeightsHeader, cutoff: int | None) -> list[_Chunk]:
+    """The tensors a .weights file holds, in file order (parser.c load_weights_upto)."""
+    chunks: list[_Chunk] = []
+    for layer in list(net.layers)[:cutoff]:
+        for key in ("dontload", "dontsave", "numload"):
+            if layer.options.get(key, "0") not in ("0", ""):
+                raise SurgeryError(f"{net.source}: layer {layer.index} [{layer.section}]: {key}= is not supported for .weights I/O; remove it")
+        scales = layer.options.get("dontloadscales", "0") in ("0", "")
+        if isinstance(layer, ConvolutionalLayer):
+            bn, conv = layer.bn, layer.conv
+            chunks.append(_Chunk(layer, bn.bias if bn is not None else conv.bias))
+            if bn is not None and scales:
+                chunks += [_Chunk(layer, t) for t in (bn.weight, bn.running_mean, bn.running_var)]
+            n, k = conv.weight.shape[0], conv.weight[0].numel()
+            chunks.append(_Chunk(layer, conv.weight, (k, n) if layer.flipped else None))
+        elif isinstance(layer, ConnectedLayer):
+            bn, fc = layer.bn, layer.fc
+            chunks.append(_Chunk(layer, bn.bias if bn is not None else fc.bias))
+            chunks.append(_Chunk(layer, fc.weight, (fc.in_features, fc.out_features) if header.transpose else None))
+            if bn is not None and scales:
+                chunks += [_Chunk(layer, t) for t in (bn.weight, bn.running_mean, bn.running_var)]
+        elif isinstance(layer, LocalLayer):
+            chunks += [_Chunk(layer, layer.bias), _Chunk(layer, layer.weight)]
+    return chunks
+
+
+def weights_nbytes(net: DarknetNet, header: WeightsHeader | None = None, cutoff: int | None = None) -> int:
+    """Size in bytes of the .weights file ``net`` reads and writes."""
+    header = header or net.weights_header
+    return header.nbytes + 4 * sum(c.tensor.numel() for c in _plan(net, header, cutoff))
+
+
+def _name(f) -> str:
+    return str(f) if isinstance(f, (str, os.PathLike)) else str(getattr(f, "name", "<weights>"))
+
+
+def read_weights(net: DarknetNet, src: str | os.PathLike | BinaryIO, *, cutoff: int | None = None) -> WeightsHeader:
+    """Load a Darknet ``.weights`` file (path or binary file object) into ``net``.
+
+    ``cutoff``: the file holds only layers ``0..cutoff-1``, as Darknet's ``partial`` writes
+    them (e.g. ``darknet53.conv.74`` for yolov3.cfg: cutoff=74). The file must hold exactly
+    what the cfg needs, else SurgeryError names the layer where it ran out or the bytes left
+    over. Sets and returns ``net.weights_header``.
+    """
+    name = _name(src)
+    if isinstance(src, (str, os.PathLike)):
+        try:
+            data = Path(src).read_bytes()
+        except FileNotFoundError:
+            raise SurgeryError(f"{name}: no such weights file") from None
+        except OSError as e:
+            raise SurgeryError(f"{name}: cannot read weights ({e.strerror})") from None
+    else:
+        data = src.read()
+    size = len(data)
+    if size < 16:
+        raise SurgeryError(f"{name}: {size} bytes is too short for a Darknet .weights header (16 or 20 bytes)")
+    major, minor, revision = struct.unpack_from("<3i", data, 0)
+    seen64 = WeightsHeader(major, minor, revision).seen_64bit
+    if seen64 and size < 20:
+        raise SurgeryError(f"{name}: {size} bytes is too short for a version {major}.{minor} .weights header (20 bytes)")
+    seen = struct.unpack_from("<Q" if seen64 else "<I", data, 12)[0]
+    header = WeightsHeader(major, minor, revision, seen)
+    chunks = _plan(net, header, cutoff)
+    total = header.nbytes + 4 * sum(c.tensor.numel() for c in chunks)
+    if size < total:  # find the layer where it runs out, before touching any tensor
+        pos = header.nbytes
+        for c in chunks:
+            end = pos + 4 * c.tensor.numel()
+            if end > size:
+                L = c.layer
+                raise SurgeryError(
+                    f"{name}: truncated weights: ran out in layer {L.index} [{L.section}], which needs bytes "
+                    f"{pos}..{end} but the file has {size} bytes ({total} expected for {net.source}); "
+                    "the .weights does not match the cfg (pass cutoff= to load only the first layers)"
+                )
+            pos = end
+    if size > total:
+        raise SurgeryError(
+            f"{name}: {size - total} bytes left over after the last layer ({total} bytes expected for "
+            f"{net.source}, the file has {size}); the .weights was saved for a different cfg"
+        )
+    floats = np.frombuffer(data, dtype="<f4", offset=header.nbytes)
+    pos = 0
+    with torch.no_grad():
+        for c in chunks:
+            t = c.tensor
+            if t.device.type == "meta":
+                raise SurgeryError(f"{name}: cannot load weights into a network on the meta device; build it on the CPU")
+            arr = floats[pos:pos + t.numel()]
+            pos += t.numel()
+            if c.file_rc is not None:
+                arr = arr.reshape(c.file_rc).T
+            t.copy_(torch.from_numpy(np.array(arr, dtype=np.float32)).reshape(t.shape))  # a writable copy
+    net.weights_header = header
+    return header
+
+
+def _serialize(net: DarknetNet, header: WeightsHeader, cutoff: int | None) -> bytes:
+    parts = [header.pack()]
+    for c in _plan(net, header, cutoff):
+        arr = c.tensor.detach().to("cpu", torch.float32).numpy().reshape(-1)
+        if c.file_rc is not None:
+            rows, cols = c.file_rc
+            arr = arr.reshape(cols, rows).T
+        parts.append(np.ascontiguousarray(arr, dtype="<f4").tobytes())
+    return b"".join(parts)
+
+
+def _check_writable(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise SurgeryError(f"{path}: already exists; choose another name or pass --force to overwrite it")
+    if not path.parent.is_dir():
+        raise SurgeryError(f"{path}: directory {path.parent} does not exist")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_weights(net: DarknetNet, dest: str | os.PathLike | BinaryIO, *, header: WeightsHeader | None = None,
+                  cutoff: int | None = None, overwrite: bool = False) -> int:
+    """Write ``net`` as a Darknet ``.weights`` file (path, written atomically, or binary
+    file object) with ``header`` (default: ``net.weights_header``, i.e. the header it was
+    read with, or 0.2.0 as Darknet's save_weights writes). Returns the bytes written."""
+    if any(p.device.type == "meta" for p in net.parameters()):
+        raise SurgeryError(f"{_name(dest)}: cannot write weights of a network on the meta device")
+    data = _serialize(net, header or net.weights_header, cutoff)
+    if isinstance(dest, (str, os.PathLike)):
+        path = Path(dest)
+        _check_writable(path, overwrite)
+        _atomic_write(path, data)
+    else:
+        dest.write(data)
+    return len(data)
+
+
+# ------------------------------------------------------------------------------------
+# files
+# ------------------------------------------------------------------------------------
+
+
+def load_darknet(cfg_path: str | os.PathLike, weights_path: str | os.PathLike | None = None, *,
+                 cutoff: int | None = None) -> DarknetNet:
+    """Build the network of a ``.cfg`` file and, if given, load its ``.weights``."""
+    path = Path(cfg_path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SurgeryError(f"{path}: no such cfg file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SurgeryError(f"{path}: cannot read the cfg ({getattr(e, 'strerror', None) or e})") from None
+    net = build_darknet(text, source=str(path))
+    if weights_path is not None:
+        read_weights(net, weights_path, cutoff=cutoff)
+    return net
+
+
+def save_darknet(net: DarknetNet, cfg_path: str | os.PathLike, weights_path: str | os.PathLike | None = None,
+                 *, overwrite: bool = False) -> None:
+    """Write ``net.cfg_text()`` and (if a path is given) its weights. Both destinations are
+    checked before anything is written; each file is written atomically."""
+    cfg = Path(cfg_path)
+    paths = [cfg] + ([Path(weights_path)] if weights_path is not None else [])
+    for p in paths:
+        _check_writable(p, overwrite)
+    if weights_path is not None:
+        write_weights(net, weights_path, overwrite=True)
+    _atomic_write(cfg, net.cfg_text().encode())
