@@ -93,6 +93,9 @@ class DiracConv2d(nn.Module):
     equivalent ``nn.Conv2d``. Init (thesis): ``W ~ N(0, 1)``, ``a = 1``, ``b = 0.1``.
     """
 
+    # One layer of the layer table (and one unit of cost attribution), like nn.Conv2d.
+    surgery_leaf = True
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, padding=1, dilation=1,
                  groups: int = 1, bias: bool = False):
         super().__init__()
