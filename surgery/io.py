@@ -174,7 +174,9 @@ def _load_torch_file(path: Path, *, arch: str | None, trust_pickle: bool, input_
             raise SurgeryError(f"{path} is a TorchScript archive and records no input shape; pass --input CxHxW")
         return Net(module, None, shape, source=str(path), format="torchscript", metadata=meta)
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        # mmap: tensors stay in the page cache instead of a second private copy (weights_only
+        # still refuses any pickled code).
+        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError:
         if not trust_pickle:
             raise SurgeryError(
@@ -240,7 +242,25 @@ def _load_state_strict(module: nn.Module, state: Mapping, path) -> None:
             raise SurgeryError(
                 f"{path}: {k} has shape {list(v.shape)} but the architecture needs {list(own[k].shape)}; check --arch"
             )
-    module.load_state_dict(state, strict=True)
+    module.load_state_dict(state, strict=True, assign=_on_meta(module))
+    if _on_meta(module):
+        raise SurgeryError(f"{path}: the architecture has tensors the checkpoint does not carry; it cannot be loaded")
+
+
+def _on_meta(module: nn.Module) -> bool:
+    return any(t.is_meta for t in module.parameters()) or any(t.is_meta for t in module.buffers())
+
+
+def _structure(build: Callable[[], nn.Module]) -> nn.Module:
+    """Build a module for weights that are about to be loaded: on the meta device (no random
+    init, no memory) when every tensor it holds is in its state_dict; otherwise for real."""
+    with torch.device("meta"):
+        module = build()
+    persistent = set(module.state_dict())
+    tensors = dict(module.named_parameters(remove_duplicate=False)) | dict(module.named_buffers(remove_duplicate=False))
+    if set(tensors) <= persistent:
+        return module
+    return build()  # non-persistent buffers (e.g. constants computed at init) need real values
 
 
 def _from_checkpoint(path: Path, ckpt: Mapping, meta: dict) -> Net:
@@ -252,7 +272,7 @@ def _from_checkpoint(path: Path, ckpt: Mapping, meta: dict) -> Net:
             raise SurgeryError(f"{path}: checkpoint lacks {key!r}; the file is damaged or was not written by surgery")
     arch = ArchSpec.from_dict(ckpt["arch"])
     recipe = tuple(Step.from_dict(s) for s in ckpt["recipe"])
-    module = rebuild(arch, recipe)
+    module = _structure(lambda: rebuild(arch, recipe))
     _load_state_strict(module, ckpt["state_dict"], path)
     module.eval()
     metadata = dict(ckpt.get("metadata", {}))

@@ -1,0 +1,821 @@
+"""Weight differences between two models (shared-backbone-yolov3.txt, Fig. 1-4).
+
+Where did fine-tuning change a network, and where is a natural layer to cut a shared
+backbone? :func:`diff` compares every tensor that two models both have and summarises, per
+layer and parameter kind, the distribution of
+
+    d_i = |B_i - A_i| / mean_j |A_j|            (element-wise, over one tensor of model A)
+
+i.e. the difference as a fraction of model A (the base model), as box-plot statistics:
+mean, quartiles (numpy's default "linear" interpolation), whiskers at 1.5 IQR (the most
+extreme values within ``q1 - 1.5 IQR`` and ``q3 + 1.5 IQR``, as matplotlib draws them) and
+the number of outliers beyond the whiskers. The statistics are exact, computed in float32
+without sorting (a radix histogram over the float bits; see :class:`_OrderStats`).
+
+**Matching.** Tensors are matched by state_dict name, and each is reported at the index of
+the *layer* that owns it: for Darknet models Darknet's own layer index (``layers.N``), for
+other models the index in the layer table of :func:`surgery.graph.layer_graph` (leaf modules
+in execution order; parameters read through ``get_attr`` go to the first layer using them;
+if the model cannot be traced, the order in which parameter-owning modules appear in the
+state_dict). Tensors whose names appear in one model only are then paired by (layer index,
+kind) when exactly one candidate of each model is left there, so models with different
+module names but the same layout still compare. Tensors in both models with different
+shapes, and tensors in only one model, are listed as *skipped* with both shapes; integer
+buffers (``num_batches_tracked``) are not parameters and are ignored.
+
+**Kinds.**
+
+=================  =====================================================================
+``weight``         a layer's weight (conv/linear kernel)
+``bias``           a layer's bias. For Darknet models this is what Darknet calls
+                   "biases": the conv bias without batch_normalize, the BatchNorm beta
+                   (``bn.bias``) with it (such a conv has no bias of its own)
+``bn_weight``      normalisation scale gamma (Darknet "scales")
+``bn_bias``        normalisation shift beta (non-Darknet models only; Darknet reports
+                   it as ``bias``, see above)
+``running_mean``   BatchNorm running statistics (Darknet "rolling_mean")
+``running_var``    (Darknet "rolling_variance")
+other              any other tensor is reported under its own attribute name
+=================  =====================================================================
+
+"Norm" means BatchNorm/InstanceNorm (anything with running statistics or a
+``_NormBase``), GroupNorm and LayerNorm.
+
+**Zero base.** If mean |A| of a tensor is 0 (e.g. a freshly initialised bias), the relative
+difference is undefined: the row has ``relative = False`` and its statistics are the
+absolute differences |B - A|. Non-finite statistics (a NaN in a model) are reported as
+``None`` (JSON ``null``).
+
+**Suggested split** (:data:`SPLIT_RULE`): a least-squares change point on the per-layer
+medians of the relative *weight* differences (kind ``weight`` with mean |A| > 0), taken in
+layer order. For every candidate
+position s the medians are fitted by one constant before s and another from s on; the s
+with the smallest squared error wins (ties: the earliest). It is accepted only when the
+later segment's mean is at least :data:`MIN_RISE` times the earlier's and the fit explains
+at least :data:`MIN_R2` of the variance; otherwise there is no suggested split. The result
+names ``first_changed`` (the index of the first layer of the high segment, the
+``suggested_split`` of the JSON) and ``share_at = first_changed - 1``: share layers
+``0..share_at`` (``surgery share --at share_at``). With the cost analyzer available the
+split carries the fractions of model A's params and MACs in layers ``0..share_at`` - what
+every extra task model sharing the backbone saves.
+
+**JSON** (:meth:`DiffReport.to_json`): ``{"a", "b", "layers": [{"index", "name", "param",
+"kind", "shape", "numel", "relative", "scale", "mean", "q1", "median", "q3", "whisker_low",
+"whisker_high", "outliers", "min", "max"}], "skipped": [{"index", "name", "param", "kind",
+"reason", "shape_a", "shape_b"}], "suggested_split": first_changed | null, "share_at",
+"split_rule", "split": {... "savings": {"params", "macs"} | null} | null, "index_source"}``.
+``name`` is the layer's module name, ``param`` the tensor's state_dict key (``param_b`` too
+when B's differs).
+
+**Cost.** Per tensor a handful of vectorised passes in float32 and two work arrays reused
+across tensors (no copy of a state_dict); tensors are spread over ``workers`` threads.
+Two YOLOv3 checkpoints (62 M parameters each) take well under a second on two cores.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Callable, Collection, Iterable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from surgery.errors import SurgeryError, suggest
+from surgery.net import Net
+
+__all__ = [
+    "BoxStats",
+    "LayerDiff",
+    "Skipped",
+    "Split",
+    "DiffReport",
+    "SPLIT_RULE",
+    "diff",
+    "box_stats",
+    "relative_diff_stats",
+    "suggest_split",
+    "parse_layer_range",
+]
+
+WHIS = 1.5  # whiskers at WHIS * IQR beyond the quartiles
+MIN_RISE = 2.0  # later segment's mean / earlier segment's mean needed to suggest a split
+MIN_R2 = 0.5  # fraction of the medians' variance the two-segment fit must explain
+
+SPLIT_RULE = (
+    "least-squares change point on the per-layer medians of the relative weight differences "
+    "(layer order): the position s minimising the squared error of a two-segment constant fit, "
+    f"accepted when the later segment's mean is >= {MIN_RISE:g}x the earlier's and the fit explains "
+    f">= {MIN_R2:.0%} of the variance; first_changed = layer s, share_at = s - 1 (share layers 0..s-1)"
+)
+
+_SMALL = 1 << 14  # below this many elements a plain sort is cheaper than the radix histogram
+_CHUNK = 1 << 18  # elements per pass chunk (1 MiB of float32: stays in cache between passes)
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class BoxStats:
+    """Box-plot statistics of one sample, in the sample's units."""
+
+    n: int
+    mean: float
+    q1: float
+    median: float
+    q3: float
+    whisker_low: float
+    whisker_high: float
+    outliers: int  # beyond the whiskers, both sides
+    outliers_high: int  # above whisker_high
+    min: float
+    max: float
+
+    def scaled(self, factor: float) -> "BoxStats":
+        f = float(factor)
+        return BoxStats(self.n, self.mean * f, self.q1 * f, self.median * f, self.q3 * f, self.whisker_low * f,
+                        self.whisker_high * f, self.outliers, self.outliers_high, self.min * f, self.max * f)
+
+
+@dataclass(frozen=True)
+class LayerDiff:
+    """One tensor present in both models with equal shapes."""
+
+    index: int  # layer index (Darknet index for Darknet models)
+    name: str  # the layer's module name, e.g. "layers.12" or "layer1.0.conv1"
+    param: str  # state_dict key in model A, e.g. "layers.12.bn.bias"
+    kind: str  # weight | bias | bn_weight | bn_bias | running_mean | running_var | other name
+    shape: tuple[int, ...]
+    relative: bool  # False when mean|A| == 0: the statistics are then absolute |B - A|
+    scale: float  # mean |A|
+    stats: BoxStats
+    param_b: str = ""  # state_dict key in model B when it differs (index matching)
+
+    def to_json(self) -> dict:
+        s = self.stats
+        out = {
+            "index": self.index, "name": self.name, "param": self.param, "kind": self.kind,
+            "shape": list(self.shape), "numel": s.n, "relative": self.relative, "scale": _num(self.scale),
+            "mean": _num(s.mean), "q1": _num(s.q1), "median": _num(s.median), "q3": _num(s.q3),
+            "whisker_low": _num(s.whisker_low), "whisker_high": _num(s.whisker_high), "outliers": s.outliers,
+            "min": _num(s.min), "max": _num(s.max),
+        }
+        if self.param_b and self.param_b != self.param:
+            out["param_b"] = self.param_b
+        return out
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A tensor not compared: shapes differ, or it exists in one model only."""
+
+    index: int
+    name: str
+    param: str
+    kind: str
+    reason: str
+    shape_a: tuple[int, ...] | None
+    shape_b: tuple[int, ...] | None
+
+    def to_json(self) -> dict:
+        return {"index": self.index, "name": self.name, "param": self.param, "kind": self.kind,
+                "reason": self.reason, "shape_a": _shape(self.shape_a), "shape_b": _shape(self.shape_b)}
+
+
+@dataclass(frozen=True)
+class Split:
+    """The suggested split: layers ``0..share_at`` are the shared backbone."""
+
+    first_changed: int  # index of the first layer of the high-difference segment
+    share_at: int  # first_changed - 1
+    low_mean: float  # mean of the per-layer medians before first_changed
+    high_mean: float  # ... from first_changed on
+    r2: float  # variance of the medians explained by the two-segment fit
+    rule: str = SPLIT_RULE
+    savings: Mapping[str, float] | None = None  # fractions of A's params/macs in layers 0..share_at
+
+    def to_json(self) -> dict:
+        return {"first_changed": self.first_changed, "share_at": self.share_at, "low_mean": _num(self.low_mean),
+                "high_mean": _num(self.high_mean), "r2": _num(self.r2), "rule": self.rule,
+                "savings": dict(self.savings) if self.savings is not None else None}
+
+
+@dataclass(frozen=True)
+class DiffReport:
+    a: str
+    b: str
+    darknet: bool
+    layers: tuple[LayerDiff, ...]
+    skipped: tuple[Skipped, ...]
+    split: Split | None
+    rule: str = SPLIT_RULE
+    index_source: str = "darknet"  # darknet | layer_table | module_order
+
+    @property
+    def suggested_split(self) -> int | None:
+        return self.split.first_changed if self.split else None
+
+    def of_kind(self, *kinds: str) -> tuple[LayerDiff, ...]:
+        return tuple(r for r in self.layers if r.kind in kinds)
+
+    def to_json(self) -> dict:
+        return {
+            "a": self.a,
+            "b": self.b,
+            "layers": [r.to_json() for r in self.layers],
+            "skipped": [s.to_json() for s in self.skipped],
+            "suggested_split": self.suggested_split,
+            "share_at": self.split.share_at if self.split else None,
+            "split_rule": self.rule,
+            "split": self.split.to_json() if self.split else None,
+            "index_source": self.index_source,
+        }
+
+
+def _num(x: float) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _shape(s) -> list[int] | None:
+    return list(s) if s is not None else None
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def _f32_bits(x: np.float32) -> int:
+    return int(np.array([x], dtype=np.float32).view(np.int32)[0])
+
+
+class _OrderStats:
+    """Exact order statistics of a non-negative float32 sample without sorting it.
+
+    For non-negative IEEE floats the bit pattern read as an integer is monotone in the value,
+    so a histogram of the top 16 bits (sign+exponent+7 mantissa bits) locates the bucket of
+    any rank in one pass, and a second histogram of the low 16 bits inside that bucket pins
+    the exact value (every level-2 bucket holds a single bit pattern). Cost: a few O(n)
+    vectorised passes, in cache-sized chunks, instead of an O(n log n) sort; the buckets a
+    statistic needs are fetched together in one pass (:meth:`prefetch`). Small samples are
+    simply sorted.
+    """
+
+    def __init__(self, d: np.ndarray, scratch: "_Scratch | None" = None):
+        self.n = int(d.size)
+        self.sorted = np.sort(d) if self.n <= _SMALL else None
+        if self.sorted is None:
+            self._scratch = scratch or _Scratch()
+            self.bits = d.view(np.int32)
+            hist = np.zeros(1 << 15, np.int64)
+            for _, top in self._chunks():
+                hist += np.bincount(top, minlength=1 << 15)
+            self.cum1 = np.cumsum(hist)
+            self._cum2: dict[int, np.ndarray] = {}
+
+    def _chunks(self):
+        """(start, top 16 bits as intp) per chunk; intp because np.bincount copies anything else."""
+        for s in range(0, self.n, _CHUNK):
+            part = self.bits[s:s + _CHUNK]
+            yield s, np.right_shift(part, 16, out=self._scratch.ints(part.size))  # 0..0x7fff for d >= 0
+
+    def _count_in(self, b: int) -> int:
+        return int(self.cum1[b]) - (int(self.cum1[b - 1]) if b else 0)
+
+    def prefetch(self, buckets) -> None:
+        """Level-2 histograms of these top-16-bit buckets, all in one pass over the data."""
+        if self.sorted is not None:
+            return
+        need = sorted({int(b) for b in buckets if 0 <= b < (1 << 15)} - set(self._cum2))
+        need = [b for b in need if self._count_in(b)]
+        if not need:
+            return
+        parts: dict[int, list[np.ndarray]] = {b: [] for b in need}
+        for s, top in self._chunks():
+            mask = self._scratch.mask(top.size)
+            part = self.bits[s:s + top.size]
+            for b in need:
+                parts[b].append(np.compress(np.equal(top, b, out=mask), part))
+        for b in need:
+            low = np.bitwise_and(np.concatenate(parts[b]), 0xFFFF, dtype=np.intp)
+            self._cum2[b] = np.cumsum(np.bincount(low, minlength=1 << 16))
+
+    def _bucket(self, b: int) -> np.ndarray:
+        if b not in self._cum2:
+            self.prefetch([b])
+        return self._cum2[b]
+
+    def bucket_of_rank(self, k: int) -> int:
+        return -1 if self.sorted is not None else int(np.searchsorted(self.cum1, k, side="right"))
+
+    def bucket_of_value(self, x: float) -> int:
+        """The bucket a float64 threshold falls in after rounding to float32 (either way)."""
+        if self.sorted is not None or not (x >= 0) or math.isinf(x):
+            return -1
+        return _f32_bits(np.float32(x)) >> 16
+
+    def kth(self, k: int) -> float:
+        """The k-th smallest value (0-based)."""
+        if self.sorted is not None:
+            return float(self.sorted[k])
+        b = int(np.searchsorted(self.cum1, k, side="right"))
+        base = int(self.cum1[b - 1]) if b else 0
+        low = int(np.searchsorted(self._bucket(b), k - base, side="right"))
+        return float(np.array([(b << 16) | low], dtype=np.int32).view(np.float32)[0])
+
+    def _count_le_f32(self, x: np.float32) -> int:
+        if self.sorted is not None:
+            return int(np.searchsorted(self.sorted, x, side="right"))
+        xb = _f32_bits(x)
+        if xb < 0:  # negative threshold: nothing is <= it
+            return 0
+        b = xb >> 16
+        base = int(self.cum1[b - 1]) if b else 0
+        if base == (int(self.cum1[b]) if b < len(self.cum1) else base):  # empty bucket
+            return base
+        return base + int(self._bucket(b)[xb & 0xFFFF])
+
+    def count_le(self, x: float) -> int:
+        """How many values are <= x (x a float64)."""
+        if x < 0 or math.isnan(x):
+            return 0
+        f = np.float32(x)
+        if float(f) > x:
+            f = np.nextafter(f, np.float32(-np.inf))
+        return self._count_le_f32(f)
+
+    def count_lt(self, x: float) -> int:
+        """How many values are < x (x a float64)."""
+        if x <= 0 or math.isnan(x):
+            return 0
+        f = np.float32(x)
+        if float(f) < x:
+            f = np.nextafter(f, np.float32(np.inf))
+        return self._count_le_f32(np.nextafter(f, np.float32(-np.inf)))
+
+    def quantile(self, q: float) -> float:
+        """numpy's default ("linear") quantile."""
+        pos = q * (self.n - 1)
+        lo = math.floor(pos)
+        frac = pos - lo
+        a = self.kth(lo)
+        if frac == 0.0:
+            return a
+        b = self.kth(lo + 1)
+        return a + frac * (b - a)
+
+
+
+
+class _Scratch:
+    """Reusable work arrays (one set per worker thread): repeated large allocations and
+    frees fragment the heap and keep the process's memory high after the work is done.
+    ``floats`` holds a whole tensor's differences; ``ints``/``mask`` one chunk."""
+
+    def __init__(self, n: int = 0):
+        self._f = np.empty(n, np.float32)
+        self._i = np.empty(_CHUNK, np.intp)
+        self._m = np.empty(_CHUNK, np.bool_)
+
+    def floats(self, n: int) -> np.ndarray:
+        if n > self._f.size:
+            self._f = np.empty(n, np.float32)
+        return self._f[:n]
+
+    def ints(self, n: int) -> np.ndarray:
+        return self._i[:n]
+
+    def mask(self, n: int) -> np.ndarray:
+        return self._m[:n]
+
+
+def box_stats(d: np.ndarray, scratch: _Scratch | None = None) -> BoxStats:
+    """Box-plot statistics of a non-negative float32 sample (matplotlib's conventions:
+    linear-interpolated quartiles, whiskers at the most extreme values within 1.5 IQR)."""
+    d = np.ascontiguousarray(d, dtype=np.float32).reshape(-1)
+    n = d.size
+    if n == 0:
+        nan = float("nan")
+        return BoxStats(0, nan, nan, nan, nan, nan, nan, 0, 0, nan, nan)
+    mean = float(np.add.reduce(d)) / n  # float32 pairwise summation, as np.mean (and matplotlib)
+    mn, mx = float(d.min()), float(d.max())  # NaN if any is NaN
+    if math.isnan(mx) or math.isnan(mn) or math.isnan(mean):
+        nan = float("nan")
+        return BoxStats(n, nan, nan, nan, nan, nan, nan, 0, 0, nan, nan)
+    os_ = _OrderStats(d, scratch)
+    ranks = [r for q in (0.25, 0.5, 0.75) for r in (math.floor(q * (n - 1)), math.ceil(q * (n - 1)))]
+    os_.prefetch(os_.bucket_of_rank(r) for r in ranks)
+    q1, med, q3 = os_.quantile(0.25), os_.quantile(0.5), os_.quantile(0.75)
+    iqr = q3 - q1
+    # the buckets of the fences, and the last non-empty one below the upper fence's (whisker)
+    fences = [os_.bucket_of_value(q1 - WHIS * iqr), os_.bucket_of_value(q3 + WHIS * iqr)]
+    hb = fences[1]
+    if hb > 0:
+        fences.append(os_.bucket_of_rank(int(os_.cum1[hb - 1]) - 1) if os_.cum1[hb - 1] else -1)
+    os_.prefetch(fences)
+    n_low = os_.count_lt(q1 - WHIS * iqr)
+    n_le_high = os_.count_le(q3 + WHIS * iqr)
+    return BoxStats(
+        n=n, mean=mean, q1=q1, median=med, q3=q3,
+        whisker_low=mn if n_low == 0 else os_.kth(n_low),
+        whisker_high=mx if n_le_high == n else os_.kth(n_le_high - 1),
+        outliers=n_low + (n - n_le_high), outliers_high=n - n_le_high,
+        min=mn, max=mx,
+    )
+
+
+def _as_f32(t: torch.Tensor) -> np.ndarray:
+    t = t.detach()
+    if t.device.type == "meta":
+        raise SurgeryError("cannot diff tensors on the meta device (the model holds no weights)")
+    return t.to(device="cpu", dtype=torch.float32).contiguous().reshape(-1).numpy()
+
+
+def relative_diff_stats(a: torch.Tensor, b: torch.Tensor, scratch: _Scratch | None = None
+                        ) -> tuple[BoxStats, float, bool]:
+    """Statistics of ``|b - a| / mean|a|`` -> (stats, mean|a|, relative).
+
+    ``relative`` is False when mean|a| is 0; the statistics are then of ``|b - a|``.
+    The sample is computed in float32; the scale (a positive constant) is applied to the
+    statistics afterwards, which preserves their order and is exact up to float rounding.
+    """
+    if tuple(a.shape) != tuple(b.shape):
+        raise SurgeryError(f"cannot diff tensors of shapes {list(a.shape)} and {list(b.shape)}")
+    av, bv = _as_f32(a), _as_f32(b)  # views for float32 CPU tensors
+    n = av.size
+    scratch = scratch or _Scratch(n if n > _SMALL else 0)
+    d = scratch.floats(n)
+    scale = float(np.add.reduce(np.abs(av, out=d))) / n if n else 0.0
+    np.subtract(bv, av, out=d)
+    np.abs(d, out=d)
+    raw = box_stats(d, scratch)
+    if scale > 0 and math.isfinite(scale):
+        return raw.scaled(1.0 / scale), scale, True
+    return raw, scale, False
+
+
+# ----------------------------------------------------------------------------- matching
+
+
+@dataclass(frozen=True)
+class _Entry:
+    key: str
+    index: int
+    layer: str
+    kind: str
+    tensor: torch.Tensor = field(repr=False)
+
+
+def _is_norm(owner: nn.Module | None, owner_keys: set[str]) -> bool:
+    if owner is not None and isinstance(owner, _NORM_TYPES):
+        return True
+    return "running_mean" in owner_keys  # TorchScript and other wrappers of a BatchNorm
+
+
+def _kind(attr: str, norm: bool, darknet: bool) -> str:
+    if attr in ("running_mean", "running_var"):
+        return attr
+    if norm and attr == "weight":
+        return "bn_weight"
+    if norm and attr == "bias":
+        return "bias" if darknet else "bn_bias"
+    return attr
+
+
+def _state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Floating tensors of the state_dict (views, no copies)."""
+    return {k: v for k, v in module.state_dict(keep_vars=False).items()
+            if isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex())}
+
+
+def _owner_indices(module: nn.Module, owners: list[str]) -> tuple[dict[str, tuple[int, str]], str]:
+    """owner module name -> (layer index, layer name), and where the indices come from."""
+    from surgery.graph import is_darknet, layer_graph
+
+    if is_darknet(module):
+        out = {}
+        for o in owners:
+            parts = o.split(".")
+            if len(parts) >= 2 and parts[0] == "layers" and parts[1].isdigit():
+                out[o] = (int(parts[1]), f"layers.{parts[1]}")
+            else:
+                out[o] = (-1, o)
+        return out, "darknet"
+    try:
+        lg = layer_graph(module)
+    except (SurgeryError, RuntimeError, TypeError, AttributeError):
+        order = {o: i for i, o in enumerate(dict.fromkeys(owners))}
+        return {o: (order[o], o) for o in owners}, "module_order"
+    by_name = {l.name: (l.index, l.name) for l in lg.layers if l.kind == "module"}
+    # parameters read through get_attr belong to the first layer that uses them
+    for node in lg.gm.graph.nodes:
+        if node.op != "get_attr":
+            continue
+        owner = str(node.target).rpartition(".")[0]
+        users = [lg.layer_of(u) for u in node.users]
+        users = [u for u in users if u is not None]
+        if users and owner not in by_name:
+            first = min(users, key=lambda l: l.index)
+            by_name[owner] = (first.index, first.name)
+    out = {}
+    for o in owners:
+        hit = by_name.get(o)
+        probe = o
+        while hit is None and probe:  # a parameter inside a leaf layer (e.g. a composite leaf)
+            probe = probe.rpartition(".")[0]
+            hit = by_name.get(probe)
+        if hit is None:  # a container whose children are the layers
+            below = [v for k, v in by_name.items() if k.startswith(o + ".") or not o]
+            hit = min(below) if below else (-1, o)
+        out[o] = hit
+    return out, "layer_table"
+
+
+def _entries(module: nn.Module) -> tuple[list[_Entry], bool, str]:
+    from surgery.graph import is_darknet
+
+    darknet = is_darknet(module)
+    state = _state(module)
+    owners = [k.rpartition(".")[0] for k in state]
+    keys_by_owner: dict[str, set[str]] = {}
+    for k in state:
+        o, _, attr = k.rpartition(".")
+        keys_by_owner.setdefault(o, set()).add(attr)
+    index, source = _owner_indices(module, owners)
+    entries = []
+    for k, t in state.items():
+        o, _, attr = k.rpartition(".")
+        try:
+            owner = module.get_submodule(o) if o else module
+        except AttributeError:
+            owner = None
+        idx, lname = index[o]
+        entries.append(_Entry(k, idx, lname, _kind(attr, _is_norm(owner, keys_by_owner[o]), darknet), t))
+    return entries, darknet, source
+
+
+def _module_of(m: Net | nn.Module) -> tuple[nn.Module, str]:
+    if isinstance(m, Net):
+        return m.module, m.source or type(m.module).__name__
+    if isinstance(m, nn.Module):
+        return m, type(m).__name__
+    raise SurgeryError(f"cannot diff a {type(m).__name__}; pass a Net or an nn.Module")
+
+
+# ----------------------------------------------------------------------------- the analysis
+
+
+def diff(
+    a: Net | nn.Module,
+    b: Net | nn.Module,
+    *,
+    layers: Collection[int] | None = None,
+    kinds: Collection[str] | None = None,
+    savings: bool = True,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> DiffReport:
+    """Relative weight differences of ``b`` against the base model ``a``.
+
+    ``layers``: only these layer indices (rows and skipped entries). ``kinds``: only these
+    parameter kinds in the rows (the suggested split always uses the weights).
+    ``savings``: attach the cost-model savings of the suggested split (needs
+    :mod:`analyzers.cost` and a :class:`Net`). ``workers``: threads for the statistics
+    (default: torch's intra-op thread count). ``progress(done, total)`` is called after each
+    compared tensor.
+    """
+    ma, name_a = _module_of(a)
+    mb, name_b = _module_of(b)
+    ea, darknet_a, source = _entries(ma)
+    eb, darknet_b, _ = _entries(mb)
+    _check_filters(ea + eb, layers, kinds)
+    wanted = _Filter(None if layers is None else frozenset(layers), None if kinds is None else frozenset(kinds))
+    todo, skipped = _plan(ea, eb, wanted)
+
+    cost_job = (lambda: _cost_report(a)) if savings and isinstance(a, Net) else None
+    rows, cost_report = _compute(todo, workers, progress, cost_job)
+    order = {e.key: i for i, e in enumerate(ea)}
+    rows.sort(key=lambda r: (r.index, order.get(r.param, 0)))
+
+    split = suggest_split([(r.index, r.stats.median) for r in rows if r.kind == "weight" and r.relative])
+    if split is not None and cost_report is not None:
+        split = replace(split, savings=_fractions(cost_report, split.share_at))
+    rows = [r for r in rows if wanted.kind(r.kind)]  # weights were computed for the split either way
+    return DiffReport(name_a, name_b, darknet_a and darknet_b, tuple(rows), tuple(skipped), split,
+                      index_source=source if darknet_a == darknet_b else "mixed")
+
+
+@dataclass(frozen=True)
+class _Filter:
+    layers: Collection[int] | None
+    kinds: Collection[str] | None
+
+    def layer(self, i: int) -> bool:
+        return self.layers is None or i in self.layers
+
+    def kind(self, k: str) -> bool:
+        return self.kinds is None or k in self.kinds
+
+    def compute(self, e: _Entry) -> bool:
+        """Weights are always computed (the split uses them), filtered out of the rows later."""
+        return self.layer(e.index) and (self.kind(e.kind) or e.kind == "weight")
+
+
+def _plan(ea: list[_Entry], eb: list[_Entry], wanted: _Filter) -> tuple[list, list[Skipped]]:
+    """Pairs to compare (by name, then by layer index and kind), and the skipped tensors."""
+    by_key_b = {e.key: e for e in eb}
+    keys_a = {e.key for e in ea}
+    pairs = [(e, by_key_b[e.key]) for e in ea if e.key in by_key_b]
+    pairs += _pair_by_index([e for e in ea if e.key not in by_key_b], [f for f in eb if f.key not in keys_a])
+    paired_a, paired_b = {e.key for e, _ in pairs}, {f.key for _, f in pairs}
+
+    todo, skipped = [], []
+    for e, f in pairs:
+        sa, sb = tuple(e.tensor.shape), tuple(f.tensor.shape)
+        if sa == sb:
+            if wanted.compute(e):
+                todo.append((e, f))
+        elif wanted.layer(e.index) and wanted.kind(e.kind):
+            skipped.append(Skipped(e.index, e.layer, e.key, e.kind, f"shapes differ: A {list(sa)} vs B {list(sb)}",
+                                   sa, sb))
+    for e in ea:
+        if e.key not in paired_a and wanted.layer(e.index) and wanted.kind(e.kind):
+            skipped.append(Skipped(e.index, e.layer, e.key, e.kind, "only in A", tuple(e.tensor.shape), None))
+    for f in eb:
+        if f.key not in paired_b and wanted.layer(f.index) and wanted.kind(f.kind):
+            skipped.append(Skipped(f.index, f.layer, f.key, f.kind, "only in B", None, tuple(f.tensor.shape)))
+    skipped.sort(key=lambda s: (s.index, s.param))
+    return todo, skipped
+
+
+def _check_filters(entries: list[_Entry], layers, kinds) -> None:
+    """A filter that selects nothing is a mistake worth one clear line."""
+    if layers is not None:
+        have = sorted({e.index for e in entries if e.index >= 0})
+        if not set(layers) & set(have):
+            span = f"{have[0]}..{have[-1]}" if have else "none"
+            raise SurgeryError(f"no layer with parameters among the requested layers; these models have layers {span}")
+    if kinds is not None:
+        present = sorted({e.kind for e in entries})
+        for k in kinds:
+            if k not in present:
+                raise SurgeryError(f"no tensor of kind {k!r}{suggest(k, present)}; kinds here: {', '.join(present)}")
+
+
+def _pair_by_index(only_a: list[_Entry], only_b: list[_Entry]) -> list[tuple[_Entry, _Entry]]:
+    """Pair leftovers whose (layer index, kind) has exactly one candidate on each side."""
+    def groups(es):
+        g: dict[tuple[int, str], list[_Entry]] = {}
+        for e in es:
+            if e.index >= 0:
+                g.setdefault((e.index, e.kind), []).append(e)
+        return g
+
+    ga, gb = groups(only_a), groups(only_b)
+    return [(ga[k][0], gb[k][0]) for k in ga if k in gb and len(ga[k]) == 1 and len(gb[k]) == 1]
+
+
+def _compute(todo, workers, progress, side_job: Callable[[], object] | None = None):
+    """The rows for ``todo`` (in no particular order), and the result of ``side_job`` run
+    on its own thread meanwhile (the cost analysis, which is mostly Python and overlaps
+    well with the numpy work)."""
+    total = len(todo)
+    largest = max((e.tensor.numel() for e, _ in todo), default=0)
+    workers = workers or max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
+    # work arrays allocated here, on the calling thread: worker threads get malloc arenas of
+    # their own, and large buffers there would add to the process's memory
+    free = queue.SimpleQueue()
+    for _ in range(workers):
+        free.put(_Scratch(largest if largest > _SMALL else 0))
+
+    def one(pair):
+        e, f = pair
+        scratch = free.get()
+        try:
+            stats, scale, rel = relative_diff_stats(e.tensor, f.tensor, scratch)
+        finally:
+            free.put(scratch)
+        return LayerDiff(e.index, e.layer, e.key, e.kind, tuple(e.tensor.shape), rel, scale, stats,
+                         param_b=f.key if f.key != e.key else "")
+
+    # largest first so the pool stays busy; the caller sorts the rows
+    ordered = sorted(todo, key=lambda p: -p[0].tensor.numel())
+    rows: list[LayerDiff] = []
+    with ThreadPoolExecutor(max_workers=workers + (side_job is not None)) as pool:
+        side = pool.submit(side_job) if side_job is not None else None
+        if workers <= 1:
+            results = map(one, ordered)
+        else:
+            results = _bounded_map(pool, one, ordered, workers)
+        for row in results:
+            rows.append(row)
+            if progress:
+                progress(len(rows), total)
+        return rows, (side.result() if side is not None else None)
+
+
+def _bounded_map(pool, fn, items, width):
+    """``pool.map`` with at most ``width`` items in flight (the pool has one extra thread)."""
+    from collections import deque
+
+    it = iter(items)
+    pending = deque()
+    for item in it:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= width:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+# ----------------------------------------------------------------------------- the split
+
+
+def suggest_split(points: Iterable[tuple[int, float]]) -> Split | None:
+    """The change point of :data:`SPLIT_RULE` on ``(layer index, median)`` pairs."""
+    pts = sorted((int(i), float(m)) for i, m in points if math.isfinite(m))
+    n = len(pts)
+    if n < 2:
+        return None
+    y = np.array([m for _, m in pts], dtype=np.float64)
+    total_ss = float(((y - y.mean()) ** 2).sum())
+    if total_ss <= 0.0:
+        return None
+    c1 = np.cumsum(y)
+    c2 = np.cumsum(y * y)
+    best = None
+    for s in range(1, n):  # low = y[:s], high = y[s:]
+        nl, nh = s, n - s
+        sl, sh = c1[s - 1], c1[-1] - c1[s - 1]
+        ql, qh = c2[s - 1], c2[-1] - c2[s - 1]
+        sse = (ql - sl * sl / nl) + (qh - sh * sh / nh)
+        ml, mh = sl / nl, sh / nh
+        if mh <= ml:
+            continue
+        if best is None or sse < best[0] - 1e-12 * total_ss:
+            best = (sse, s, ml, mh)
+    if best is None:
+        return None
+    sse, s, ml, mh = best
+    r2 = 1.0 - max(sse, 0.0) / total_ss
+    if mh < MIN_RISE * ml or r2 < MIN_R2:
+        return None
+    first = pts[s][0]
+    return Split(first_changed=first, share_at=first - 1, low_mean=float(ml), high_mean=float(mh), r2=float(r2))
+
+
+def sharing_savings(net: Net, share_at: int) -> dict[str, float] | None:
+    """Fractions of ``net``'s params and MACs in layers ``0..share_at`` (cost analyzer), or
+    None when :mod:`analyzers.cost` is not available or cannot count this model."""
+    rep = _cost_report(net)
+    return _fractions(rep, share_at) if rep is not None else None
+
+
+def _cost_report(net: Net):
+    try:
+        from analyzers import cost
+    except ImportError:
+        return None
+    try:
+        return cost.analyze(net)
+    except (SurgeryError, RuntimeError, NotImplementedError):
+        return None  # savings are optional: a model the counter cannot run still diffs
+
+
+def _fractions(rep, share_at: int) -> dict[str, float] | None:
+    part = rep.upto(share_at)
+    whole = getattr(rep, "totals", None)
+    out = {}
+    for key in ("params", "macs"):
+        num, den = getattr(part, key, None), getattr(whole, key, None)
+        if num is not None and den:
+            out[key] = float(num) / float(den)
+    return out or None
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def parse_layer_range(text: str) -> list[int]:
+    """``"0-80"``, ``"3,5,7"``, ``"0-10,74-106"`` -> sorted layer indices (inclusive ranges)."""
+    out: set[int] = set()
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, sep, hi = part.partition("-")
+        try:
+            a = int(lo)
+            b = int(hi) if sep else a
+        except ValueError:
+            raise SurgeryError(f"bad layer range {text!r}; write it like 0-80 or 0-10,74-106") from None
+        if a < 0 or b < a:
+            raise SurgeryError(f"bad layer range {part!r} in {text!r}; write LOW-HIGH with 0 <= LOW <= HIGH")
+        out.update(range(a, b + 1))
+    if not out:
+        raise SurgeryError(f"bad layer range {text!r}: empty")
+    return sorted(out)
