@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 import copy
+import itertools
 import operator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -157,9 +158,26 @@ def resolve(lg: LayerGraph, ref: str | int) -> Layer:
     raise SurgeryError(f"no layer named {text!r}{suggest(text, names)}; `surgery layers MODEL` lists them")
 
 
-def meta_copy(module: nn.Module) -> nn.Module:
-    """A structural copy with every tensor on the meta device (no memory, no compute)."""
-    return copy.deepcopy(module).to("meta")
+def meta_copy(module: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
+    """A structural copy on the meta device, made without copying any real tensor data
+    (deep-copying first would briefly double memory for a big model).
+
+    Floating tensors are cast to ``dtype`` when given. Shared tensors stay shared.
+    """
+    memo: dict[int, torch.Tensor] = {}
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        if id(t) in memo:
+            continue
+        dt = dtype if dtype is not None and t.is_floating_point() else t.dtype
+        m = torch.empty(t.shape, dtype=dt, device="meta")
+        memo[id(t)] = nn.Parameter(m, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else m
+    clone = copy.deepcopy(module, memo)
+    for sub in clone.modules():  # plain tensor attributes (fx constants, anchors) go to meta too
+        for k, v in list(vars(sub).items()):
+            if isinstance(v, torch.Tensor) and not isinstance(v, nn.Parameter) and v.device.type != "meta":
+                dt = dtype if dtype is not None and v.is_floating_point() else v.dtype
+                setattr(sub, k, torch.empty(v.shape, dtype=dt, device="meta"))
+    return clone.eval()
 
 
 def output_tensors(out) -> list[torch.Tensor]:

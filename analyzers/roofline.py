@@ -1,0 +1,248 @@
+"""Roofline bounds: per layer arithmetic intensity, compute- or memory-bound, time floor.
+
+A layer needs at least ``max(flops / peak_flops, bytes / bandwidth)`` seconds, where
+``flops = 2 × (macs + other_macs)`` (every counted op, conv/linear and the "other" class) and
+``bytes`` is the layer-boundary traffic of :mod:`analyzers.cost`. Layers run one after
+another, so the model's latency floor is the sum of the layer floors. Real kernels are
+slower (launch overhead, tiling, caches); the floor says how far from the hardware limit a
+measured latency is, and which layers can only get faster by moving fewer bytes.
+
+Peaks are dense (no sparsity) datasheet figures. ``float32`` means IEEE FP32 on CUDA cores;
+PyTorch runs convolutions in TF32 on tensor cores by default (``cudnn.allow_tf32``), so pass
+``precision="tf32"`` for that. The ``cpu`` spec is measured once on this machine (a short
+float32 matmul and a large copy) and cached under ``~/.cache/surgery`` (``SURGERY_CACHE_DIR``
+overrides).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from analyzers.cost import CostReport
+from surgery.errors import SurgeryError, suggest
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    name: str
+    peak_flops: Mapping[str, float]  # dtype/precision name -> FLOP/s
+    mem_bandwidth: float  # bytes/s
+    description: str = ""
+    source: str = ""
+    measured: bool = False
+
+    def peak(self, precision: str) -> tuple[float, str]:
+        """(FLOP/s, the precision actually used) — falls back to float32 when unknown."""
+        if precision in self.peak_flops:
+            return self.peak_flops[precision], precision
+        return self.peak_flops["float32"], "float32"
+
+
+_H100_PEAKS = {"float64": 67e12, "float32": 67e12, "tf32": 494.7e12, "bfloat16": 989.4e12, "float16": 989.4e12,
+               "float8": 1978.9e12}
+SPECS: dict[str, DeviceSpec] = {s.name: s for s in (
+    DeviceSpec("h100-sxm", _H100_PEAKS, 3.35e12, "NVIDIA H100 SXM5 80 GB (HBM3)",
+               "NVIDIA H100 Tensor Core GPU datasheet, dense (without sparsity); FP64 = FP64 tensor core"),
+    DeviceSpec("h200", _H100_PEAKS, 4.8e12, "NVIDIA H200 SXM 141 GB (HBM3e)",
+               "NVIDIA H200 Tensor Core GPU datasheet, dense (without sparsity); same compute as H100 SXM"),
+    DeviceSpec("a100", {"float64": 19.5e12, "float32": 19.5e12, "tf32": 156e12, "bfloat16": 312e12,
+                        "float16": 312e12}, 2.039e12, "NVIDIA A100 SXM4 80 GB (HBM2e)",
+               "NVIDIA A100 Tensor Core GPU datasheet, dense (without sparsity); FP64 = FP64 tensor core"),
+)}
+_ALIASES = {"h100": "h100-sxm", "h100sxm": "h100-sxm", "h100-sxm5": "h100-sxm", "a100-sxm": "a100",
+            "a100-80gb": "a100", "h200-sxm": "h200", "this-cpu": "cpu", "host": "cpu", "local": "cpu"}
+
+
+def spec_names() -> list[str]:
+    return [*SPECS, "cpu"]
+
+
+def get_spec(name: str, *, refresh: bool = False) -> DeviceSpec:
+    """A built-in spec (``h100-sxm``, ``h200``, ``a100``) or ``cpu`` (this machine, measured once
+    and cached; ``refresh=True`` measures again)."""
+    key = str(name).strip().lower()
+    key = _ALIASES.get(key, key)
+    if key == "cpu":
+        return cpu_spec(refresh=refresh)
+    if key not in SPECS:
+        raise SurgeryError(f"unknown device spec {name!r}{suggest(key, spec_names())}; "
+                           f"choose one of: {', '.join(spec_names())}")
+    return SPECS[key]
+
+
+# ----------------------------------------------------------------------------- this CPU
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("SURGERY_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "surgery"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _fingerprint() -> str:
+    return f"{_cpu_model()}|{os.cpu_count()} cpus|{torch.get_num_threads()} threads|torch {torch.__version__}"
+
+
+def measure_cpu(*, matmul_n: int = 1024, copy_mib: int = 64, repeats: int = 5) -> DeviceSpec:
+    """Peak float32 FLOP/s from a square matmul and memory bandwidth from a large copy
+    (best of ``repeats``; about half a second)."""
+    a = torch.randn(matmul_n, matmul_n)
+    b = torch.randn(matmul_n, matmul_n)
+    c = torch.empty(matmul_n, matmul_n)
+    torch.mm(a, b, out=c)
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b, out=c)
+        best = min(best, time.perf_counter() - t)
+    flops = 2 * matmul_n**3 / best
+    n = copy_mib * (1 << 20) // 4
+    src = torch.ones(n)
+    dst = torch.empty(n)
+    dst.copy_(src)
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t)
+    bandwidth = 2 * n * 4 / best  # read + write
+    return DeviceSpec("cpu", {"float32": flops}, bandwidth, f"this CPU: {_fingerprint()}",
+                      f"measured: {matmul_n}x{matmul_n} float32 matmul, {copy_mib} MiB copy, best of {repeats}",
+                      measured=True)
+
+
+def cpu_spec(*, refresh: bool = False) -> DeviceSpec:
+    path = cache_dir() / "cpu-spec.json"
+    key = _fingerprint()
+    cached: dict = {}
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    entry = cached.get(key) if isinstance(cached, dict) else None
+    if entry and not refresh:
+        try:
+            return DeviceSpec("cpu", dict(entry["peak_flops"]), float(entry["mem_bandwidth"]), entry["description"],
+                              entry["source"] + f" (cached in {path})", measured=True)
+        except (KeyError, TypeError, ValueError):
+            pass
+    spec = measure_cpu()
+    cached = cached if isinstance(cached, dict) else {}
+    cached[key] = {"peak_flops": dict(spec.peak_flops), "mem_bandwidth": spec.mem_bandwidth,
+                   "description": spec.description, "source": spec.source, "measured_at": time.time()}
+    try:  # a cache we cannot write is not an error: the spec is still good for this run
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".cpu-spec.", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump(cached, f, indent=1)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return spec
+
+
+# ----------------------------------------------------------------------------- bounds
+
+
+@dataclass(frozen=True)
+class LayerBound:
+    index: int
+    name: str
+    type: str
+    flops: int  # 2 × (macs + other_macs)
+    bytes: int
+    intensity: float | None  # FLOP per byte; None when the layer moves no bytes
+    bound: str  # compute | memory | none
+    compute_s: float
+    memory_s: float
+    floor_s: float
+
+    @property
+    def floor_ms(self) -> float:
+        return self.floor_s * 1e3
+
+
+@dataclass(frozen=True)
+class RooflineReport:
+    model: str
+    input_shape: tuple[int, ...]
+    batch: int
+    device: str
+    precision: str  # the peak used
+    peak_flops: float  # FLOP/s
+    mem_bandwidth: float  # bytes/s
+    ridge_intensity: float  # FLOP/byte where the two roofs meet
+    layers: tuple[LayerBound, ...]
+    compute_s: float  # sum of compute times
+    memory_s: float  # sum of memory times
+    floor_s: float  # the model's latency floor: sum of layer floors
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def floor_ms(self) -> float:
+        return self.floor_s * 1e3
+
+    def to_json(self) -> dict:
+        return {
+            "model": self.model, "input_shape": list(self.input_shape), "batch": self.batch, "device": self.device,
+            "precision": self.precision, "peak_flop_per_s": self.peak_flops,
+            "mem_bandwidth_bytes_per_s": self.mem_bandwidth, "ridge_flop_per_byte": self.ridge_intensity,
+            "compute_ms": self.compute_s * 1e3, "memory_ms": self.memory_s * 1e3, "floor_ms": self.floor_ms,
+            "compute_bound_layers": sum(l.bound == "compute" for l in self.layers),
+            "memory_bound_layers": sum(l.bound == "memory" for l in self.layers),
+            "layers": [{"index": l.index, "name": l.name, "type": l.type, "flops": l.flops, "bytes": l.bytes,
+                        "intensity_flop_per_byte": l.intensity, "bound": l.bound, "floor_ms": l.floor_ms}
+                       for l in self.layers],
+            "notes": list(self.notes),
+        }
+
+
+def roofline(report: CostReport, spec: DeviceSpec, *, precision: str | None = None) -> RooflineReport:
+    """Bound every layer of ``report`` on ``spec`` (peak for ``precision``, default the report's dtype)."""
+    want = precision or report.dtype
+    peak, used = spec.peak(want)
+    notes = []
+    if used != want:
+        notes.append(f"{spec.name} has no {want} peak; used its {used} peak")
+    bw = spec.mem_bandwidth
+    layers = []
+    for l in report.layers:
+        flops = 2 * (l.macs + l.other_macs)
+        nbytes = l.bytes_read + l.bytes_written
+        tc, tm = flops / peak, nbytes / bw
+        bound = "none" if flops == 0 and nbytes == 0 else ("compute" if tc >= tm else "memory")
+        layers.append(LayerBound(l.index, l.name, l.type, flops, nbytes, flops / nbytes if nbytes else None,
+                                 bound, tc, tm, max(tc, tm)))
+    return RooflineReport(
+        model=report.model, input_shape=report.input_shape, batch=report.batch, device=spec.name, precision=used,
+        peak_flops=peak, mem_bandwidth=bw, ridge_intensity=peak / bw, layers=tuple(layers),
+        compute_s=sum(l.compute_s for l in layers), memory_s=sum(l.memory_s for l in layers),
+        floor_s=sum(l.floor_s for l in layers), notes=tuple(notes),
+    )
+
+
+def with_peak(spec: DeviceSpec, precision: str, flops: float) -> DeviceSpec:
+    """A copy of ``spec`` with one more (or a changed) peak."""
+    return replace(spec, peak_flops={**spec.peak_flops, precision: flops})
