@@ -349,9 +349,17 @@ def atomic_write(
             os.close(fd)
             tmps.append(Path(tmp))
         writer(tmps)
+        mode = 0o666 & ~_umask()  # mkstemp makes 0600 files; outputs get the usual permissions
         for tmp, out in zip(tmps, outs):
+            os.chmod(tmp, mode)
             os.replace(tmp, out)
     finally:
         for tmp in tmps:
             tmp.unlink(missing_ok=True)
     return outs
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

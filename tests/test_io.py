@@ -211,3 +211,13 @@ def test_net_is_frozen():
     with pytest.raises(Exception):
         net.input_shape = (1,)
     assert isinstance(net.arch, ArchSpec) and isinstance(net, Net)
+
+
+def test_outputs_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    p = sio.save(sio.load(SMALL), tmp_path / "m.pt")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~mask
