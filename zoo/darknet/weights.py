@@ -1,0 +1,209 @@
+"""The ``.weights`` format, byte for byte: header, tensor order (parser.c
+``load_weights_upto``), reading with size checks, writing."""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+
+from surgery.errors import SurgeryError
+from typing import TYPE_CHECKING
+
+from zoo.darknet.layers import ConnectedLayer, ConvolutionalLayer, DarknetLayer, LocalLayer
+
+if TYPE_CHECKING:
+    from zoo.darknet.net import DarknetNet
+
+
+# the network
+# ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WeightsHeader:
+    """The ``.weights`` header: int32 major, minor, revision, then ``seen`` images."""
+
+    major: int = 0
+    minor: int = 2
+    revision: int = 0
+    seen: int = 0
+
+    @property
+    def seen_64bit(self) -> bool:  # parser.c load_weights_upto
+        return (self.major * 10 + self.minor) >= 2 and self.major < 1000 and self.minor < 1000
+
+    @property
+    def transpose(self) -> bool:  # connected weights stored input-major
+        return self.major > 1000 or self.minor > 1000
+
+    @property
+    def nbytes(self) -> int:
+        return 12 + (8 if self.seen_64bit else 4)
+
+    def pack(self) -> bytes:
+        seen = struct.pack("<Q" if self.seen_64bit else "<I", self.seen)
+        return struct.pack("<3i", self.major, self.minor, self.revision) + seen
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    layer: DarknetLayer
+    tensor: torch.Tensor
+    file_rc: tuple[int, int] | None = None  # stored as a rows x cols matrix, transposed in memory
+
+
+def _plan(net: DarknetNet, header: WeightsHeader, cutoff: int | None) -> list[_Chunk]:
+    """The tensors a .weights file holds, in file order (parser.c load_weights_upto)."""
+    chunks: list[_Chunk] = []
+    for layer in list(net.layers)[:cutoff]:
+        for key in ("dontload", "dontsave", "numload"):
+            if layer.options.get(key, "0") not in ("0", ""):
+                raise SurgeryError(f"{net.source}: layer {layer.index} [{layer.section}]: {key}= is not supported for .weights I/O; remove it")
+        scales = layer.options.get("dontloadscales", "0") in ("0", "")
+        if isinstance(layer, ConvolutionalLayer):
+            bn, conv = layer.bn, layer.conv
+            chunks.append(_Chunk(layer, bn.bias if bn is not None else conv.bias))
+            if bn is not None and scales:
+                chunks += [_Chunk(layer, t) for t in (bn.weight, bn.running_mean, bn.running_var)]
+            n, k = conv.weight.shape[0], conv.weight[0].numel()
+            chunks.append(_Chunk(layer, conv.weight, (k, n) if layer.flipped else None))
+        elif isinstance(layer, ConnectedLayer):
+            bn, fc = layer.bn, layer.fc
+            chunks.append(_Chunk(layer, bn.bias if bn is not None else fc.bias))
+            chunks.append(_Chunk(layer, fc.weight, (fc.in_features, fc.out_features) if header.transpose else None))
+            if bn is not None and scales:
+                chunks += [_Chunk(layer, t) for t in (bn.weight, bn.running_mean, bn.running_var)]
+        elif isinstance(layer, LocalLayer):
+            chunks += [_Chunk(layer, layer.bias), _Chunk(layer, layer.weight)]
+    return chunks
+
+
+def weights_nbytes(net: DarknetNet, header: WeightsHeader | None = None, cutoff: int | None = None) -> int:
+    """Size in bytes of the .weights file ``net`` reads and writes."""
+    header = header or net.weights_header
+    return header.nbytes + 4 * sum(c.tensor.numel() for c in _plan(net, header, cutoff))
+
+
+def _name(f) -> str:
+    return str(f) if isinstance(f, (str, os.PathLike)) else str(getattr(f, "name", "<weights>"))
+
+
+def read_weights(net: DarknetNet, src: str | os.PathLike | BinaryIO, *, cutoff: int | None = None) -> WeightsHeader:
+    """Load a Darknet ``.weights`` file (path or binary file object) into ``net``.
+
+    ``cutoff``: the file holds only layers ``0..cutoff-1``, as Darknet's ``partial`` writes
+    them (e.g. ``darknet53.conv.74`` for yolov3.cfg: cutoff=74). The file must hold exactly
+    what the cfg needs, else SurgeryError names the layer where it ran out or the bytes left
+    over. Sets and returns ``net.weights_header``.
+    """
+    name = _name(src)
+    if isinstance(src, (str, os.PathLike)):
+        try:
+            data = Path(src).read_bytes()
+        except FileNotFoundError:
+            raise SurgeryError(f"{name}: no such weights file") from None
+        except OSError as e:
+            raise SurgeryError(f"{name}: cannot read weights ({e.strerror})") from None
+    else:
+        data = src.read()
+    size = len(data)
+    if size < 16:
+        raise SurgeryError(f"{name}: {size} bytes is too short for a Darknet .weights header (16 or 20 bytes)")
+    major, minor, revision = struct.unpack_from("<3i", data, 0)
+    seen64 = WeightsHeader(major, minor, revision).seen_64bit
+    if seen64 and size < 20:
+        raise SurgeryError(f"{name}: {size} bytes is too short for a version {major}.{minor} .weights header (20 bytes)")
+    seen = struct.unpack_from("<Q" if seen64 else "<I", data, 12)[0]
+    header = WeightsHeader(major, minor, revision, seen)
+    chunks = _plan(net, header, cutoff)
+    total = header.nbytes + 4 * sum(c.tensor.numel() for c in chunks)
+    if size < total:  # find the layer where it runs out, before touching any tensor
+        pos = header.nbytes
+        for c in chunks:
+            end = pos + 4 * c.tensor.numel()
+            if end > size:
+                L = c.layer
+                raise SurgeryError(
+                    f"{name}: truncated weights: ran out in layer {L.index} [{L.section}], which needs bytes "
+                    f"{pos}..{end} but the file has {size} bytes ({total} expected for {net.source}); "
+                    "the .weights does not match the cfg (pass cutoff= to load only the first layers)"
+                )
+            pos = end
+    if size > total:
+        raise SurgeryError(
+            f"{name}: {size - total} bytes left over after the last layer ({total} bytes expected for "
+            f"{net.source}, the file has {size}); the .weights was saved for a different cfg"
+        )
+    floats = np.frombuffer(data, dtype="<f4", offset=header.nbytes)
+    pos = 0
+    with torch.no_grad():
+        for c in chunks:
+            t = c.tensor
+            if t.device.type == "meta":
+                raise SurgeryError(f"{name}: cannot load weights into a network on the meta device; build it on the CPU")
+            arr = floats[pos:pos + t.numel()]
+            pos += t.numel()
+            if c.file_rc is not None:
+                arr = arr.reshape(c.file_rc).T
+            t.copy_(torch.from_numpy(np.array(arr, dtype=np.float32)).reshape(t.shape))  # a writable copy
+    net.weights_header = header
+    return header
+
+
+def _serialize(net: DarknetNet, header: WeightsHeader, cutoff: int | None) -> bytes:
+    parts = [header.pack()]
+    for c in _plan(net, header, cutoff):
+        arr = c.tensor.detach().to("cpu", torch.float32).numpy().reshape(-1)
+        if c.file_rc is not None:
+            rows, cols = c.file_rc
+            arr = arr.reshape(cols, rows).T
+        parts.append(np.ascontiguousarray(arr, dtype="<f4").tobytes())
+    return b"".join(parts)
+
+
+def _check_writable(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise SurgeryError(f"{path}: already exists; choose another name or pass --force to overwrite it")
+    if not path.parent.is_dir():
+        raise SurgeryError(f"{path}: directory {path.parent} does not exist")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_weights(net: DarknetNet, dest: str | os.PathLike | BinaryIO, *, header: WeightsHeader | None = None,
+                  cutoff: int | None = None, overwrite: bool = False) -> int:
+    """Write ``net`` as a Darknet ``.weights`` file (path, written atomically, or binary
+    file object) with ``header`` (default: ``net.weights_header``, i.e. the header it was
+    read with, or 0.2.0 as Darknet's save_weights writes). Returns the bytes written."""
+    if any(p.device.type == "meta" for p in net.parameters()):
+        raise SurgeryError(f"{_name(dest)}: cannot write weights of a network on the meta device")
+    data = _serialize(net, header or net.weights_header, cutoff)
+    if isinstance(dest, (str, os.PathLike)):
+        path = Path(dest)
+        _check_writable(path, overwrite)
+        _atomic_write(path, data)
+    else:
+        dest.write(data)
+    return len(data)
+
+
+# ------------------------------------------------------------------------------------
+# files
+# ------------------------------------------------------------------------------------
