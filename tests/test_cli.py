@@ -106,3 +106,77 @@ def test_debug_shows_traceback(cli):
 
 def test_usage_error_exit_2(cli):
     assert cli("info").code == 2
+
+
+# ---- Darknet bad input through the console script: one line, exit 2, nothing written
+
+TINY_CFG = """[net]
+width=32
+height=32
+channels=3
+
+[convolutional]
+batch_normalize=1
+filters=8
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[convolutional]
+filters=4
+size=1
+stride=1
+pad=1
+activation=linear
+"""
+
+
+def _tiny_with_weights(tmp_path):
+    from zoo.darknet import build_darknet, write_weights
+
+    cfg = tmp_path / "tiny.cfg"
+    cfg.write_text(TINY_CFG)
+    write_weights(build_darknet(TINY_CFG), tmp_path / "tiny.weights")
+    return cfg, tmp_path / "tiny.weights"
+
+
+def test_darknet_cfg_with_weights_loads(cli, tmp_path):
+    cfg, _ = _tiny_with_weights(tmp_path)
+    d = cli("info", cfg, "--json").json()
+    # conv 3->8 (3x3, BN: beta+gamma) + conv 8->4 (1x1, bias)
+    assert d["params"] == 8 * 3 * 9 + 2 * 8 + 4 * 8 + 4
+    assert d["format"] == "darknet" and len(d["sources"]) == 2
+
+
+def test_truncated_weights(cli, tmp_path):
+    cfg, w = _tiny_with_weights(tmp_path)
+    w.write_bytes(w.read_bytes()[:-8])
+    _one_line_error(cli("info", cfg), "tiny.weights")
+
+
+def test_oversized_weights(cli, tmp_path):
+    cfg, w = _tiny_with_weights(tmp_path)
+    w.write_bytes(w.read_bytes() + b"\0" * 16)
+    _one_line_error(cli("info", cfg), "tiny.weights")
+
+
+def test_unknown_section(cli, tmp_path):
+    cfg = tmp_path / "bad.cfg"
+    cfg.write_text(TINY_CFG + "\n[teleporter]\nsize=3\n")
+    _one_line_error(cli("info", cfg), "teleporter", "bad.cfg")
+
+
+def test_bad_route_index(cli, tmp_path):
+    cfg = tmp_path / "route.cfg"
+    cfg.write_text(TINY_CFG + "\n[route]\nlayers=-7\n")
+    _one_line_error(cli("info", cfg), "route")
+
+
+def test_failed_command_writes_nothing(cli, tmp_path):
+    cfg, w = _tiny_with_weights(tmp_path)
+    w.write_bytes(w.read_bytes()[:-8])
+    out = tmp_path / "out.pt"
+    res = cli("fold", cfg, "-o", out)
+    assert res.code == 2 and not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.cfg", "tiny.weights"]
