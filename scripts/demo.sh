@@ -34,6 +34,6 @@ $S flops "$out/base.pt" --convention darknet
 $S flops "$out/shared.pt" --convention darknet
 
 step "Measured CPU latency: base vs base+text in one pass (lower is better)"
-$S profile "$out/base.pt" "$out/shared.pt" --batch 1 --runtime torch --plot "$out/profile.png"
+$S profile "$out/base.pt" "$out/shared.pt" --batch 1 --runtime torch --threads 1 --plot "$out/profile.png" --force
 
 printf '\nDemo outputs in %s/: base.pt text.pt shared.pt shared.cfg shared.weights diff.png profile.png\n' "$out"
