@@ -17,7 +17,7 @@ from cli_commands.base import app, err_console
 from surgery.errors import SurgeryError
 
 # Each module adds its command(s) to ``app``; the order here is the order in --help.
-_COMMANDS = ("info", "zoo_cmd", "layers", "flops", "share", "retarget", "diff", "fold", "profile")
+_COMMANDS = ("info", "zoo_cmd", "layers", "flops", "share", "retarget", "diff", "fold", "profile", "export")
 for _name in _COMMANDS:
     try:
         import_module(f"cli_commands.{_name}")

@@ -308,3 +308,41 @@ def _cast(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     import copy
 
     return copy.deepcopy(module).eval().to(dtype)
+
+
+# ------------------------------------------------------------------ Darknet .cfg + .weights
+
+
+@dataclass(frozen=True)
+class DarknetExportReport:
+    cfg: str
+    weights: str
+    layers: int
+    params: int
+    weights_bytes: int
+    identical: bool  # the written files read back to exactly the same tensors
+
+
+def write_darknet(net, cfg_path, weights_path) -> DarknetExportReport:
+    """Write a Darknet-built ``net`` as ``.cfg`` + ``.weights`` (call it on temporary paths
+    inside :func:`surgery.io.atomic_write`) and check that the project's importer reads both
+    back to exactly the same tensors."""
+    from surgery.graph import is_darknet
+    from zoo.darknet import build_darknet, read_weights, write_weights
+
+    if not is_darknet(net.module) or net.recipe:
+        raise SurgeryError(
+            f"{net.source or 'this model'}: Darknet export needs a Darknet-built network (a .cfg, zoo:yolov3, "
+            f"a Darknet share) without fx-graph surgeries; export it with --onnx instead"
+        )
+    text = net.module.cfg_text()
+    Path(cfg_path).write_text(text)
+    nbytes = write_weights(net.module, weights_path, overwrite=True)
+    back = build_darknet(text, source=str(cfg_path))
+    read_weights(back, weights_path)
+    mine, theirs = net.module.state_dict(), back.state_dict()
+    bad = [k for k in mine if not k.endswith("num_batches_tracked") and not torch.equal(mine[k], theirs.get(k))]
+    if bad or set(mine) != set(theirs):
+        raise SurgeryError(f"Darknet export: the written files do not read back to the same weights ({bad[:3]}); "
+                           "nothing written (a bug: please report)")
+    return DarknetExportReport(str(cfg_path), str(weights_path), len(net.module.layers), net.params, nbytes, True)

@@ -605,21 +605,11 @@ def sweep(base: Net, tasks: Sequence[Net], ats: Sequence[int | str]) -> SweepRep
 
 
 def write_darknet(net: Net, cfg_path, weights_path) -> None:
-    """Write a Darknet-representation result as ``.cfg`` + ``.weights`` and check it: the
-    project's importer must read both back to exactly the same tensors."""
-    from zoo.darknet import build_darknet, read_weights, write_weights
+    """Write a Darknet-representation result as ``.cfg`` + ``.weights``, checked by reading
+    them back (:func:`surgery.export.write_darknet`)."""
+    from surgery.export import write_darknet as _write
 
     if net.arch is None or net.arch.kind != "darknet" or net.recipe or not is_darknet(net.module):
         raise SurgeryError("--darknet needs Darknet models (a .cfg or zoo:yolov3...) without earlier surgeries; "
                            "this combined model is a torch.fx graph")
-    from pathlib import Path
-
-    Path(cfg_path).write_text(net.arch.cfg)
-    write_weights(net.module, weights_path, overwrite=True)
-    back = build_darknet(Path(cfg_path).read_text(), source=str(cfg_path))
-    read_weights(back, weights_path)
-    mine, theirs = net.module.state_dict(), back.state_dict()
-    bad = [k for k in mine if k.endswith("num_batches_tracked") is False and not torch.equal(mine[k], theirs[k])]
-    if bad or set(mine) != set(theirs):
-        raise SurgeryError(f"--darknet: the written files do not read back to the same weights ({bad[:3]}); "
-                           "nothing written (a bug: please report)")
+    _write(net, cfg_path, weights_path)

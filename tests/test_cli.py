@@ -7,7 +7,7 @@ from torch import nn
 
 import surgery
 
-EXPECTED_COMMANDS = ["info", "zoo"]
+EXPECTED_COMMANDS = ["info", "zoo", "layers", "flops", "share", "retarget", "diff", "fold", "profile", "export"]
 
 
 def _one_line_error(res, *needles):

@@ -1,0 +1,43 @@
+"""``surgery export``: verified ONNX and Darknet cfg+weights, nothing written on failure."""
+
+from __future__ import annotations
+
+import torch
+
+from surgery import io as sio
+from surgery.verify import compare
+
+TINY = "zoo:yolov3_tiny:width=128,height=128"
+
+
+def test_export_darknet_and_onnx_round_trip(cli, tmp_path):
+    cfg, onnx = tmp_path / "t.cfg", tmp_path / "t.onnx"
+    res = cli("export", TINY, "--darknet", cfg, "--onnx", onnx, "--json")
+    assert res.code == 0, res.err
+    d = res.json()
+    assert d["darknet"]["cfg"] == str(cfg) and d["darknet"]["identical"] is True
+    assert d["darknet"]["layers"] == 24
+    assert d["onnx"]["path"] == str(onnx) and d["onnx"]["max_rel"] <= d["onnx"]["rtol"]
+    src = sio.load(TINY)
+    back = sio.load(str(cfg))  # same-stem .weights is picked up
+    assert back.metadata["weights"] == str(tmp_path / "t.weights")
+    for k, v in src.module.state_dict().items():
+        assert torch.equal(v, back.module.state_dict()[k]), k
+    rep = compare(src.module, back.module, src.input_shape, probes=1, batch=1)
+    assert rep.max_abs == 0.0
+    # written weights are byte-compatible: a second export of the loaded files gives the same bytes
+    again = tmp_path / "again.cfg"
+    assert cli("export", cfg, "--darknet", again).code == 0
+    assert (tmp_path / "again.weights").read_bytes() == (tmp_path / "t.weights").read_bytes()
+
+
+def test_export_refusals_write_nothing(cli, tmp_path):
+    res = cli("export", "zoo:resnet18:num_classes=3", "--darknet", tmp_path / "r.cfg")
+    assert res.code == 2 and "--onnx" in res.err and "Traceback" not in res.err
+    assert list(tmp_path.iterdir()) == []
+    assert cli("export", TINY).code == 2
+    assert cli("export", TINY, "--darknet", tmp_path / "x.txt").code == 2
+    (tmp_path / "t.cfg").write_text("keep")
+    res = cli("export", TINY, "--darknet", tmp_path / "t.cfg")
+    assert res.code == 2 and "--force" in res.err
+    assert (tmp_path / "t.cfg").read_text() == "keep" and not (tmp_path / "t.weights").exists()
