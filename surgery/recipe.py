@@ -33,11 +33,7 @@ def replayable(op: str):
 
 def _load() -> None:
     for name in _SURGERY_MODULES:
-        try:
-            import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
+        import_module(name)
 
 
 def rebuild(arch, recipe) -> nn.Module:

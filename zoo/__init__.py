@@ -11,8 +11,4 @@ from zoo.registry import ZooEntry, entries, get, names, register  # noqa: F401
 _FAMILIES = ["resnet", "shufflenet", "diracnet", "wrn", "patchnets", "darknet_zoo"]
 
 for _fam in _FAMILIES:
-    try:
-        import_module(f"zoo.{_fam}")
-    except ModuleNotFoundError as e:  # a family still being written; keep the rest usable
-        if e.name != f"zoo.{_fam}":
-            raise
+    import_module(f"zoo.{_fam}")
