@@ -323,7 +323,7 @@ def test_truncated_and_oversized_weights(tmp_path):
     (tmp_path / "h.weights").write_bytes(data[:10])
     with pytest.raises(SurgeryError, match="too short"):
         read_weights(net, tmp_path / "h.weights")
-    with pytest.raises(SurgeryError, match="already exists"):
+    with pytest.raises(SurgeryError, match="exists; pass --force"):
         write_weights(net, path)
 
 
@@ -411,7 +411,7 @@ def test_weights_cutoff_and_save_load(tmp_path):
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(back(x)[0], net.eval()(x)[0])
-    with pytest.raises(SurgeryError, match="already exists"):
+    with pytest.raises(SurgeryError, match="exists; pass --force"):
         save_darknet(net, tmp_path / "m.cfg", tmp_path / "other.weights")
     assert not (tmp_path / "other.weights").exists()
 

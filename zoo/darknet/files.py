@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-
 from surgery.errors import SurgeryError
 from zoo.darknet.net import DarknetNet, build_darknet
-from zoo.darknet.weights import _atomic_write, _check_writable, read_weights, write_weights
+from zoo.darknet.weights import read_weights, write_weights
 
 
 def load_darknet(cfg_path: str | os.PathLike, weights_path: str | os.PathLike | None = None, *,
@@ -29,12 +28,15 @@ def load_darknet(cfg_path: str | os.PathLike, weights_path: str | os.PathLike | 
 
 def save_darknet(net: DarknetNet, cfg_path: str | os.PathLike, weights_path: str | os.PathLike | None = None,
                  *, overwrite: bool = False) -> None:
-    """Write ``net.cfg_text()`` and (if a path is given) its weights. Both destinations are
-    checked before anything is written; each file is written atomically."""
-    cfg = Path(cfg_path)
-    paths = [cfg] + ([Path(weights_path)] if weights_path is not None else [])
-    for p in paths:
-        _check_writable(p, overwrite)
-    if weights_path is not None:
-        write_weights(net, weights_path, overwrite=True)
-    _atomic_write(cfg, net.cfg_text().encode())
+    """Write ``net.cfg_text()`` and (if a path is given) its weights: both destinations are
+    checked first, and either both files appear or neither (:func:`surgery.io.atomic_write`)."""
+    from surgery.io import atomic_write
+
+    paths = [cfg_path] + ([weights_path] if weights_path is not None else [])
+
+    def write(tmps):
+        tmps[0].write_text(net.cfg_text())
+        if weights_path is not None:
+            write_weights(net, tmps[1], overwrite=True)
+
+    atomic_write(paths, write, force=overwrite)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -168,25 +167,6 @@ def _serialize(net: DarknetNet, header: WeightsHeader, cutoff: int | None) -> by
     return b"".join(parts)
 
 
-def _check_writable(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise SurgeryError(f"{path}: already exists; choose another name or pass --force to overwrite it")
-    if not path.parent.is_dir():
-        raise SurgeryError(f"{path}: directory {path.parent} does not exist")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_weights(net: DarknetNet, dest: str | os.PathLike | BinaryIO, *, header: WeightsHeader | None = None,
                   cutoff: int | None = None, overwrite: bool = False) -> int:
     """Write ``net`` as a Darknet ``.weights`` file (path, written atomically, or binary
@@ -196,14 +176,9 @@ def write_weights(net: DarknetNet, dest: str | os.PathLike | BinaryIO, *, header
         raise SurgeryError(f"{_name(dest)}: cannot write weights of a network on the meta device")
     data = _serialize(net, header or net.weights_header, cutoff)
     if isinstance(dest, (str, os.PathLike)):
-        path = Path(dest)
-        _check_writable(path, overwrite)
-        _atomic_write(path, data)
+        from surgery.io import atomic_write
+
+        atomic_write([dest], lambda tmps: tmps[0].write_bytes(data), force=overwrite)
     else:
         dest.write(data)
     return len(data)
-
-
-# ------------------------------------------------------------------------------------
-# files
-# ------------------------------------------------------------------------------------
