@@ -78,7 +78,7 @@ class TimingConfig:
         if self.min_runs < 1 or self.max_runs < 1 or self.warmup < 0:
             raise SurgeryError("timing: runs must be positive (min_runs, max_runs >= 1, warmup >= 0)")
         if self.max_runs < self.min_runs:
-            object.__setattr__(self, "min_runs", self.max_runs)
+            raise SurgeryError(f"timing: max_runs ({self.max_runs}) is below min_runs ({self.min_runs})")
         if self.min_time_s < 0 or self.max_time_s <= 0 or self.warmup_s < 0:
             raise SurgeryError("timing: times must be non-negative (max_time_s > 0)")
 

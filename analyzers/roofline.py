@@ -48,6 +48,9 @@ class DeviceSpec:
         return self.peak_flops["float32"], "float32"
 
 
+# Every precision a spec may name; an explicit precision outside this list is a typo, not a fallback.
+PRECISIONS = ("float64", "float32", "tf32", "bfloat16", "float16", "float8", "int8", "int4")
+
 _H100_PEAKS = {"float64": 67e12, "float32": 67e12, "tf32": 494.7e12, "bfloat16": 989.4e12, "float16": 989.4e12,
                "float8": 1978.9e12}
 SPECS: dict[str, DeviceSpec] = {s.name: s for s in (
@@ -232,6 +235,9 @@ class RooflineReport:
 
 def roofline(report: CostReport, spec: DeviceSpec, *, precision: str | None = None) -> RooflineReport:
     """Bound every layer of ``report`` on ``spec`` (peak for ``precision``, default the report's dtype)."""
+    if precision is not None and precision not in PRECISIONS:
+        raise SurgeryError(f"unknown precision {precision!r}{suggest(precision, PRECISIONS)}; "
+                           f"use one of {', '.join(PRECISIONS)}")
     want = precision or report.dtype
     peak, used = spec.peak(want)
     notes = []

@@ -46,7 +46,7 @@ def parse_shape(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
     try:
-        dims = tuple(int(p) for p in text.lower().replace(",", "x").split("x") if p)
+        dims = tuple(int(p) for p in text.lower().strip().split("x"))
     except ValueError:
         raise SurgeryError(f"bad shape {text!r}; write it like 3x224x224") from None
     if not dims or any(d <= 0 for d in dims):
@@ -54,13 +54,27 @@ def parse_shape(text: str | None) -> tuple[int, ...] | None:
     return dims
 
 
-def parse_int_list(text: str, what: str) -> list[int]:
+def parse_int_list(text: str, what: str, *, minimum: int = 1) -> list[int]:
+    """``"1,8,32"`` -> [1, 8, 32]; every value at least ``minimum``."""
     try:
         vals = [int(p) for p in text.split(",") if p.strip()]
     except ValueError:
         raise SurgeryError(f"bad {what} {text!r}; write a comma-separated list of integers, e.g. 1,8,32") from None
     if not vals:
         raise SurgeryError(f"bad {what} {text!r}: empty")
+    if any(v < minimum for v in vals):
+        raise SurgeryError(f"bad {what} {text!r}: every value must be at least {minimum}")
+    return vals
+
+
+def parse_layer_list(text: str, what: str) -> list[int | str]:
+    """``"40,48,layer3"`` -> [40, 48, "layer3"]: layer indices or module names."""
+    vals: list[int | str] = []
+    for p in (p.strip() for p in text.split(",")):
+        if p:
+            vals.append(int(p) if p.lstrip("-").isdigit() else p)
+    if not vals:
+        raise SurgeryError(f"bad {what} {text!r}: empty; give layer indices or names, e.g. 40,48,64")
     return vals
 
 

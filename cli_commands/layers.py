@@ -95,10 +95,12 @@ def layers_cmd(
     cols = ["#", "name", "type", "input", "output", "params", "MACs", "BFLOPs" if darknet else "FLOPs", "bytes"]
     rows = []
     for l in rep.layers:
-        fl = (f"{l.flops / 1e9:.3f}" if l.flops else "") if darknet else (human(l.flops) if l.flops else "")
+        # Darknet's BFLOPs column counts convolutions only (the `darknet` convention), not [connected]
+        bfl = rep.value("darknet", l) if darknet else 0
+        fl = (f"{bfl / 1e9:.3f}" if bfl else "") if darknet else (human(l.flops) if l.flops else "")
         rows.append([l.index, l.name, l.type, shapes_str(l.input_shapes), shape_str(l.output_shape),
                      f"{l.params:,}" if l.params else "", human(l.macs) if l.macs else "", fl, human(l.bytes)])
-    total_fl = f"{t.flops / 1e9:.3f}" if darknet else human(t.flops)
+    total_fl = f"{rep.value('darknet') / 1e9:.3f}" if darknet else human(t.flops)
     rows.append(["", "total", "", "", "", f"{t.params:,}", human(t.macs), total_fl, human(t.bytes)])
     if darknet:  # names are just layers.N: the index says it, as in Darknet's printout
         cols.pop(1)

@@ -144,6 +144,12 @@ def profile_cmd(
     # every argument is checked before anything slow happens
     runtimes = expand_runtimes([r for r in runtime.split(",") if r.strip()], resolve_device(device))
     batches = parse_int_list(batch, "--batch")
+    if threads is not None and threads < 1:
+        raise SurgeryError(f"--threads {threads}: must be at least 1")
+    if roofline_spec is not None:
+        from analyzers.roofline import get_spec
+
+        get_spec(roofline_spec)  # an unknown name fails here, not after the timing
     dtypes = parse_dtypes([d for d in dtype.split(",") if d.strip()])
     timing = TimingConfig(warmup=warmup, warmup_s=warmup_time, min_runs=min_runs, max_runs=max_runs,
                           min_time_s=min_time, max_time_s=max_time, max_cv=max_cv)

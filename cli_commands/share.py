@@ -9,7 +9,7 @@ from typing import List, Optional
 import torch
 import typer
 
-from cli_commands.base import (ForceOpt, InputOpt, JsonOpt, app, console, human, load_model, parse_int_list,
+from cli_commands.base import (ForceOpt, InputOpt, JsonOpt, app, console, human, load_model, parse_layer_list,
                                print_json, table, to_jsonable)
 from surgery import io as sio
 from surgery.errors import SurgeryError
@@ -46,7 +46,7 @@ def share_cmd(
         for opt, val in (("--at", at), ("-o", output), ("--darknet", darknet), ("--onnx", onnx)):
             if val is not None:
                 raise SurgeryError(f"--sweep prints savings and writes nothing; drop {opt}")
-        ats = parse_int_list(sweep_at, "--sweep")
+        ats = parse_layer_list(sweep_at, "--sweep")
         nets = [load_model(m, input_shape=input) for m in models]
         rep = sweep(nets[0], nets[1:], ats)
         if json_out:

@@ -180,3 +180,39 @@ def test_failed_command_writes_nothing(cli, tmp_path):
     res = cli("fold", cfg, "-o", out)
     assert res.code == 2 and not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.cfg", "tiny.weights"]
+
+
+# ---- argument checks happen before any slow work, and give one line + exit 2
+
+
+def test_layers_bflops_column_counts_convolutions_only(cli, darknet_dir):
+    """Darknet's BFLOPs exclude [connected] layers: `layers` and `flops --convention darknet`
+    agree on AlexNet (whose three connected layers hold 59 M MACs)."""
+    cfg = darknet_dir / "alexnet.cfg"
+    layers = cli("layers", cfg, "--json").json()
+    conv = sum(l["flops"] for l in layers["layers"] if l["type"] == "convolutional")
+    table = cli("layers", cfg, "--input", "3x227x227")
+    assert table.code == 0
+    total_line = next(l for l in table.out.splitlines() if "total" in l)
+    assert f"{conv / 1e9:.3f}" in total_line
+    assert f"{layers['totals']['flops'] / 1e9:.3f}" not in total_line  # conv+linear would be larger
+    flops = cli("flops", cfg, "--convention", "darknet", "--json").json()
+    assert flops["total"]["macs"] * 2 > conv
+
+
+def test_bad_arguments_fail_fast(cli):
+    _one_line_error(cli("profile", "zoo:resnet18", "--roofline-spec", "bogus"), "bogus")
+    _one_line_error(cli("profile", "zoo:resnet18", "--batch", "0"), "--batch")
+    _one_line_error(cli("profile", "zoo:resnet18", "--threads", "0"), "--threads")
+    _one_line_error(cli("profile", "zoo:resnet18", "--min-runs", "5", "--max-runs", "2"), "min_runs")
+    _one_line_error(cli("flops", "zoo:resnet18", "--device-spec", "h100-sxm", "--precision", "bf16"), "bf16", "bfloat16")
+    _one_line_error(cli("info", "zoo:resnet18", "--input", "3xx224"), "3xx224")
+    _one_line_error(cli("info", "zoo:resnet18", "--input", "3,224,224"), "3,224,224")
+
+
+def test_share_sweep_takes_layer_names(cli):
+    res = cli("share", "zoo:resnet18:num_classes=10", "zoo:resnet18:num_classes=10", "--sweep", "layer3.1.conv2,20",
+              "--json")
+    assert res.code == 0, res.err
+    rows = res.json()["sweep"]
+    assert len(rows) == 2 and all(0 < r["saved_fraction"]["params"] < 1 for r in rows)
