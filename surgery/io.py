@@ -319,6 +319,8 @@ def check_outputs(paths: Iterable[str | Path], *, force: bool, inputs: Iterable[
     outs = [Path(p) for p in paths]
     ins = {Path(p).resolve() for p in inputs if p and not str(p).startswith("zoo:")}
     for out in outs:
+        if str(out).startswith("zoo:"):
+            raise SurgeryError(f"output {str(out)!r} is a zoo reference, not a file name; give a path like model.pt")
         if out.resolve() in ins:
             raise SurgeryError(f"output {str(out)!r} is also an input; surgery never overwrites its inputs")
         if out.exists() and not force:

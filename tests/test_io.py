@@ -221,3 +221,8 @@ def test_outputs_get_normal_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~mask
+
+
+def test_output_cannot_be_a_zoo_reference():
+    with pytest.raises(SurgeryError, match="zoo reference"):
+        sio.check_outputs(["zoo:resnet18"], force=True)
