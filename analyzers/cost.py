@@ -157,6 +157,14 @@ class CostReport:
         """Sums over the layers with index <= k (the shared backbone of share-at-k)."""
         return Totals.of(l for l in self.layers if l.index <= k)
 
+    def shared_fraction(self, k: int) -> dict[str, float]:
+        """``{"params", "macs"}``: the fractions of the model's totals in layers ``0..k``
+        (what sharing the backbone up to layer ``k`` saves per extra task); 0.0 where the
+        model's total is 0."""
+        part = self.upto(k)
+        return {key: (getattr(part, key) / whole if whole else 0.0)
+                for key in ("params", "macs") for whole in (getattr(self.totals, key),)}
+
     def layer(self, index: int) -> LayerCost:
         for l in self.layers:
             if l.index == index:

@@ -223,7 +223,7 @@ def retarget(net: Net, at: int | str, classes: int, *, anchors: str | None = Non
     report = RetargetReport(
         source=net.source, at=k, at_name=layer.name, classes=classes, old_classes=tuple(old), anchors=anchors,
         seed=seed, arch=result.arch.describe(), how=how, kept_layers=kept, reinitialised=fresh,
-        params=count_params(module), params_kept=_params_upto(module, k))
+        params=count_params(module), params_kept=_params_upto(result, k))
     return result, report
 
 
@@ -266,8 +266,7 @@ def _copy_prefix(net: Net, module: nn.Module, k: int, at) -> tuple[tuple[int, ..
     return tuple(kept), tuple(dict.fromkeys(fresh))
 
 
-def _params_upto(module: nn.Module, k: int) -> int:
-    lg = layer_graph(module)
-    names = {l.name for l in lg.layers if l.kind == "module" and l.index <= k}
-    return sum(p.numel() for n, p in module.named_parameters() if n.rpartition(".")[0] in names
-               or any(n.startswith(x + ".") for x in names))
+def _params_upto(net: Net, k: int) -> int:
+    from analyzers.cost import analyze
+
+    return int(analyze(net).upto(k).params)

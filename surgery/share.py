@@ -566,6 +566,7 @@ def _report(base, tasks, result, cut, heads, rtol, representation) -> ShareRepor
     bp, bm = _totals(base_cost)
     up = base_cost.upto(cut.at)
     sp, sm = int(up.params), int(up.macs)
+    frac = base_cost.shared_fraction(cut.at)
     sep_p, sep_m = bp, bm
     for t in tasks:
         tp, tm = _totals(_cost(t))
@@ -579,7 +580,7 @@ def _report(base, tasks, result, cut, heads, rtol, representation) -> ShareRepor
         heads=tuple(heads),
         params=Pair(cp, sep_p),
         macs=Pair(cm, sep_m),
-        saved_fraction=Fraction(sp / bp if bp else 0.0, sm / bm if bm else 0.0),
+        saved_fraction=Fraction(frac["params"], frac["macs"]),
         shared={"params": sp, "macs": sm},
         cut_edges=cut.edges,
         rtol=rtol,
@@ -595,8 +596,8 @@ def sweep(base: Net, tasks: Sequence[Net], ats: Sequence[int | str]) -> SweepRep
     rows = []
     for at in ats:
         cut = plan_cut(base, tasks, at)
-        up = rep.upto(cut.at)
-        rows.append(SweepRow(cut.at, cut.name, Fraction(up.params / bp if bp else 0.0, up.macs / bm if bm else 0.0),
+        up, frac = rep.upto(cut.at), rep.shared_fraction(cut.at)
+        rows.append(SweepRow(cut.at, cut.name, Fraction(frac["params"], frac["macs"]),
                              {"params": int(up.params), "macs": int(up.macs)}))
     return SweepReport(base.source, tuple(t.source for t in tasks), {"params": bp, "macs": bm}, tuple(rows))
 

@@ -15,6 +15,7 @@ from analyzers.cost import CONVENTIONS, CostCounter, analyze, get_convention, sw
 from surgery.errors import SurgeryError
 from surgery.io import load
 from surgery.net import count_params
+from zoo.resnet import DEEP_ROOTS_TABLE1
 
 F32 = 4  # bytes per float32 element
 
@@ -252,20 +253,17 @@ def test_counter_reuse_matches_fresh_analysis():
 # ----------------------------------------------------------------------------- published numbers
 
 
-# Deep Roots (Ioannou et al. 2016) Table 1: ResNet-50 (original v1), root-n; FLOPS are
-# multiply-adds ×1e9, params ×1e7 (conv + fc weights and biases: Caffe's BN/Scale not counted).
-DEEP_ROOTS = {1: (3.86, 2.55), 2: (3.68, 2.54), 4: (3.37, 2.51), 8: (2.86, 2.32), 16: (2.43, 1.87),
-              32: (2.22, 1.64), 64: (2.11, 1.53)}
-
-
-@pytest.mark.parametrize("root", sorted(DEEP_ROOTS))
+# Deep Roots (Ioannou et al. 2016) Table 1 (zoo.resnet.DEEP_ROOTS_TABLE1): ResNet-50 (original v1),
+# root-n; FLOPS are multiply-adds (3 significant figures), params are conv + fc weights and biases
+# (Caffe's BN/Scale not counted).
+@pytest.mark.parametrize("root", sorted(DEEP_ROOTS_TABLE1))
 def test_resnet50_root_family_matches_deep_roots_table1(root):
     net = load(f"zoo:resnet50:variant=v1,root={root}")
     rep = analyze(net)
-    macs, params = DEEP_ROOTS[root]
-    assert round(rep.totals.macs / 1e9, 2) == macs
+    macs, params = DEEP_ROOTS_TABLE1[root]
+    assert round(rep.totals.macs / 1e9, 2) == round(macs / 1e9, 2)
     bn = sum(l.params for l in rep.layers if l.type == "BatchNorm2d")
-    assert round((rep.totals.params - bn) / 1e7, 2) == params
+    assert round((rep.totals.params - bn) / 1e7, 2) == round(params / 1e7, 2)
     assert rep.totals.params == net.params and not rep.uncounted
 
 

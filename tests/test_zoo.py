@@ -262,12 +262,6 @@ def test_deep_roots_table1(root):
     assert n_params(m) == 25_557_032 - round(removed)
 
 
-def test_deep_roots_table_is_monotone():
-    macs = [DEEP_ROOTS_TABLE1[r][0] for r in sorted(DEEP_ROOTS_TABLE1)]
-    params = [DEEP_ROOTS_TABLE1[r][1] for r in sorted(DEEP_ROOTS_TABLE1)]
-    assert macs == sorted(macs, reverse=True) and params == sorted(params, reverse=True)
-
-
 MACS_ENTRIES = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wrn50_2",
                 "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0"]
 
@@ -436,8 +430,6 @@ PATCH_CLOSED_FORM = {
 def test_patch_and_onion_closed_form(name):
     expected = PATCH_CLOSED_FORM[name]
     assert n_params(build_meta(name)) == expected
-    assert {"patch_2ch": 979_169, "patch_siamese": 1_171_585, "patch_pseudo_siamese": 2_080_001,
-            "onion_pm": 1_083_073, "onion_dm": 56_954_261, "onion_rm": 60_834_536}[name] == expected
 
 
 def test_onion_pm_layers():
