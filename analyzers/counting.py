@@ -114,11 +114,13 @@ class Recorder:
                 seen.add(key)
                 acc.bytes_written += _nbytes(t)
         acc.output_shapes = tuple(tuple(t.shape) for t in outs)
-        shapes = tuple(shape for _, shape, is_state in acc.reads.values() if not is_state)
-        if not shapes:  # a pass-through layer (a single-source route): it hands on its input
-            ins = [t for t in tree_leaves(inputs) if isinstance(t, torch.Tensor) and _sid(t) not in self.state]
-            ids = {id(t) for t in outs}
-            shapes = tuple(tuple(t.shape) for t in ins if id(t) in ids) or tuple(tuple(t.shape) for t in ins[:4])
+        # A layer's input shapes are those of the tensors it is called with, in argument order
+        # (AlexNet's [connected] reads 256x6x6 and flattens it itself); the tensors its ops read
+        # from outside the layer are the fallback where the call's arguments are unknown.
+        ins = [t for t in tree_leaves(inputs) if isinstance(t, torch.Tensor) and _sid(t) not in self.state]
+        shapes = tuple(tuple(t.shape) for t in ins)
+        if not shapes:
+            shapes = tuple(shape for _, shape, is_state in acc.reads.values() if not is_state)
         acc.input_shapes = shapes
 
     def begin_plumbing(self, module: str) -> None:

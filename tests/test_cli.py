@@ -216,3 +216,14 @@ def test_share_sweep_takes_layer_names(cli):
     assert res.code == 0, res.err
     rows = res.json()["sweep"]
     assert len(rows) == 2 and all(0 < r["saved_fraction"]["params"] < 1 for r in rows)
+
+
+def test_layer_input_shapes_are_the_call_arguments(cli, darknet_dir):
+    """Darknet's printout shows what a layer is called with: AlexNet's first [connected]
+    reads the 256x6x6 max-pool output (and flattens it itself); a two-source route shows both."""
+    d = cli("layers", darknet_dir / "alexnet.cfg", "--json").json()
+    by = {l["index"]: l for l in d["layers"]}
+    assert by[8]["type"] == "connected" and by[8]["input_shapes"] == [by[7]["output_shape"]] == [[256, 6, 6]]
+    y = cli("layers", "zoo:yolov3", "--json").json()
+    r86 = next(l for l in y["layers"] if l["index"] == 86)
+    assert r86["input_shapes"] == [[256, 26, 26], [512, 26, 26]] and r86["output_shape"] == [768, 26, 26]
