@@ -35,6 +35,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import pick_device, time_models  # noqa: E402
 from surgery import io as sio  # noqa: E402
 from surgery.fold import fold, module_counts  # noqa: E402
 
@@ -63,31 +64,6 @@ def _conv_shapes(module: nn.Module) -> list[tuple]:
             for m in module.modules() if isinstance(m, nn.Conv2d)]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_models(models: dict[str, nn.Module], x: torch.Tensor, *, warmup: int, repeats: int,
-                clock=time.perf_counter) -> dict[str, list[float]]:
-    """Seconds per forward for each model, measured round-robin (the order rotates every round)."""
-    times: dict[str, list[float]] = {k: [] for k in models}
-    with torch.inference_mode():
-        for _ in range(warmup):
-            for m in models.values():
-                m(x)
-        _sync(x.device)
-        names = list(models)
-        for r in range(repeats):
-            for name in names[r % len(names):] + names[:r % len(names)]:  # rotate who runs first
-                m = models[name]
-                _sync(x.device)
-                t0 = clock()
-                m(x)
-                _sync(x.device)
-                times[name].append(clock() - t0)
-    return times
-
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -106,13 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = ap.parse_args(argv)
 
-    dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if args.device == "auto" else args.device))
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)  # the three nets must not differ by denormal slow paths
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    dev = pick_device(args.device, args.threads)
 
     net = sio.load("zoo:diracnet34")
     folded, rep = fold(net)  # verified at the default input (batch 2, 3x224x224, float32)

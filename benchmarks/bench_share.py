@@ -33,6 +33,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from analyzers.cost import analyze  # noqa: E402
+from benchmarks.common import pick_device, time_models  # noqa: E402
 from surgery import io as sio  # noqa: E402
 from surgery.retarget import retarget  # noqa: E402
 from surgery.share import share  # noqa: E402
@@ -41,10 +42,6 @@ TARGET = 1.35
 AT = 74
 TEXT_ANCHORS = "16,8,32,12,48,16,64,20,96,28,128,36,192,48,256,64,373,96"  # wide boxes for text lines
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class Separate(nn.Module):
@@ -58,23 +55,6 @@ class Separate(nn.Module):
         return tuple(o for m in self.models for o in m(x))
 
 
-def time_models(models: dict[str, nn.Module], x: torch.Tensor, *, warmup: int, repeats: int) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {k: [] for k in models}
-    with torch.inference_mode():
-        for _ in range(warmup):
-            for m in models.values():
-                m(x)
-        _sync(x.device)
-        for _ in range(repeats):
-            for name, m in models.items():
-                _sync(x.device)
-                t0 = time.perf_counter()
-                m(x)
-                _sync(x.device)
-                times[name].append(time.perf_counter() - t0)
-    return times
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
@@ -86,11 +66,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--check", action="store_true", help="exit 1 when combined/base exceeds the target")
     args = ap.parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)  # freshly initialised heads must not hit denormal slow paths
+    device = pick_device(args.device, args.threads)
 
     ref = f"zoo:yolov3:width={args.size},height={args.size}"
     base = sio.load(ref)

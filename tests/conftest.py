@@ -10,12 +10,28 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 SURGERY = str(Path(sys.executable).parent / "surgery")
 
 # Two cores: keep torch from oversubscribing when pytest-xdist runs two workers.
 torch.set_num_threads(1)
+
+
+class DataDependent(nn.Module):
+    """Python control flow on a tensor's value: dynamo refuses to export it, the TorchScript
+    tracer bakes in one branch, and it cannot be counted on the meta device — the model the
+    export and profile tests use to check that such failures are reported, not raised."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.conv(x)
+        return -self.conv(x)
 
 
 def shared_dir() -> Path | None:

@@ -7,6 +7,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import DataDependent
 from torch import nn
 
 from surgery import io as sio
@@ -34,20 +35,6 @@ class TwoHeads(nn.Module):
     def forward(self, x):
         y = self.body(x)
         return self.a(y), {"b": self.b(y)}
-
-
-class DataDependent(nn.Module):
-    """Python control flow on a tensor's value: dynamo refuses it, the TorchScript tracer
-    bakes in one branch, so the export cannot match PyTorch on inputs of the other sign."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-
-    def forward(self, x):
-        if x.sum() > 0:
-            return self.conv(x)
-        return -self.conv(x)
 
 
 def _net(module: nn.Module, shape, name: str) -> Net:

@@ -12,6 +12,7 @@ import statistics
 
 import pytest
 import torch
+from conftest import DataDependent
 from torch import nn
 
 from analyzers import latency as lat
@@ -203,20 +204,6 @@ def test_unavailable_providers_and_dtypes_give_rows():
     assert by["torch"].status == "ok" and by["torch"].dtype == "bfloat16"  # torch eager runs bf16 on CPU
     assert by["onnxruntime:cpu"].status == "unavailable" and "bfloat16" in by["onnxruntime:cpu"].error
     check_json(to_jsonable(rep))
-
-
-class DataDependent(nn.Module):
-    """Exports wrongly (dynamo refuses, the tracer bakes in a branch) and cannot be counted
-    on the meta device: a failed ONNX row and a null MAC count, both reported, not raised."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-
-    def forward(self, x):
-        if x.sum() > 0:
-            return self.conv(x)
-        return -self.conv(x)
 
 
 def test_a_runtime_failure_is_reported_in_its_row():
