@@ -1,6 +1,6 @@
 """The ``surgery`` command line: one command per verb (modules in ``cli_commands/``).
 
-Bad input raises :class:`surgery.errors.SurgeryError`; it is printed as one line on stderr
+Bad input raises :class:`surgery.core.errors.SurgeryError`; it is printed as one line on stderr
 and the exit code is 2. ``SURGERY_DEBUG=1`` shows the traceback instead.
 """
 
@@ -10,16 +10,23 @@ import os
 import sys
 from importlib import import_module
 
-import typer
+from surgery.core import safety
+
+# Ctrl-C (or SIGTERM) while the imports below run: one line and exit 130/143, no traceback.
+_STARTUP_HANDLERS = safety.install_signal_handlers(running=False)
+
+import typer  # noqa: E402
 
 import surgery
 from cli_commands.base import app, err_console
-from surgery.errors import SurgeryError
+from surgery.core.errors import SurgeryError
 
 # Each module adds its command(s) to ``app``; the order here is the order in --help.
-_COMMANDS = ("info", "zoo_cmd", "layers", "flops", "share", "retarget", "diff", "fold", "profile", "export")
+_COMMANDS = ("info", "zoo_cmd", "layers", "flops", "share", "retarget", "diff", "fold", "profile", "export", "data", "heal",
+             "onion", "onion_train", "regroup")
 for _name in _COMMANDS:
     import_module(f"cli_commands.{_name}")
+safety.restore_signal_handlers(_STARTUP_HANDLERS)  # start-up is over; main() installs its own
 
 
 def _version(value: bool):
@@ -37,15 +44,27 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (typer's own usage errors exit 2 via SystemExit)."""
     debug = os.environ.get("SURGERY_DEBUG") == "1"
+    previous = safety.install_signal_handlers(running=True)  # SIGTERM/SIGINT remove temp files
+    safety.track_inputs(True)  # every file a command reads is an input, never an output
     try:
         app(args=argv, prog_name="surgery")
     except SurgeryError as e:
         if debug:
             raise
-        err_console.print(f"surgery: error: {e}", markup=False, soft_wrap=True)
+        # input-derived text (cfg section names, file names) may hold control characters
+        msg = safety.escape(str(e).strip()) or f"{type(e).__name__} (no message)"
+        err_console.print(f"surgery: error: {msg}", markup=False, emoji=False, highlight=False, soft_wrap=True)
         return 2
+    except safety.Interrupted as e:
+        err_console.print(f"surgery: {safety.interrupted_message(e.signum)}", markup=False, emoji=False,
+                          highlight=False, soft_wrap=True)
+        return 128 + e.signum
     except KeyboardInterrupt:
         return 130
+    finally:
+        safety.remove_temps()
+        safety.track_inputs(False)
+        safety.restore_signal_handlers(previous)
     return 0
 
 

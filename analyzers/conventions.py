@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from surgery.errors import SurgeryError, suggest
+from surgery.core.errors import SurgeryError, suggest
 
 
 @dataclass(frozen=True)

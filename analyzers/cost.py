@@ -15,7 +15,7 @@ memory access cost). :meth:`CostReport.by_operator` sums each op's own, unfused 
 
 Params per layer: the parameters of the layer's module plus any other parameter its ops
 read, each counted once over the whole model (a module reused by two layers counts at its
-first use), so ``totals.params`` equals :attr:`surgery.net.Net.params` for models that use
+first use), so ``totals.params`` equals :attr:`surgery.core.net.Net.params` for models that use
 all their parameters.
 
 Analyzers never change a model: counting runs on a structural meta-device clone, in eval
@@ -24,6 +24,7 @@ mode (inference costs).
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -33,8 +34,9 @@ from torch import nn
 
 from analyzers import counting
 from analyzers.conventions import CONVENTIONS, Convention, get_convention  # noqa: F401 (re-exported)
-from surgery.errors import SurgeryError
-from surgery.net import Net
+from surgery.core.dtypes import torch_dtype
+from surgery.core.errors import SurgeryError
+from surgery.core.net import Net
 
 Shape = tuple[int, ...]
 
@@ -84,6 +86,13 @@ class LayerCost:
     def bytes(self) -> int:
         return self.bytes_read + self.bytes_written
 
+    def to_json(self) -> dict:
+        """The layer's row in every ``--json`` (docs/JSON.md "layers"): shapes without batch."""
+        return {"index": self.index, "name": self.name, "type": self.type,
+                "input_shapes": [list(s) for s in self.input_shapes], "output_shape": list(self.output_shape),
+                "params": self.params, "macs": self.macs, "flops": self.flops, "other_macs": self.other_macs,
+                "fvcore_macs": self.fvcore_macs, "bytes_read": self.bytes_read, "bytes_written": self.bytes_written}
+
 
 @dataclass(frozen=True)
 class Totals:
@@ -106,6 +115,11 @@ class Totals:
                       "fvcore_macs", "conv_macs"):
                 f[k] += getattr(l, k)
         return cls(bytes=f["bytes_read"] + f["bytes_written"], **f)
+
+    def to_json(self) -> dict:
+        return {"params": self.params, "macs": self.macs, "flops": self.flops, "other_macs": self.other_macs,
+                "fvcore_macs": self.fvcore_macs, "bytes": self.bytes, "bytes_read": self.bytes_read,
+                "bytes_written": self.bytes_written, "activations": self.activations}
 
 
 @dataclass(frozen=True)
@@ -139,6 +153,11 @@ class GroupCost:
     def bytes(self) -> int:
         return self.bytes_read + self.bytes_written
 
+    def to_json(self) -> dict:
+        return {"key": self.key, "count": self.count, "params": self.params, "macs": self.macs, "flops": self.flops,
+                "other_macs": self.other_macs, "fvcore_macs": self.fvcore_macs, "bytes_read": self.bytes_read,
+                "bytes_written": self.bytes_written, "category": self.category}
+
 
 @dataclass(frozen=True)
 class CostReport:
@@ -152,6 +171,36 @@ class CostReport:
     output_shapes: tuple[Shape, ...] = ()
     method: str = "fx"  # fx | hooks
     notes: tuple[str, ...] = ()
+    counted_on: str = "meta"  # meta, or cpu for a TorchScript module (run on real tensors)
+
+    @property
+    def darknet(self) -> bool:
+        """Darknet numbering: every layer is ``layers.N`` with N its Darknet index."""
+        return bool(self.layers) and all(l.name == f"layers.{l.index}" for l in self.layers)
+
+    def to_json(self) -> dict:
+        """The cost JSON contract (docs/JSON.md "layers"): one name per thing, units in names."""
+        return {"model": self.model, "input_shape": list(self.input_shape), "batch": self.batch, "dtype": self.dtype,
+                "layers": [l.to_json() for l in self.layers], "totals": self.totals.to_json(),
+                "uncounted": [dataclasses.asdict(u) for u in self.uncounted], "notes": list(self.notes),
+                "counted_on": self.counted_on}
+
+    def group_ops(self, by: str, depth: int = 2) -> tuple[tuple[GroupCost, tuple[OpCost, ...]], ...]:
+        """``by="module"`` or ``"operator"``: each group with the ops it sums (grouping keys
+        in one place: module path cut to ``depth`` parts, or the aten operator)."""
+        if by == "module":
+            groups = self.by_module(depth)
+            return tuple((g, tuple(o for l in self.layers if self.module_key(l, depth) == g.key for o in l.ops))
+                         for g in groups)
+        if by == "operator":
+            return tuple((g, tuple(o for l in self.layers for o in l.ops if o.op == g.key)) for g in self.by_operator())
+        raise SurgeryError(f"group by {by!r}: choose module or operator")
+
+    @staticmethod
+    def module_key(layer: LayerCost, depth: int) -> str:
+        """The by-module group of a layer: its module path cut to ``depth`` parts ("(model)":
+        ops of the model's own forward)."""
+        return ".".join(layer.module.split(".")[:depth]) if layer.module else "(model)"
 
     def upto(self, k: int) -> Totals:
         """Sums over the layers with index <= k (the shared backbone of share-at-k)."""
@@ -182,8 +231,7 @@ class CostReport:
         """Layers grouped by their module path cut to ``depth`` parts (layer-boundary bytes)."""
         groups: dict[str, list[LayerCost]] = {}
         for l in self.layers:
-            key = ".".join(l.module.split(".")[:depth]) if l.module else "(model)"
-            groups.setdefault(key, []).append(l)
+            groups.setdefault(self.module_key(l, depth), []).append(l)
         return tuple(_group(k, len(ls), ls, [op for l in ls for op in l.ops]) for k, ls in groups.items())
 
     def by_operator(self) -> tuple[GroupCost, ...]:
@@ -219,18 +267,6 @@ def _no_batch(shape: Sequence[int]) -> Shape:
     return tuple(int(s) for s in shape[1:]) if len(shape) >= 1 else ()
 
 
-def _dtype(dtype) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    name = str(dtype).replace("torch.", "")
-    aliases = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp64": "float64",
-               "double": "float64", "float": "float32"}
-    dt = getattr(torch, aliases.get(name, name), None)
-    if not isinstance(dt, torch.dtype) or not dt.is_floating_point:
-        raise SurgeryError(f"unknown dtype {dtype!r}; use float32, float16, bfloat16 or float64")
-    return dt
-
-
 class CostCounter:
     """A model traced and cloned to meta once, counted at any number of input shapes."""
 
@@ -243,7 +279,7 @@ class CostCounter:
         else:
             raise SurgeryError(f"cannot analyse a {type(net_or_module).__name__}; pass a Net or an nn.Module")
         self.strict = strict
-        self.prep = counting.prepare(module, _dtype(dtype))
+        self.prep = counting.prepare(module, torch_dtype(dtype))
 
     def run(self, input_shape: Sequence[int] | None = None, batch: int = 1) -> CostReport:
         shape = tuple(int(s) for s in (input_shape if input_shape is not None else self.default_shape))
@@ -266,7 +302,7 @@ class CostCounter:
             model=self.model, input_shape=shape, batch=batch, dtype=str(self.prep.dtype).replace("torch.", ""),
             layers=layers, totals=Totals.of(layers), uncounted=uncounted,
             output_shapes=tuple(_no_batch(s) for s in outs), method="fx" if self.prep.lg is not None else "hooks",
-            notes=tuple(notes),
+            notes=tuple(notes), counted_on=self.prep.device,
         )
 
 

@@ -2,7 +2,7 @@
 
 No real compute and no activation memory: the model is cloned structurally onto ``meta``
 (parameters become shape-only tensors; the original is never touched), then an
-``fx.Interpreter`` runs the layer graph of :func:`surgery.graph.layer_graph` node by node
+``fx.Interpreter`` runs the layer graph of :func:`surgery.core.graph.layer_graph` node by node
 inside a ``TorchDispatchMode`` that sees each aten op with its real shapes. Every op is
 attributed to the layer whose node is running, to the innermost module that issued it,
 and to the torch function that issued it (the latter lets the fvcore mirror recognise
@@ -32,8 +32,8 @@ from torch.utils._pytree import tree_leaves
 
 from analyzers.formulas import FIRST_OUTPUT_ONLY, KNOWN, OVERWRITE, QUERIES, Formula, formula, is_view
 from analyzers.shortcuts import shortcut
-from surgery.errors import SurgeryError
-from surgery.graph import Layer, LayerGraph, layer_graph, meta_copy
+from surgery.core.errors import SurgeryError
+from surgery.core.graph import Layer, LayerGraph, layer_graph, meta_copy
 
 
 def _sid(t: torch.Tensor) -> int:
@@ -299,14 +299,23 @@ class Prepared:
     dtype: torch.dtype
     module_of_layer: dict = field(default_factory=dict)
     note: str = ""
+    device: str = "meta"  # where run() executes the forward pass
 
 
 def prepare(module: nn.Module, dtype: torch.dtype | None = None) -> Prepared:
+    own = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
     if isinstance(module, torch.jit.ScriptModule):
-        raise SurgeryError("a TorchScript module cannot be cloned onto the meta device, so it cannot be counted; "
-                           "analyse the .pt checkpoint, .pt2 export, Darknet cfg or zoo model it was made from")
+        # Its code holds real tensors and cannot be deep-copied onto the meta device, so the
+        # ops are counted by running it on CPU tensors at the given input (loading it already
+        # needed --trust-code). Counted in its own dtype; one layer per ATen op.
+        if dtype is not None and dtype != own:
+            raise SurgeryError(f"a TorchScript module is counted by running it, in its own dtype "
+                               f"({str(own).replace('torch.', '')}); drop --dtype")
+        return Prepared(module, None, {}, own, device="cpu",
+                        note="counted by running the TorchScript module on cpu at the given input "
+                             "(TorchScript cannot be cloned onto the meta device); one layer per ATen op")
     if dtype is None:
-        dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
+        dtype = own
     try:
         lg = layer_graph(module)
     except SurgeryError as e:
@@ -319,8 +328,12 @@ def prepare(module: nn.Module, dtype: torch.dtype | None = None) -> Prepared:
 def run(prep: Prepared, input_shape: tuple[int, ...], batch: int) -> tuple[list[LayerAcc], list[tuple]]:
     """Count one forward pass; returns the per-layer accumulators and the output shapes."""
     rec = Recorder(_state_map(prep.model))
-    handles = _install_module_stack(prep.model, rec)
-    x = torch.empty((batch, *input_shape), dtype=prep.dtype, device="meta")
+    script = isinstance(prep.model, torch.jit.ScriptModule)  # no Python hooks on TorchScript
+    handles = [] if script else _install_module_stack(prep.model, rec)
+    if prep.device == "meta":
+        x = torch.empty((batch, *input_shape), dtype=prep.dtype, device="meta")
+    else:  # a real run: real (random) values
+        x = torch.randn((batch, *input_shape), generator=torch.Generator().manual_seed(0)).to(prep.dtype)
     try:
         with torch.no_grad(), _FunctionMode(rec), _DispatchMode(rec):
             if prep.lg is not None:
@@ -332,7 +345,7 @@ def run(prep: Prepared, input_shape: tuple[int, ...], batch: int) -> tuple[list[
     except Exception as e:  # shape errors, ops without a meta kernel
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SurgeryError(
-            f"cannot run the model on the meta device at input {'x'.join(map(str, input_shape))} "
+            f"cannot run the model on the {prep.device} device at input {'x'.join(map(str, input_shape))} "
             f"(batch {batch}): {type(e).__name__}: {msg}; check --input"
         ) from None
     finally:
@@ -376,7 +389,7 @@ def _run_hooks(model: nn.Module, x: torch.Tensor, rec: Recorder):
     def new_layer(name: str, type_: str, kind: str) -> Layer:
         return Layer(len(rec.accs), name, type_, name, kind)
 
-    for name, m in _leaves(model):
+    for name, m in ([] if isinstance(model, torch.jit.ScriptModule) else _leaves(model)):
         type_ = getattr(m, "section", None) or type(m).__name__
 
         def pre(_m, args, _name=name, _type=type_):

@@ -14,7 +14,7 @@ without sorting (a radix histogram over the float bits; see :mod:`analyzers.diff
 
 **Matching.** Tensors are matched by state_dict name, and each is reported at the index of
 the *layer* that owns it: for Darknet models Darknet's own layer index (``layers.N``), for
-other models the index in the layer table of :func:`surgery.graph.layer_graph` (leaf modules
+other models the index in the layer table of :func:`surgery.core.graph.layer_graph` (leaf modules
 in execution order; parameters read through ``get_attr`` go to the first layer using them;
 if the model cannot be traced, the order in which parameter-owning modules appear in the
 state_dict). Tensors whose names appear in one model only are then paired by (layer index,
@@ -54,18 +54,19 @@ with the smallest squared error wins (ties: the earliest). It is accepted only w
 later segment's mean is at least :data:`MIN_RISE` times the earlier's and the fit explains
 at least :data:`MIN_R2` of the variance; otherwise there is no suggested split. The result
 names ``first_changed`` (the index of the first layer of the high segment, the
-``suggested_split`` of the JSON) and ``share_at = first_changed - 1``: share layers
+``split.first_changed`` of the JSON) and ``share_at = first_changed - 1``: share layers
 ``0..share_at`` (``surgery share --at share_at``). With the cost analyzer available the
 split carries the fractions of model A's params and MACs in layers ``0..share_at`` - what
 every extra task model sharing the backbone saves.
 
-**JSON** (:meth:`DiffReport.to_json`): ``{"a", "b", "layers": [{"index", "name", "param",
-"kind", "shape", "numel", "relative", "scale", "mean", "q1", "median", "q3", "whisker_low",
-"whisker_high", "outliers", "min", "max"}], "skipped": [{"index", "name", "param", "kind",
-"reason", "shape_a", "shape_b"}], "suggested_split": first_changed | null, "share_at",
-"split_rule", "split": {... "savings": {"params", "macs"} | null} | null, "index_source"}``.
-``name`` is the layer's module name, ``param`` the tensor's state_dict key (``param_b`` too
-when B's differs).
+**JSON** (:meth:`DiffReport.to_json`, schema in docs/JSON.md "diff"): ``{"models": [A, B],
+"index_source", "split": {"first_changed", "share_at", "low_mean", "high_mean", "r2",
+"savings"} | null, "rule", "layers": [one row per layer: its primary tensor's statistics],
+"tensors": [one row per compared tensor], "skipped": [...]}``. ``name`` is the layer's module
+name, ``param`` the tensor's state_dict key (``param_b`` too when B's differs).
+
+**Unrelated models.** Two models with no tensor in common with equal shapes are not two
+versions of one network: :func:`diff` raises a :class:`SurgeryError` saying so.
 
 **Cost.** Per tensor a handful of vectorised passes in float32 and two work arrays reused
 across tensors (no copy of a state_dict); tensors are spread over ``workers`` threads.
@@ -93,8 +94,8 @@ from analyzers.diff_stats import (  # noqa: F401 (re-exported)
     box_stats,
     relative_diff_stats,
 )
-from surgery.errors import SurgeryError, suggest
-from surgery.net import Net
+from surgery.core.errors import SurgeryError, suggest
+from surgery.core.net import Net
 
 __all__ = [
     "BoxStats",
@@ -184,7 +185,7 @@ class Split:
 
     def to_json(self) -> dict:
         return {"first_changed": self.first_changed, "share_at": self.share_at, "low_mean": _num(self.low_mean),
-                "high_mean": _num(self.high_mean), "r2": _num(self.r2), "rule": self.rule,
+                "high_mean": _num(self.high_mean), "r2": _num(self.r2),
                 "savings": dict(self.savings) if self.savings is not None else None}
 
 
@@ -206,17 +207,27 @@ class DiffReport:
     def of_kind(self, *kinds: str) -> tuple[LayerDiff, ...]:
         return tuple(r for r in self.layers if r.kind in kinds)
 
+    def per_layer(self) -> tuple[LayerDiff, ...]:
+        """One row per layer: its primary tensor (the ``weight``, else ``bn_weight``, else the
+        first compared), the tensor the split and the default table use."""
+        by_layer: dict[int, list[LayerDiff]] = {}
+        for r in self.layers:
+            by_layer.setdefault(r.index, []).append(r)
+        rank = {"weight": 0, "bn_weight": 1}
+        return tuple(min(rs, key=lambda r: rank.get(r.kind, 2)) for rs in by_layer.values())
+
     def to_json(self) -> dict:
+        counts: dict[int, int] = {}
+        for r in self.layers:
+            counts[r.index] = counts.get(r.index, 0) + 1
         return {
-            "a": self.a,
-            "b": self.b,
-            "layers": [r.to_json() for r in self.layers],
-            "skipped": [s.to_json() for s in self.skipped],
-            "suggested_split": self.suggested_split,
-            "share_at": self.split.share_at if self.split else None,
-            "split_rule": self.rule,
-            "split": self.split.to_json() if self.split else None,
+            "models": [self.a, self.b],
             "index_source": self.index_source,
+            "split": self.split.to_json() if self.split else None,
+            "rule": self.rule,
+            "layers": [{**r.to_json(), "tensors": counts[r.index]} for r in self.per_layer()],
+            "tensors": [r.to_json() for r in self.layers],
+            "skipped": [s.to_json() for s in self.skipped],
         }
 
 
@@ -265,7 +276,7 @@ def _state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 def _owner_indices(module: nn.Module, owners: list[str]) -> tuple[dict[str, tuple[int, str]], str]:
     """owner module name -> (layer index, layer name), and where the indices come from."""
-    from surgery.graph import is_darknet, layer_graph
+    from surgery.core.graph import is_darknet, layer_graph
 
     if is_darknet(module):
         out = {}
@@ -307,7 +318,7 @@ def _owner_indices(module: nn.Module, owners: list[str]) -> tuple[dict[str, tupl
 
 
 def _entries(module: nn.Module) -> tuple[list[_Entry], bool, str]:
-    from surgery.graph import is_darknet
+    from surgery.core.graph import is_darknet
 
     darknet = is_darknet(module)
     state = _state(module)
@@ -366,6 +377,12 @@ def diff(
     _check_filters(ea + eb, layers, kinds)
     wanted = _Filter(None if layers is None else frozenset(layers), None if kinds is None else frozenset(kinds))
     todo, skipped = _plan(ea, eb, wanted)
+    if not todo and layers is None and kinds is None:
+        only_a = sum(s.reason == "only in A" for s in skipped)
+        only_b = sum(s.reason == "only in B" for s in skipped)
+        raise SurgeryError(f"{name_a} and {name_b} have no tensor in common with equal shapes ({only_a} only in A, "
+                           f"{only_b} only in B, {len(skipped) - only_a - only_b} with other shapes): they are not "
+                           "two versions of one network; diff compares a model with a retrained or edited copy")
 
     cost_job = (lambda: _cost_report(a)) if savings and isinstance(a, Net) else None
     rows, cost_report = _compute(todo, workers, progress, cost_job)

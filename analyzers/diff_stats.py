@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from surgery.errors import SurgeryError
+from surgery.core.errors import SurgeryError
 
 __all__ = ["BoxStats", "WHIS", "box_stats", "relative_diff_stats"]
 

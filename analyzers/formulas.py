@@ -162,64 +162,141 @@ def is_view(func) -> bool:
     return any(r.alias_info is not None and not r.alias_info.is_write for r in func._schema.returns)
 
 
+# ----------------------------------------------------------------------------- the registry
+
+# packet -> pure function (args, kwargs, out, ctx) -> Formula; one formula per op, as
+# torch/utils/flop_counter.py's register_flop_formula (a second registration is a bug)
+FORMULAS: dict = {}
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    """What every formula may need besides the op's own arguments."""
+
+    packet: object
+    fn: str  # the torch-level function that issued the op
+    first_in: object
+    first_out: object
+    n_out: int
+    fv: int  # fvcore's count when fvcore sees the op at the function level (adaptive_avg_pool2d)
+
+
+def register_formula(packets):
+    """Register one formula for every op packet in ``packets``; a packet that already has one
+    is refused (ValueError), so two tables can never silently disagree."""
+    packets = list(packets)
+
+    def deco(f):
+        for p in packets:
+            if p in FORMULAS:
+                raise ValueError(f"a cost formula for {p} is already registered ({FORMULAS[p].__name__})")
+            FORMULAS[p] = f
+        return f
+
+    return deco
+
+
+@register_formula(_CONV | _MATMUL | (set(flop_registry) - _CONV - _MATMUL))
+def _matmul(args, kwargs, out, c: _Ctx) -> Formula:
+    flops = int(flop_registry[c.packet](*args, **kwargs, out_val=out)) if c.packet in flop_registry else 0
+    macs = flops // 2
+    category = "conv" if c.packet in _CONV else "matmul" if c.packet in _MATMUL else "attention"
+    return Formula("matmul", category, macs=macs, fvcore_macs=macs)
+
+
+@register_formula(_BATCH_NORM)
+def _batch_norm(args, kwargs, out, c: _Ctx) -> Formula:
+    training = _bn_training(c.packet, args, kwargs)
+    affine = len(args) > 1 and isinstance(args[1], torch.Tensor)
+    n = _numel(c.first_in)
+    if training:
+        return Formula("other", "batch_norm", other_macs=n * (4 if affine else 3), fvcore_macs=n * (5 if affine else 4))
+    return Formula("other", "batch_norm", other_macs=n, fvcore_macs=n * (2 if affine else 1))
+
+
+@register_formula(_NORMS)
+def _norm(args, kwargs, out, c: _Ctx) -> Formula:
+    w = 2 if c.packet is _packet("native_layer_norm") else 1  # layer_norm(x, shape, w, b), group_norm(x, w, b, ...)
+    affine = len(args) > w and isinstance(args[w], torch.Tensor)
+    n = _numel(c.first_in)
+    return Formula("other", "norm", other_macs=n * (4 if affine else 3), fvcore_macs=n * (5 if affine else 4))
+
+
+@register_formula(_ACTIVATIONS)
+def _activation(args, kwargs, out, c: _Ctx) -> Formula:
+    return Formula("other", "activation", other_macs=c.n_out, fvcore_macs=c.fv)
+
+
+@register_formula(_ELEMENTWISE | _ELEMENTWISE_2)
+def _elementwise(args, kwargs, out, c: _Ctx) -> Formula:
+    k = 2 if c.packet in _ELEMENTWISE_2 else 1
+    return Formula("other", "elementwise", other_macs=k * c.n_out, fvcore_macs=c.fv)
+
+
+@register_formula(_POOL)
+def _pool(args, kwargs, out, c: _Ctx) -> Formula:
+    kernel = args[1] if len(args) > 1 else kwargs.get("kernel_size", [1])
+    kernel = list(kernel) if isinstance(kernel, (list, tuple)) else [int(kernel)]
+    spatial = max(1, c.first_out.dim() - 2)
+    area = prod(kernel * spatial if len(kernel) == 1 else kernel)
+    return Formula("other", "pool", other_macs=area * c.n_out, fvcore_macs=c.fv)
+
+
+@register_formula(_ADAPTIVE_POOL)
+def _adaptive_pool(args, kwargs, out, c: _Ctx) -> Formula:
+    return Formula("other", "pool", other_macs=_numel(c.first_in), fvcore_macs=c.fv)
+
+
+@register_formula(_REDUCE | _REDUCE_2)
+def _reduce(args, kwargs, out, c: _Ctx) -> Formula:
+    k = 2 if c.packet in _REDUCE_2 else 1
+    category = "pool" if c.fn in FVCORE_FUNCTIONS or "pool" in c.fn else "reduction"
+    return Formula("other", category, other_macs=k * _numel(c.first_in), fvcore_macs=c.fv)
+
+
+@register_formula(_SOFTMAX)
+def _softmax(args, kwargs, out, c: _Ctx) -> Formula:
+    return Formula("other", "softmax", other_macs=3 * c.n_out, fvcore_macs=c.fv)
+
+
+@register_formula(_UPSAMPLE_NEAREST)
+def _upsample_nearest(args, kwargs, out, c: _Ctx) -> Formula:
+    fv2 = c.n_out if c.packet is _packet("upsample_nearest2d") else 0
+    return Formula("movement", "upsample", fvcore_macs=fv2)
+
+
+@register_formula(_UPSAMPLE_LINEAR)
+def _upsample_linear(args, kwargs, out, c: _Ctx) -> Formula:
+    fv2 = 4 * c.n_out if c.packet in _packets("upsample_bilinear2d", "grid_sampler_2d", "grid_sampler") else 0
+    return Formula("other", "upsample", other_macs=_UPSAMPLE_LINEAR[c.packet] * c.n_out, fvcore_macs=fv2)
+
+
+@register_formula(_MOVEMENT - set(FORMULAS))
+def _movement(args, kwargs, out, c: _Ctx) -> Formula:
+    category = "concat" if c.packet in _packets("cat", "stack") else "movement"
+    return Formula("movement", category, fvcore_macs=c.fv)
+
+
+@register_formula(_ALLOC - set(FORMULAS))
+def _alloc(args, kwargs, out, c: _Ctx) -> Formula:
+    return Formula("view", "alloc")
+
+
+@register_formula(_VIEWS - set(FORMULAS))
+def _view(args, kwargs, out, c: _Ctx) -> Formula:
+    return Formula("view", "view")
+
+
 def formula(func, args, kwargs, out, fn: str = "") -> Formula:
     """The cost of one aten call. ``fn`` is the torch-level function that issued it."""
     packet = func._overloadpacket
     first_in = next((a for a in args if isinstance(a, torch.Tensor)), None)
     first_out = out[0] if isinstance(out, (tuple, list)) and out else out
-    n_out = _numel(first_out)
-    fv = 0
-    if fn in FVCORE_FUNCTIONS:  # aten::adaptive_avg_pool2d in fvcore: one per input element
-        fv = _numel(first_in)
-
-    if packet in _CONV or packet in _MATMUL or packet in flop_registry:
-        flops = int(flop_registry[packet](*args, **kwargs, out_val=out)) if packet in flop_registry else 0
-        macs = flops // 2
-        category = "conv" if packet in _CONV else "matmul" if packet in _MATMUL else "attention"
-        return Formula("matmul", category, macs=macs, fvcore_macs=macs)
-    if packet in _BATCH_NORM:
-        training = _bn_training(packet, args, kwargs)
-        affine = len(args) > 1 and isinstance(args[1], torch.Tensor)
-        n = _numel(first_in)
-        if training:
-            return Formula("other", "batch_norm", other_macs=n * (4 if affine else 3), fvcore_macs=n * (5 if affine else 4))
-        return Formula("other", "batch_norm", other_macs=n, fvcore_macs=n * (2 if affine else 1))
-    if packet in _NORMS:
-        w = 2 if packet is _packet("native_layer_norm") else 1  # layer_norm(x, shape, w, b), group_norm(x, w, b, ...)
-        affine = len(args) > w and isinstance(args[w], torch.Tensor)
-        n = _numel(first_in)
-        return Formula("other", "norm", other_macs=n * (4 if affine else 3), fvcore_macs=n * (5 if affine else 4))
-    if packet in _ACTIVATIONS:
-        return Formula("other", "activation", other_macs=n_out, fvcore_macs=fv)
-    if packet in _ELEMENTWISE or packet in _ELEMENTWISE_2:
-        k = 2 if packet in _ELEMENTWISE_2 else 1
-        return Formula("other", "elementwise", other_macs=k * n_out, fvcore_macs=fv)
-    if packet in _POOL:
-        kernel = args[1] if len(args) > 1 else kwargs.get("kernel_size", [1])
-        kernel = list(kernel) if isinstance(kernel, (list, tuple)) else [int(kernel)]
-        spatial = max(1, first_out.dim() - 2)
-        area = prod(kernel * spatial if len(kernel) == 1 else kernel)
-        return Formula("other", "pool", other_macs=area * n_out, fvcore_macs=fv)
-    if packet in _ADAPTIVE_POOL:
-        return Formula("other", "pool", other_macs=_numel(first_in), fvcore_macs=fv)
-    if packet in _REDUCE or packet in _REDUCE_2:
-        k = 2 if packet in _REDUCE_2 else 1
-        category = "pool" if fn in FVCORE_FUNCTIONS or "pool" in fn else "reduction"
-        return Formula("other", category, other_macs=k * _numel(first_in), fvcore_macs=fv)
-    if packet in _SOFTMAX:
-        return Formula("other", "softmax", other_macs=3 * n_out, fvcore_macs=fv)
-    if packet in _UPSAMPLE_NEAREST:
-        fv2 = n_out if packet is _packet("upsample_nearest2d") else 0
-        return Formula("movement", "upsample", fvcore_macs=fv2)
-    if packet in _UPSAMPLE_LINEAR:
-        fv2 = 4 * n_out if packet in _packets("upsample_bilinear2d", "grid_sampler_2d", "grid_sampler") else 0
-        return Formula("other", "upsample", other_macs=_UPSAMPLE_LINEAR[packet] * n_out, fvcore_macs=fv2)
-    if packet in _MOVEMENT:
-        category = "concat" if packet in _packets("cat", "stack") else "movement"
-        return Formula("movement", category, fvcore_macs=fv)
-    if packet in _ALLOC:
-        return Formula("view", "alloc")
-    if packet in _VIEWS or is_view(func):
+    fv = _numel(first_in) if fn in FVCORE_FUNCTIONS else 0  # aten::adaptive_avg_pool2d in fvcore: one per input
+    f = FORMULAS.get(packet)
+    if f is not None:
+        return f(args, kwargs, out, _Ctx(packet, fn, first_in, first_out, _numel(first_out), fv))
+    if is_view(func):
         return Formula("view", "view")
     return Formula("uncounted", "uncounted")
 

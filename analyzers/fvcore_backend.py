@@ -21,8 +21,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from surgery.errors import SurgeryError
-from surgery.net import Net
+from surgery.core.errors import SurgeryError
+from surgery.core.net import Net
 
 # fvcore's own operator names for the conv+linear (matmul) class
 MATMUL_OPERATORS = ("conv", "linear", "addmm", "matmul", "mm", "bmm", "einsum")

@@ -42,8 +42,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from surgery.errors import SurgeryError, suggest
-from surgery.export import NUMPY_DTYPES
+from surgery.core.errors import SurgeryError, suggest
+from surgery.core.onnx_io import NUMPY_DTYPES
 
 # Runtime names a user may ask for. ``onnxruntime`` means the provider(s) of the device:
 # CPU on ``cpu``; CUDA, plus TensorRT when that provider is installed, on ``cuda``.

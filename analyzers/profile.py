@@ -21,6 +21,11 @@ Units of a row:
 - ``pareto``: not dominated in (MACs, latency) among the successful rows with the same
   device, batch and dtype (across models and runtimes).
 
+A *chain* entry (``[A, B]``, typed ``A.pt+B.pt`` on the command line) runs its models one
+after the other on the same input, as one entry: what a user weighs when comparing separate
+task models against one shared net. Its MACs, params, bytes and roofline floor are the sums
+of its parts'.
+
 Failures never stop a sweep: a runtime that cannot run here gives a row with
 ``status="unavailable"``, any other exception ``status="failed"``; the reason is in
 ``error``. A cost-analyzer failure leaves ``macs`` null with the reason in ``cost_error``.
@@ -39,8 +44,9 @@ import torch
 
 from analyzers import latency as lat
 from analyzers.latency import DTYPES, TimingConfig, Unavailable
-from surgery.errors import SurgeryError
-from surgery.net import Net
+from surgery.core.dtypes import dtype_name
+from surgery.core.errors import SurgeryError
+from surgery.core.net import Net
 
 ProgressFn = Callable[[int, int, str], None]  # (done, total, what is running now)
 
@@ -75,6 +81,7 @@ class ProfileRow:
     error: str | None = None
     cost_error: str | None = None
     roofline_error: str | None = None
+    roofline_estimate: bool | None = None  # the floor's peaks were measured here (an estimate)
     onnx: dict | None = None  # exporter, opset, max_abs, max_rel of the verified export
 
 
@@ -85,7 +92,8 @@ class ProfileReport:
     results: tuple[ProfileRow, ...]
 
     def to_json(self) -> dict:
-        return {"device": self.device, "settings": self.settings, "results": list(self.results)}
+        models = list(dict.fromkeys(r.model for r in self.results))
+        return {"models": models, "device": self.device, "settings": self.settings, "results": list(self.results)}
 
     @property
     def ok(self) -> tuple[ProfileRow, ...]:
@@ -101,12 +109,10 @@ class Job:
 
 
 def parse_dtypes(names: Sequence[str]) -> list[str]:
+    """Canonical names (aliases as in :mod:`surgery.core.dtypes`), each once, in order."""
     out = []
-    aliases = {"fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
     for n in names:
-        key = aliases.get(n.strip().lower(), n.strip().lower())
-        if key not in DTYPES:
-            raise SurgeryError(f"unknown dtype {n!r}; use float32, float16 or bfloat16")
+        key = dtype_name(n, tuple(DTYPES))
         if key not in out:
             out.append(key)
     return out
@@ -148,7 +154,7 @@ class _Costs:
     def spec(self, name: str | None):
         """(DeviceSpec, None) or (None, why not)."""
         if name is None:
-            return None, "no roofline spec for this device; pass --roofline-spec (h100-sxm, h200, a100, cpu)"
+            return None, "no roofline spec for this device; pass --device-spec (h100-sxm, h200, a100, cpu)"
         if name not in self._specs:
             try:
                 from analyzers.roofline import get_spec
@@ -163,14 +169,18 @@ class _Costs:
         ck = (key, batch, dtype, spec_name)
         if ck in self._cache:
             return self._cache[ck]
+        parts = chain_parts(net)
         res: dict = {"params": net.params}
         try:
             from analyzers.cost import CostCounter
 
-            if (key, dtype) not in self._counters:
-                self._counters[(key, dtype)] = CostCounter(net, dtype=dtype)
-            rep = self._counters[(key, dtype)].run(None, batch)
-            res.update(macs=int(rep.totals.macs) // batch, bytes=int(rep.totals.bytes), params=int(rep.totals.params))
+            reps = []
+            for i, part in enumerate(parts):
+                if (key, i, dtype) not in self._counters:
+                    self._counters[(key, i, dtype)] = CostCounter(part, dtype=dtype)
+                reps.append(self._counters[(key, i, dtype)].run(None, batch))
+            res.update(macs=sum(int(r.totals.macs) for r in reps) // batch,
+                       bytes=sum(int(r.totals.bytes) for r in reps), params=sum(int(r.totals.params) for r in reps))
             spec, why = self.spec(spec_name)
             if spec is None:
                 res["roofline_error"] = why
@@ -179,7 +189,8 @@ class _Costs:
                     from analyzers.roofline import roofline
 
                     precision = self.precision_for(dtype) if spec_name != "cpu" else None
-                    res["roofline_ms"] = float(roofline(rep, spec, precision=precision).floor_ms)
+                    res["roofline_ms"] = sum(float(roofline(r, spec, precision=precision).floor_ms) for r in reps)
+                    res["roofline_estimate"] = spec.estimate
                 except Exception as e:
                     res["roofline_error"] = f"roofline: {_err(e)}"
         except Exception as e:  # the analyzer is optional to a timing: report, keep going
@@ -189,6 +200,37 @@ class _Costs:
 
     def forget(self, key: int) -> None:
         self._counters = {k: v for k, v in self._counters.items() if k[0] != key}
+
+
+class _Chain(torch.nn.Module):
+    """Models run one after the other on the same input; their outputs side by side."""
+
+    def __init__(self, modules: Sequence[torch.nn.Module]):
+        super().__init__()
+        self.parts = torch.nn.ModuleList(modules)
+
+    def forward(self, x):
+        return tuple(m(x) for m in self.parts)
+
+
+def chain(nets: Sequence[Net]) -> Net:
+    """One profile entry that runs ``nets`` one after the other on the same input (a ``+`` on
+    the command line). All need the same input shape."""
+    nets = list(nets)
+    if len(nets) == 1:
+        return nets[0]
+    shapes = {n.input_shape for n in nets}
+    if len(shapes) != 1:
+        listed = ", ".join(f"{n.source} {'x'.join(map(str, n.input_shape))}" for n in nets)
+        raise SurgeryError(f"models joined by '+' run on the same input, but their input shapes differ: {listed}; "
+                           "pass --input to give them one")
+    return Net(_Chain([n.module for n in nets]), None, nets[0].input_shape, source="+".join(n.source for n in nets),
+               format="chain", metadata={"chain": tuple(nets)})
+
+
+def chain_parts(net: Net) -> tuple[Net, ...]:
+    """The models of a chain entry (a plain model is a chain of one)."""
+    return tuple(net.metadata.get("chain", (net,)))
 
 
 def profile(
@@ -201,18 +243,18 @@ def profile(
     timing: TimingConfig = TimingConfig(),
     threads: int | None = None,
     tf32: bool = False,
-    roofline_spec: str | None = None,
+    device_spec: str | None = None,
     labels: Sequence[str] | None = None,
     on_progress: ProgressFn | None = None,
 ) -> ProfileReport:
     """Time every model × batch × dtype × runtime and join the cost analyzer and roofline.
 
-    ``models`` are Nets or references for :func:`surgery.io.load`. ``device`` is ``cpu`` or
+    ``models`` are Nets or references for :func:`surgery.core.io.load`. ``device`` is ``cpu`` or
     ``cuda[:N]`` (a SurgeryError if CUDA is missing). ``runtimes`` from
     :data:`analyzers.latency.RUNTIMES` (``onnxruntime`` expands to the device's providers).
     ``on_progress(done, total, label)`` is called before each job and once at the end.
     """
-    from surgery.io import load
+    from surgery.core.io import load
 
     dev = lat.resolve_device(device)
     runtimes = lat.expand_runtimes(runtimes, dev)
@@ -222,7 +264,8 @@ def profile(
         raise SurgeryError(f"batch sizes must be positive integers, got {batches}")
     if threads is not None and threads < 1:
         raise SurgeryError(f"--threads must be positive, got {threads}")
-    nets = [m if isinstance(m, Net) else load(m) for m in models]
+    nets = [chain([p if isinstance(p, Net) else load(p) for p in m]) if isinstance(m, (list, tuple))
+            else m if isinstance(m, Net) else load(m) for m in models]
     if not nets:
         raise SurgeryError("no model to profile")
     names = list(labels) if labels else [n.source or f"model{i}" for i, n in enumerate(nets)]
@@ -231,7 +274,7 @@ def profile(
 
     # PyTorch convs run in TF32 on tensor cores when asked: the roofline then uses the TF32 peak
     costs = _Costs(lambda dt: "tf32" if (tf32 and dev.type == "cuda" and dt == "float32") else None)
-    spec_name = roofline_spec or roofline_spec_name(dev)
+    spec_name = device_spec or roofline_spec_name(dev)
     jobs = plan(len(nets), batches, dtypes, runtimes)
     rows: list[tuple[Job, ProfileRow]] = []
     # the whole sweep (and the measured CPU roofline spec) at the requested thread count
@@ -264,7 +307,7 @@ def profile(
         "timing": {k: getattr(timing, k) for k in timing.__dataclass_fields__},
         "threads": threads or (torch.get_num_threads() if dev.type == "cpu" else None),
         "tf32": tf32,
-        "roofline_spec": spec_name,
+        "device_spec": spec_name,
     }
     return ProfileReport(lat.device_info(dev, threads=threads), settings, tuple(results))
 
@@ -272,15 +315,20 @@ def profile(
 def _join_cost(row: ProfileRow, cost: dict) -> ProfileRow:
     row = replace(row, macs=cost.get("macs"), params=cost.get("params"), bytes=cost.get("bytes"),
                   roofline_ms=cost.get("roofline_ms"), cost_error=cost.get("cost_error"),
-                  roofline_error=cost.get("roofline_error"))
+                  roofline_error=cost.get("roofline_error"), roofline_estimate=cost.get("roofline_estimate"))
     if row.status == "ok" and row.median_ms:
         if row.macs is not None:
             row = replace(row, gmacs_per_s=row.macs * row.batch / (row.median_ms / 1e3) / 1e9)
         if row.roofline_ms is not None:
             row = replace(row, roofline_pct=100.0 * row.roofline_ms / row.median_ms)
             if row.roofline_pct > 100.0:  # faster than the floor: the spec's peaks are too low for this device
-                msg = (f"measured faster than the roofline floor ({row.roofline_pct:.0f}% of it): the device spec "
-                       f"underestimates this device's peak FLOP/s or bandwidth")
+                if row.roofline_estimate:
+                    msg = (f"measured faster than the estimated roofline floor ({row.roofline_pct:.0f}% of it): "
+                           f"this model's kernels beat the peaks measured by the CPU probes, so the floor is an "
+                           f"estimate, not a bound")
+                else:
+                    msg = (f"measured faster than the roofline floor ({row.roofline_pct:.0f}% of it): the device "
+                           f"spec underestimates this device's peak FLOP/s or bandwidth")
                 row = replace(row, warning=f"{row.warning}; {msg}" if row.warning else msg)
     return row
 
@@ -379,7 +427,7 @@ class _Runner:
 
     def _export(self, net: Net, job: Job):
         """The ONNX file for (batch, dtype), exported once per model (static shapes)."""
-        from surgery.export import export_model
+        from surgery.core.onnx_io import export_model
 
         key = (job.batch, job.dtype)
         if key not in self._exports:
@@ -398,7 +446,7 @@ class _Runner:
         return path, exported
 
     def _time_ort(self, net: Net, job: Job):
-        from surgery.export import verify_session
+        from surgery.core.onnx_io import verify_session
 
         if job.runtime != "onnxruntime:cpu" and self.device.type != "cuda":
             raise Unavailable(f"{job.runtime} needs --device cuda")

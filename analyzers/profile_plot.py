@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from analyzers.profile import ProfileReport
-from surgery.io import atomic_write
+from surgery.core.io import atomic_write
 
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
 

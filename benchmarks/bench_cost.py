@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 CHILD = r"""
 import json, resource, sys, time
 t0 = time.perf_counter()
-from surgery.io import load
+from surgery.core.io import load
 from analyzers.cost import analyze
 t1 = time.perf_counter()
 net = load("zoo:yolov3", input_shape=(3, 8192, 8192))
@@ -54,7 +54,7 @@ def bench_vs_fvcore(repeats: int) -> dict:
     import torch
 
     from analyzers.cost import analyze
-    from surgery.io import load
+    from surgery.core.io import load
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

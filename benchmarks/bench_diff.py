@@ -4,7 +4,7 @@ Builds zoo:yolov3 (seed 0) as A and a "fine-tuned" B (small noise in layers 0..7
 noise from layer 75 on, every tensor touched), saves both as .pt checkpoints in a temporary
 directory, then measures, each in a fresh process so the memory figures are its own:
 
-- the library: ``surgery.io.load`` x 2 + ``analyzers.diff.diff`` (time after imports);
+- the library: ``surgery.core.io.load`` x 2 + ``analyzers.diff.diff`` (time after imports);
 - the CLI: ``surgery diff A.pt B.pt --json --plot FIG.png`` end to end (wall time).
 
 Peak memory is the process's peak RSS (VmHWM / ru_maxrss), compared with the size of the
@@ -37,7 +37,7 @@ def rss(field):
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
 t0 = time.perf_counter()
-from surgery import io as sio
+from surgery.core import io as sio
 from analyzers.diff import diff
 t1, c1 = time.perf_counter(), time.process_time()
 base = rss("VmRSS")
@@ -56,7 +56,7 @@ print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "diff_s": t3 - t2, "to
 def make_checkpoints(d: Path) -> tuple[Path, Path]:
     import torch
 
-    from surgery import io as sio
+    from surgery.core import io as sio
 
     a = sio.build_zoo("yolov3", {}, seed=0)
     pa = sio.save(a, d / "yolov3_a.pt")
@@ -120,7 +120,8 @@ def main() -> int:
                     return 1
                 rep = json.loads(out)
                 runs.append({"wall_s": wall, "cpu_s": child_peak.cpu_s, "peak_rss": peak,
-                             "suggested_split": rep["suggested_split"], "share_at": rep["share_at"],
+                             "suggested_split": (rep["split"] or {}).get("first_changed"),
+                             "share_at": (rep["split"] or {}).get("share_at"),
                              "png_bytes": png.stat().st_size if plot else None})
 
     best = min(lib, key=lambda r: r["total_s"])

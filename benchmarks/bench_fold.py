@@ -36,7 +36,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import pick_device, time_models  # noqa: E402
-from surgery import io as sio  # noqa: E402
+from surgery.core import io as sio  # noqa: E402
 from surgery.fold import fold, module_counts  # noqa: E402
 
 TARGET_VS_TRAINING = 0.70

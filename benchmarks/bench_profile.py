@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from analyzers.latency import TimingConfig
 from analyzers.profile import profile
 from cli_commands.base import to_jsonable
-from surgery import io as sio
+from surgery.core import io as sio
 
 CV_TARGET_GPU = 0.02
 

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from analyzers.cost import analyze  # noqa: E402
 from benchmarks.common import pick_device, time_models  # noqa: E402
-from surgery import io as sio  # noqa: E402
+from surgery.core import io as sio  # noqa: E402
 from surgery.retarget import retarget  # noqa: E402
 from surgery.share import share  # noqa: E402
 
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
         "cost_model_ratio": {"combined": cost_ratio, "separate": sep_cost_ratio},
         "target_combined": TARGET,
         "share_s": share_s,
-        "heads_max_rel_diff": [h.max_rel_diff for h in rep.heads],
+        "heads_max_rel": [h.max_rel for h in rep.heads],
     }
     ok = ratio["combined"] <= TARGET
     if args.json:

@@ -1,6 +1,9 @@
 """Shared pieces of the CLI: the typer app, model-loading options, rendering helpers.
 
 Library code never prints; everything a user sees is rendered here or in a command module.
+This module and every ``cli_commands/*.py`` import no torch and no heavy library module at
+module level (``surgery --help`` must start in a blink): commands import them inside their
+functions; ``tests/test_cli.py`` checks that ``import cli`` leaves torch unimported.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import dataclasses
 import io
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -18,8 +22,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from surgery import io as sio
-from surgery.errors import SurgeryError
+from surgery.core.errors import SurgeryError
+from surgery.core.safety import escape
 
 app = typer.Typer(
     name="surgery",
@@ -28,6 +32,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -36,9 +41,12 @@ err_console = Console(stderr=True, highlight=False)
 
 ArchOpt = typer.Option(None, "--arch", help="Architecture of a bare state_dict: zoo:NAME[:k=v] or a Darknet .cfg.")
 WeightsOpt = typer.Option(None, "--weights", help="Darknet .weights for a .cfg (default: same stem).")
-TrustOpt = typer.Option(False, "--trust-pickle", help="Allow loading a whole pickled module (runs code from the file).")
+TrustOpt = typer.Option(False, "--trust-code", "--trust-pickle",
+                        help="Allow files whose loading or running executes code from the file: a whole pickled "
+                             "module, TorchScript, a .pt2 run on real tensors (--trust-pickle: old name).")
 InputOpt = typer.Option(None, "--input", help="Input shape without batch, e.g. 3x416x416 (default: the model's).")
-JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table.")
+JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table (schema: docs/JSON.md).")
+CsvOpt = typer.Option(False, "--csv", help="Print CSV instead of a table.")
 ForceOpt = typer.Option(False, "--force", help="Overwrite an existing output file.")
 
 
@@ -52,6 +60,16 @@ def parse_shape(text: str | None) -> tuple[int, ...] | None:
     if not dims or any(d <= 0 for d in dims):
         raise SurgeryError(f"bad shape {text!r}; every dimension must be a positive integer")
     return dims
+
+
+def parse_shapes(text: str | None) -> list[tuple[int, ...]] | None:
+    """``3x224x224,3x416x416`` -> two shapes (a sweep); ``3x224x224`` -> one."""
+    if text is None:
+        return None
+    parts = [p for p in text.split(",") if p.strip()]
+    if len(parts) > 1 and all("x" in p.lower() for p in parts):
+        return [parse_shape(p) for p in parts]
+    return [parse_shape(text)]
 
 
 def parse_int_list(text: str, what: str, *, minimum: int = 1) -> list[int]:
@@ -78,8 +96,27 @@ def parse_layer_list(text: str, what: str) -> list[int | str]:
     return vals
 
 
+def check_formats(json_out: bool, csv_out: bool) -> None:
+    """``--json`` and ``--csv`` exclude each other (checked before anything slow happens)."""
+    if json_out and csv_out:
+        raise SurgeryError("--json and --csv exclude each other; pick one")
+
+
+def wrote(path, detail: str = "") -> None:
+    """The one "wrote X" line of every command that writes a file: on stderr, so ``--json``
+    on stdout stays clean."""
+    err_console.print(f"wrote {path}" + (f": {detail}" if detail else ""), markup=False, soft_wrap=True)
+
+
+def examples(*lines: str) -> str:
+    """A command's --help epilog: example command lines, kept as typed (no re-wrapping)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {l}" for l in lines)
+
+
 def load_model(ref: str, arch: str | None = None, weights: str | None = None, trust_pickle: bool = False,
                input_shape: str | None = None):
+    from surgery.core import io as sio
+
     return sio.load(ref, arch=arch, weights=weights, trust_pickle=trust_pickle, input_shape=parse_shape(input_shape))
 
 
@@ -115,14 +152,78 @@ def print_csv(header: list[str], rows: Iterable[Iterable[Any]]) -> None:
     sys.stdout.write(buf.getvalue())
 
 
-def table(title: str | None, columns: list[str], rows: Iterable[Iterable[Any]], *, right: Iterable[str] = ()) -> Table:
-    right = set(right)
-    t = Table(title=title, title_justify="left")
-    for c in columns:
-        t.add_column(c, justify="right" if c in right else "left")
-    for r in rows:
-        t.add_row(*[str(v) for v in r])
+def out() -> Console:
+    """The console for results. A terminal (or an explicit ``COLUMNS``) sets the width; a pipe
+    or file without ``COLUMNS`` gets 200 columns instead of rich's 80."""
+    if console.is_terminal or os.environ.get("COLUMNS", "").isdigit():
+        return console
+    return Console(width=200, highlight=False, file=sys.stdout)
+
+
+def table(title: str | None, columns: list[str], rows: Iterable[Iterable[Any]], *, right: Iterable[str] = (),
+          fold: Iterable[str] = ("name", "model", "tensor", "value", "source", "description", "arguments",
+                                 "module", "operator", "reason", "notes"),
+          drop: Iterable[str] = (), width: int | None = None) -> Table:
+    """A rich table that never cuts a value with an ellipsis.
+
+    Columns in ``fold`` (names, paths: text) fold onto more lines when the table is too wide;
+    every other column (numbers, shapes) keeps its full width. If the table still cannot fit
+    ``width`` (default: the result console's), the columns in ``drop`` are left out, in that
+    order, until it fits (the JSON keeps them all)."""
+    right, fold = set(right), set(fold)
+    body = [[escape(v) for v in r] for r in rows]  # cells quote input files: no raw control characters
+    columns = list(columns)
+    width = width or out().width
+
+    def natural(i: int) -> int:
+        return max([len(columns[i])] + [len(r[i]) for r in body if i < len(r)])
+
+    def need(cols: list[int]) -> int:  # fixed columns at full width, foldable ones at 12
+        return sum(natural(i) if columns[i] not in fold else min(natural(i), 24) for i in cols) + 3 * len(cols) + 1
+
+    keep = list(range(len(columns)))
+    for name in drop:
+        if need(keep) <= width:
+            break
+        keep = [i for i in keep if columns[i] != name]
+    left_out = [columns[i] for i in range(len(columns)) if i not in keep]
+    caption = f"left out at {width} columns: {', '.join(left_out)} (--json has every field)" if left_out else None
+    t = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    for i in keep:
+        c = columns[i]
+        if c in fold:
+            t.add_column(c, justify="right" if c in right else "left", overflow="fold")
+        else:
+            t.add_column(c, justify="right" if c in right else "left", no_wrap=True, min_width=natural(i),
+                          overflow="fold")
+    for r in body:
+        t.add_row(*[r[i] for i in keep if i < len(r)])
     return t
+
+
+def fmt_ms(x: float | None, none: str = "–") -> str:
+    """A time in ms for people: three significant digits, thousands separated, never an
+    exponent (1250.3 -> '1,250', 12.345 -> '12.3', 0.01234 -> '0.0123')."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return none
+    x = float(x)
+    if x == 0:
+        return "0"
+    decimals = max(0, 2 - math.floor(math.log10(abs(x))))
+    return f"{x:,.{min(decimals, 6)}f}"
+
+
+def fmt_num(x: float | None, none: str = "–") -> str:
+    """A plain number with three significant digits and no exponent for everyday magnitudes
+    (ratios, statistics); exponents only outside 1e-4..1e6."""
+    if x is None:
+        return none
+    x = float(x)
+    if x != x:
+        return "nan"
+    if x == 0 or 1e-4 <= abs(x) < 1e6:
+        return fmt_ms(x)
+    return f"{x:.3g}"
 
 
 def human(n: float, unit: str = "") -> str:

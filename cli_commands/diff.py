@@ -6,14 +6,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
-from analyzers.diff import DiffReport, diff, parse_layer_range
-from cli_commands.base import (ArchOpt, ForceOpt, JsonOpt, TrustOpt, app, console, err_console, print_csv,
-                               print_json, progress, shape_str, table)
-from surgery import io as sio
-from surgery.errors import SurgeryError
+from cli_commands.base import (ArchOpt, CsvOpt, ForceOpt, JsonOpt, SurgeryError, TrustOpt, app, check_formats,
+                               err_console, examples, fmt_num, out, print_csv, print_json, progress, shape_str, table, wrote)
 
 PLOT_FORMATS = ("png", "svg", "pdf")
 CSV_COLUMNS = ["index", "name", "param", "kind", "shape", "relative", "scale", "mean", "q1", "median", "q3",
@@ -22,28 +17,19 @@ CSV_COLUMNS = ["index", "name", "param", "kind", "shape", "relative", "scale", "
 
 def _load(ref: str, other: str, arch: str | None, weights: str | None, trust_pickle: bool):
     """A model reference; a bare ``.weights`` file takes the cfg of ``--arch`` or of the other model."""
-    if ref.lower().endswith(".weights"):
-        cfg = arch if arch and arch.lower().endswith(".cfg") else other if other.lower().endswith(".cfg") else None
-        if cfg is None:
-            raise SurgeryError(f"{ref}: a .weights file needs its cfg; pass --arch FILE.cfg "
-                               "(or give the other model as a .cfg)")
-        if weights:
-            raise SurgeryError(f"{ref} is already a .weights file; drop its --weights-a/--weights-b option")
-        net = sio.load(cfg, weights=ref)
-        return net.evolve(net.module, source=ref)
+    from surgery.core import io as sio
+
+    if ref.lower().endswith(".weights") and not (arch and arch.lower().endswith(".cfg")) \
+            and other.lower().endswith(".cfg"):
+        arch = other
     return sio.load(ref, arch=arch, weights=weights, trust_pickle=trust_pickle)
 
 
-def _fmt(x) -> str:
-    if x is None:
-        return "-"
-    x = float(x)
-    if x != x:
-        return "nan"
-    return f"{x:.3g}"
+_fmt = fmt_num
 
 
-@app.command("diff")
+@app.command("diff", epilog=examples("surgery diff base.pt text.pt", "surgery diff yolov3.cfg text.weights --plot diff.png",
+                                     "surgery diff a.pt b.pt --tensors --layers 70-80", "surgery diff a.pt b.pt --json"))
 def diff_cmd(
     a: str = typer.Argument(..., metavar="A", help="Base model A (FILE.pt, FILE.cfg, FILE.weights, zoo:NAME[:k=v])."),
     b: str = typer.Argument(..., metavar="B", help="Model B, compared against A."),
@@ -51,8 +37,10 @@ def diff_cmd(
     layers: Optional[str] = typer.Option(None, "--layers", help="Only these layer indices, e.g. 0-80 or 0-10,74-106."),
     kind: Optional[str] = typer.Option(None, "--kind", help="Only these kinds (comma list): weight, bias, bn_weight, "
                                                             "bn_bias, running_mean, running_var."),
+    tensors: bool = typer.Option(False, "--tensors", help="One row per tensor (weight, bias, BN statistics) instead of "
+                                                          "one per layer."),
     json_out: bool = JsonOpt,
-    csv_out: bool = typer.Option(False, "--csv", help="Print CSV instead of a table."),
+    csv_out: bool = CsvOpt,
     arch: Optional[str] = ArchOpt,
     weights_a: Optional[str] = typer.Option(None, "--weights-a", help="Darknet .weights for A's .cfg."),
     weights_b: Optional[str] = typer.Option(None, "--weights-b", help="Darknet .weights for B's .cfg."),
@@ -63,8 +51,10 @@ def diff_cmd(
     whiskers at 1.5 IQR, outliers) and a suggested layer to cut a shared backbone: the
     least-squares change point of the per-layer weight medians, printed as "first changed
     layer" s and "share at" s-1 (share layers 0..s-1), with the rule and the cost savings."""
-    if json_out and csv_out:
-        raise SurgeryError("--json and --csv exclude each other; pick one")
+    from analyzers.diff import diff, parse_layer_range
+    from surgery.core import io as sio
+
+    check_formats(json_out, csv_out)
     fmt = None
     if plot is not None:
         fmt = plot.suffix.lower().lstrip(".")
@@ -76,12 +66,12 @@ def diff_cmd(
 
     net_a = _load(a, b, arch, weights_a, trust_pickle)
     net_b = _load(b, a, arch, weights_b, trust_pickle)
-    if err_console.is_terminal:
+    if err_console.is_terminal:  # a bar drawn into a pipe or log is noise
         with progress() as bar:
             task = bar.add_task("comparing tensors", total=None)
             rep = diff(net_a, net_b, layers=wanted, kinds=kinds,
                        progress=lambda done, total: bar.update(task, completed=done, total=total))
-    else:  # a bar drawn into a pipe or log is noise
+    else:
         rep = diff(net_a, net_b, layers=wanted, kinds=kinds)
     if plot is not None:
         if not rep.layers:
@@ -90,16 +80,16 @@ def diff_cmd(
 
         sio.atomic_write([plot], lambda tmps: plot_diff(rep, tmps[0], fmt=fmt), force=force,
                          inputs=[a, b, weights_a, weights_b])
-        err_console.print(f"wrote {plot}", markup=False)
+        wrote(plot)
     if json_out:
         print_json(rep)
     elif csv_out:
         _csv(rep)
     else:
-        _tables(rep)
+        _tables(rep, tensors)
 
 
-def _csv(rep: DiffReport) -> None:
+def _csv(rep) -> None:
     rows = []
     for r in rep.layers:
         j = r.to_json()
@@ -111,34 +101,51 @@ def _csv(rep: DiffReport) -> None:
     print_csv(CSV_COLUMNS, rows)
 
 
-def _tables(rep: DiffReport) -> None:
-    # a pipe or file gets rich's 80 columns by default, too narrow for eleven columns
-    out = console if console.is_terminal else Console(width=max(console.width, 160), highlight=False)
-    cols = ["layer", "tensor", "kind", "shape", "mean", "q1", "median", "q3", "whisker lo", "whisker hi", "outliers"]
-    rows = []
+def _verdict(rep) -> None:
+    o = out()
+    if rep.split is None:
+        o.print("suggested split: none (no clear rise in the per-layer weight differences)", markup=False)
+    else:
+        sp = rep.split
+        o.print(f"suggested split: first changed layer {sp.first_changed}, share at {sp.share_at} "
+                f"(share layers 0..{sp.share_at}; median difference {fmt_num(sp.low_mean)} before, "
+                f"{fmt_num(sp.high_mean)} from there on; R² {sp.r2:.2f})", markup=False)
+        if sp.savings:
+            parts = [f"{v:.3f} of the {k}" for k, v in sp.savings.items()]
+            o.print(f"sharing layers 0..{sp.share_at} saves {' and '.join(parts)} of model A per extra model",
+                    markup=False)
+    o.print(f"rule: {rep.rule}", markup=False)
+
+
+def _tables(rep, tensors: bool) -> None:
+    o = out()
+    _verdict(rep)  # the answer first, the evidence below
+    stats = ["mean", "q1", "median", "q3", "whisker lo", "whisker hi", "outliers"]
+    rows_src = rep.layers if tensors else rep.per_layer()
+    count = {}
     for r in rep.layers:
+        count[r.index] = count.get(r.index, 0) + 1
+    if tensors:
+        cols = ["layer", "tensor", "kind", "shape"] + stats
+    else:
+        cols = ["layer", "name", "tensor", "shape"] + stats + ["tensors"]
+    rows = []
+    for r in rows_src:
         s = r.stats
-        rows.append([r.index, r.param, r.kind if r.relative else f"{r.kind} (abs)", shape_str(r.shape),
-                     *[_fmt(v) for v in (s.mean, s.q1, s.median, s.q3, s.whisker_low, s.whisker_high)],
-                     f"{s.outliers:,}"])
-    title = escape(f"Relative differences |B - A| / mean|A| of {rep.b} against {rep.a}")
-    out.print(table(title, cols, rows,
-                        right=cols[4:]))
-    if any(not r.relative for r in rep.layers):
-        out.print("(abs): mean |A| is 0 for this tensor, so its statistics are absolute differences |B - A|")
+        kind = r.kind if r.relative else f"{r.kind} (abs)"
+        head = [r.index, r.param, kind, shape_str(r.shape)] if tensors else [r.index, r.name, kind, shape_str(r.shape)]
+        tail = [] if tensors else [count[r.index]]
+        rows.append(head + [_fmt(v) for v in (s.mean, s.q1, s.median, s.q3, s.whisker_low, s.whisker_high)]
+                    + [f"{s.outliers:,}"] + tail)
+    what = "per tensor" if tensors else "per layer (its weight; --tensors for every tensor)"
+    title = f"Relative differences |B - A| / mean|A| of {rep.b} against {rep.a}, {what}"
+    o.print(table(title, cols, rows, right=["layer"] + stats + ["tensors"], drop=("whisker lo", "whisker hi", "q1",
+                                                                                 "q3", "shape")))
+    if any(not r.relative for r in rows_src):
+        o.print("(abs): mean |A| is 0 for this tensor, so its statistics are absolute differences |B - A|",
+                markup=False)
     if rep.skipped:
         srows = [[s.index, s.param, s.reason, shape_str(s.shape_a) if s.shape_a else "-",
                   shape_str(s.shape_b) if s.shape_b else "-"] for s in rep.skipped]
-        out.print(table(f"Skipped ({len(rep.skipped)})", ["layer", "tensor", "reason", "shape A", "shape B"],
-                            srows))
-    if rep.split is None:
-        out.print("suggested split: none (no clear rise in the per-layer weight differences)")
-    else:
-        sp = rep.split
-        out.print(f"suggested split: first changed layer {sp.first_changed}, share at {sp.share_at} "
-                      f"(share layers 0..{sp.share_at}; median difference {sp.low_mean:.3g} before, "
-                      f"{sp.high_mean:.3g} from there on; R² {sp.r2:.2f})")
-        if sp.savings:
-            parts = [f"{v:.3f} of the {k}" for k, v in sp.savings.items()]
-            out.print(f"sharing layers 0..{sp.share_at} saves {' and '.join(parts)} of model A per extra model")
-    out.print(f"rule: {rep.rule}", markup=False)
+        o.print(table(f"Skipped ({len(rep.skipped)})", ["layer", "tensor", "reason", "shape A", "shape B"], srows,
+                      right=["layer"]))

@@ -1,25 +1,34 @@
-"""``surgery fold MODEL -o OUT``: fold Dirac parameterisation, BatchNorm and linear branches."""
+"""``surgery fold MODEL``: fold Dirac parameterisation, BatchNorm and linear branches."""
 
 from __future__ import annotations
 
-import torch
+from pathlib import Path
+from typing import Optional
+
 import typer
 
-from cli_commands.base import (ArchOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsOpt, app, console, human,
-                               load_model, print_json, table, to_jsonable)
-from surgery import io as sio
-from surgery.errors import SurgeryError
-from surgery.fold import KINDS, FoldReport, fold, parse_only
+from cli_commands.base import (ArchOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsOpt, app, err_console, examples,
+                               fmt_num, human, load_model, out, print_json, table)
+from cli_commands.writing import output_path, print_written, stages
+from surgery.core.errors import SurgeryError
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_KINDS = "dirac,bn,branches"  # surgery.fold.KINDS (not imported here: the CLI starts without torch)
 
 
-@app.command("fold")
+@app.command("fold", epilog=examples(
+    "surgery fold zoo:diracnet34                      # writes diracnet34-folded.pt",
+    "surgery fold zoo:yolov3 --darknet yolov3-folded.cfg   # Darknet: batch_normalize=0, biases",
+    "surgery fold r50.pt -o r50-nobn.pt --only bn --dtype float64",
+))
 def fold_cmd(
     model: str = typer.Argument(..., help="Model reference: FILE.pt, FILE.cfg or zoo:NAME[:k=v]."),
-    output: str = typer.Option(..., "-o", "--output", help="Where to write the folded checkpoint (.pt)."),
-    only: str = typer.Option(",".join(KINDS), "--only", help="Which folds: a comma list of bn, dirac, branches."),
-    dtype: str = typer.Option("float32", "--dtype", help="Precision of the verification: float32 or float64."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="The folded checkpoint (.pt); default: "
+                                                                      "MODEL-folded.pt in the current directory."),
+    darknet: Optional[str] = typer.Option(None, "--darknet", help="Also write a folded Darknet network as OUT.cfg + "
+                                                                  "OUT.weights (batch_normalize=0 with biases)."),
+    only: str = typer.Option(_KINDS, "--only", help="Which folds: a comma list of dirac, bn, branches."),
+    dtype: str = typer.Option("float32", "--dtype", help="The dtype the models run in for the verification: float32 "
+                                                         "or float64."),
     force: bool = ForceOpt,
     json_out: bool = JsonOpt,
     arch: str = ArchOpt,
@@ -27,22 +36,62 @@ def fold_cmd(
     trust_pickle: bool = TrustOpt,
     input: str = InputOpt,
 ):
-    """Fold Dirac convs, BatchNorm and parallel linear branches into plain convs; verify, then write OUT."""
+    """Fold Dirac convs, BatchNorm and parallel linear branches into plain convs; verify, then write.
+
+    Darknet networks fold every batch_normalize=1 layer into its conv (a new cfg with
+    batch_normalize=0 and biases). A model with nothing to fold is reported with the reason;
+    nothing is written and the exit code is 0.
+    """
+    from surgery.core.dtypes import dtype_name
+
+    dt = dtype_name(dtype, ("float32", "float64"))
+    output = output_path(output, [model], "-folded")
+    paths = [output]
+    if darknet is not None:
+        if not darknet.lower().endswith(".cfg"):
+            raise SurgeryError(f"--darknet {darknet}: name the .cfg to write (its .weights goes beside it)")
+        paths += [darknet, str(Path(darknet).with_suffix(".weights"))]
+    if len({str(Path(p).resolve()) for p in paths}) != len(paths):
+        raise SurgeryError(f"the outputs {', '.join(paths)} must be different files")
+    from surgery.core import io as sio
+    from surgery.fold import fold, parse_only
+
     kinds = parse_only(only)
-    if dtype not in _DTYPES:
-        raise SurgeryError(f"--dtype {dtype!r} is not supported; use float32 or float64")
-    sio.check_outputs([output], force=force, inputs=[model])  # refuse before the (slow) work
-    net = load_model(model, arch, weights, trust_pickle, input)
-    folded, rep = fold(net, only=kinds, dtype=_DTYPES[dtype])
-    path = sio.save(folded, output, force=force, inputs=[model])
+    sio.check_outputs(paths, force=force, inputs=[model])  # refuse before the (slow) work
+    import dataclasses
+
+    import torch
+
+    with stages("loading", "folding and verifying", *(["writing Darknet cfg + weights"] * (darknet is not None)),
+                "writing the checkpoint") as step:
+        step("loading")
+        net = load_model(model, arch, weights, trust_pickle, input)
+        step("folding and verifying")
+        folded, rep = fold(net, only=kinds, dtype=getattr(torch, dt))
+        if rep.nothing_to_fold is None:
+            def write(tmps):
+                if darknet is not None:
+                    from surgery.export import write_darknet
+
+                    step("writing Darknet cfg + weights")
+                    write_darknet(folded, tmps[1], tmps[2])
+                step("writing the checkpoint")
+                torch.save(sio.checkpoint_dict(folded), tmps[0])
+
+            written = sio.atomic_write(paths, write, force=force, inputs=[model])
+            rep = dataclasses.replace(rep, output=str(written[0]))
     if json_out:
-        print_json({**to_jsonable(rep), "fold_counts": rep.fold_counts, "output": str(path)})
-        return
-    render(rep)
-    console.print(f"wrote {path}")
+        print_json(rep)
+    else:
+        render(rep)
+    if rep.nothing_to_fold is not None:
+        err_console.print(f"surgery: nothing to fold: {rep.nothing_to_fold}; nothing written", markup=False,
+                          soft_wrap=True)
+    elif not json_out:
+        print_written(written)
 
 
-def render(rep: FoldReport) -> None:
+def render(rep) -> None:
     by_kind: dict[str, list] = {}
     for f in rep.folds:
         by_kind.setdefault(f.kind, []).append(f)
@@ -51,16 +100,18 @@ def render(rep: FoldReport) -> None:
         names = ", ".join(f.target + (f" ← {'+'.join(f.merged)}" if f.merged and kind != "identity" else "")
                           for f in fs[:3])
         rows.append((kind, len(fs), names + (f", … (+{len(fs) - 3})" if len(fs) > 3 else "")))
-    console.print(table(f"fold {rep.source} (only: {','.join(rep.only)})", ["fold", "count", "modules"],
-                        rows or [("(none)", 0, "nothing to fold")], right=["count"]))
+    out().print(table(f"fold {rep.model} (only: {','.join(rep.only)}; {rep.representation} representation)",
+                      ["fold", "count", "modules"], rows or [("(none)", 0, "nothing to fold")], right=["count"]))
     if rep.skips:
-        console.print(table("skipped", ["fold", "module", "reason"], [(s.kind, s.target, s.reason) for s in rep.skips]))
+        out().print(table("skipped", ["fold", "module", "reason"], [(s.kind, s.target, s.reason) for s in rep.skips]))
+    if rep.nothing_to_fold is not None:
+        return
     types = list(dict.fromkeys([*rep.modules_before, *rep.modules_after]))
     mrows = [(t, rep.modules_before.get(t, 0), rep.modules_after.get(t, 0)) for t in types]
     mrows.append(("params", f"{rep.params_before:,} ({human(rep.params_before)})",
                   f"{rep.params_after:,} ({human(rep.params_after)})"))
-    console.print(table("modules", ["type", "before", "after"], mrows, right=["before", "after"]))
+    out().print(table("modules", ["type", "before", "after"], mrows, right=["before", "after"]))
     v = rep.verify
     if v is not None:
-        console.print(f"verified on {v.probes}×{v.batch} probe inputs ({v.dtype}, eval): "
-                      f"max abs diff {v.max_abs:.3g}, max rel diff {v.max_rel:.3g} (limit {rep.rtol:g})")
+        out().print(f"verified on {v.probes}×{v.batch} probe inputs ({v.dtype}, eval): "
+                    f"max abs {fmt_num(v.max_abs)}, max rel {fmt_num(v.max_rel)} (limit {rep.rtol:g})")

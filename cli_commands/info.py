@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import typer
 
-from cli_commands.base import (ArchOpt, InputOpt, JsonOpt, TrustOpt, WeightsOpt, app, console, human, load_model,
+from cli_commands.base import (ArchOpt, InputOpt, JsonOpt, TrustOpt, WeightsOpt, app, examples, human, load_model, out,
                                print_json, shape_str, table)
-from surgery.info import describe
 
 
-@app.command("info")
+@app.command("info", epilog=examples("surgery info zoo:yolov3", "surgery info model.pt --json"))
 def info(
     model: str = typer.Argument(..., help="Model reference: FILE.pt, FILE.cfg, FILE.pt2 or zoo:NAME[:k=v]."),
     arch: str = ArchOpt,
@@ -19,12 +18,14 @@ def info(
     json_out: bool = JsonOpt,
 ):
     """Show what a model reference loads: format, arch, recipe, params, input shape, hashes."""
+    from surgery.info import describe
+
     rep = describe(load_model(model, arch, weights, trust_pickle, input))
     if json_out:
         print_json(rep)
         return
     rows = [
-        ("source", rep.source),
+        ("model", rep.model),
         ("format", rep.format),
         ("arch", rep.arch or "(analysis only)"),
         ("params", f"{rep.params:,} ({human(rep.params)})"),
@@ -34,6 +35,6 @@ def info(
         ("outputs", ", ".join(shape_str(s) for s in rep.output_shapes)),
         ("recipe", " → ".join(s["op"] for s in rep.recipe) or "(none)"),
     ]
-    rows += [(f"sha256 {p}", h[:16] + "…") for p, h in rep.sources.items()]
+    rows += [(f"sha256 {p}", h) for p, h in rep.sources.items()]
     rows += [(k, str(v)) for k, v in rep.metadata.items() if k not in ("sources",)]
-    console.print(table(None, ["field", "value"], rows))
+    out().print(table(None, ["field", "value"], rows, fold=("field", "value")))

@@ -3,34 +3,17 @@
 from __future__ import annotations
 
 import typer
-from rich.console import Console
-
-from cli_commands.base import (
-    ArchOpt,
-    ForceOpt,
-    InputOpt,
-    JsonOpt,
-    TrustOpt,
-    WeightsOpt,
-    app,
-    console,
-    err_console,
-    human,
-    load_model,
-    parse_int_list,
-    print_csv,
-    print_json,
-    progress,
-    table,
-)
-from surgery.errors import SurgeryError
+from cli_commands.base import (ArchOpt, CsvOpt, ForceOpt, JsonOpt, SurgeryError, TrustOpt, WeightsOpt, app,
+                               check_formats, err_console, examples, fmt_ms, fmt_num, human, load_model, out,
+                               parse_int_list, parse_shapes, print_csv, print_json, progress, shape_str, table, wrote)
+from cli_commands.flops import DeviceSpecOpt
 
 CSV_FIELDS = ["model", "runtime", "device", "batch", "dtype", "status", "median_ms", "p10_ms", "p90_ms", "cv", "runs",
-              "throughput", "macs", "params", "bytes", "gmacs_per_s", "roofline_ms", "roofline_pct", "latency_ratio",
+              "throughput", "macs", "params", "bytes", "gmacs_per_s", "roofline_ms", "roofline_pct", "roofline_estimate", "latency_ratio",
               "macs_ratio", "pareto", "threads", "setup_s", "warning", "error", "cost_error"]
 
 
-_NARROW_DROP = {"p10–p90", "runs", "params", "GMAC/s"}
+_NARROW_DROP = ("p10–p90 ms", "runs", "params", "GMAC/s", "×MACs", "CV")
 
 
 def _fmt(v, spec: str, none: str = "–") -> str:
@@ -60,8 +43,10 @@ def _render_table(rep) -> None:
     one_dtype = len(dtypes) == 1
     title = (f"{where} · torch {dev['torch']}" + (f" · {next(iter(dtypes))}" if one_dtype else "")
              + f" · {dev['date']}")
+    estimate = any(r.roofline_estimate for r in rep.results)
+    floor_col = "%floor≈" if estimate else "%floor"
     cols = ["model", "runtime", "batch"] + ([] if one_dtype else ["dtype"]) + [
-        "ms", "p10–p90", "CV", "runs", "img/s", "MACs", "params", "GMAC/s", "%floor", "×ms", "×MACs", "", "!"]
+        "ms", "p10–p90 ms", "CV", "runs", "img/s", "MACs", "params", "GMAC/s", floor_col, "×ms", "×MACs", "", "!"]
     rows, footnotes = [], []
     for r in rep.results:
         ok = r.status == "ok"
@@ -74,48 +59,50 @@ def _render_table(rep) -> None:
         rt = r.runtime if r.device in ("cpu", dev["device"]) else f"{r.runtime} ({r.device})"
         row = [r.model, rt if ok else f"{rt} ({r.status})", r.batch] + ([] if one_dtype else [r.dtype])
         row += [
-            _fmt(r.median_ms, ".3g") if ok else "–",
-            f"{r.p10_ms:.3g}–{r.p90_ms:.3g}" if ok else "–",
+            fmt_ms(r.median_ms) if ok else "–",
+            f"{fmt_ms(r.p10_ms)}–{fmt_ms(r.p90_ms)}" if ok else "–",
             _fmt(r.cv, ".1%"), r.runs if ok else "–",
-            _fmt(r.throughput, ".4g"),
+            fmt_num(r.throughput),
             human(r.macs) if r.macs is not None else "–",
             human(r.params) if r.params is not None else "–",
-            _fmt(r.gmacs_per_s, ".3g"),
-            _fmt(r.roofline_pct, ".3g"),
+            fmt_num(r.gmacs_per_s),
+            fmt_num(r.roofline_pct),
             _fmt(r.latency_ratio, ".2f"),
             _fmt(r.macs_ratio, ".2f"),
             "★" if r.pareto else "",
             mark,
         ]
         rows.append(row)
-    right = {"batch", "ms", "p10–p90", "CV", "runs", "img/s", "MACs", "params", "GMAC/s", "%floor", "×ms", "×MACs"}
-    out = console
-    if not console.is_terminal and console.width < 200:
-        out = Console(highlight=False, width=200)  # piped: do not squeeze the table to 80 columns
-    elif console.width < 150:  # a narrow terminal: the full detail is in --json / --csv
-        keep = [i for i, c in enumerate(cols) if c not in _NARROW_DROP]
-        cols = [cols[i] for i in keep]
-        rows = [[row[i] for i in keep] for row in rows]
-    out.print(table(title, cols, rows, right=right))
-    out.print("ms: median latency per forward pass of the batch; MACs per image; %floor: roofline floor / median; "
-                  "×ms, ×MACs: against the first model with the same runtime and batch; "
-                  "★: Pareto front of (MACs, latency) per batch.", style="dim", markup=False)
+    right = {"batch", "ms", "p10–p90 ms", "CV", "runs", "img/s", "MACs", "params", "GMAC/s", floor_col, "×ms",
+             "×MACs"}
+    o = out()
+    o.print(table(title, cols, rows, right=right, drop=_NARROW_DROP))
+    o.print("ms: median latency per forward pass of the batch; MACs per image; %floor: roofline floor / median"
+            + (" (≈: the floor is an estimate from peaks measured on this machine)" if estimate else "")
+            + "; ×ms, ×MACs: against the first model with the same runtime and batch; "
+            "★: Pareto front of (MACs, latency) per batch; A+B: A and B run one after the other.",
+            style="dim", markup=False)
     for f in footnotes:
-        out.print(f, markup=False, soft_wrap=True)
+        o.print(f, markup=False)
 
 
-@app.command("profile")
+@app.command("profile", epilog=examples("surgery profile zoo:resnet18 zoo:resnet18:root=8 --batch 1,8",
+                                        "surgery profile base.pt+text.pt shared.pt",
+                                        "surgery profile model.pt --runtime torch,onnxruntime --dtype float32,bfloat16",
+                                        "surgery profile model.pt --device cuda --device-spec h100-sxm --json"))
 def profile_cmd(
-    models: list[str] = typer.Argument(..., help="Model references: FILE.pt, FILE.cfg, FILE.pt2 or zoo:NAME[:k=v]."),
+    models: list[str] = typer.Argument(..., help="Model references: FILE.pt, FILE.cfg, FILE.pt2 or zoo:NAME[:k=v]; "
+                                                 "A.pt+B.pt runs A then B as one entry."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
     runtime: str = typer.Option("torch", "--runtime",
                                 help="Comma list of torch, cudagraph, compile, onnxruntime "
                                      "(or onnxruntime:cpu|cuda|tensorrt)."),
     batch: str = typer.Option("1", "--batch", help="Comma list of batch sizes, e.g. 1,8,32."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32, float16 or bfloat16 (comma list allowed)."),
+    dtype: str = typer.Option("float32", "--dtype", help="The model's precision for timing: float32, float16 or "
+                                                          "bfloat16 (a comma list sweeps them)."),
     plot: str | None = typer.Option(None, "--plot", help="Write a PNG of latency against MACs to this file."),
     json_out: bool = JsonOpt,
-    csv_out: bool = typer.Option(False, "--csv", help="Print CSV instead of a table."),
+    csv_out: bool = CsvOpt,
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for torch and ONNX Runtime "
                                                                  "(default: torch's current setting)."),
     warmup: int = typer.Option(3, "--warmup", help="Untimed warm-up runs (at least; also --warmup-time)."),
@@ -126,36 +113,45 @@ def profile_cmd(
     max_time: float = typer.Option(30.0, "--max-time", help="Stop timing one configuration after this many seconds."),
     max_cv: float = typer.Option(0.10, "--max-cv", help="Warn when the coefficient of variation exceeds this."),
     tf32: bool = typer.Option(False, "--tf32", help="Allow TF32 for float32 on CUDA (faster, less exact)."),
-    roofline_spec: str | None = typer.Option(None, "--roofline-spec",
-                                                help="Device spec for the roofline floor (default: from the device)."),
+    device_spec: str | None = DeviceSpecOpt,
     force: bool = ForceOpt,
     arch: str = ArchOpt,
     weights: str = WeightsOpt,
     trust_pickle: bool = TrustOpt,
-    input: str = InputOpt,
+    input: str = typer.Option(None, "--input", help="Input shape(s) without batch: 3x416x416, or a sweep "
+                                                     "3x224x224,3x416x416 (default: each model's)."),
 ):
     """Time models (PyTorch eager, CUDA graphs, torch.compile, ONNX Runtime) beside their MACs."""
     from analyzers.latency import TimingConfig, expand_runtimes, resolve_device
     from analyzers.profile import parse_dtypes, profile
-    from surgery.io import check_outputs
+    from surgery.core.io import check_outputs
 
-    if json_out and csv_out:
-        raise SurgeryError("--json and --csv exclude each other; pick one")
+    check_formats(json_out, csv_out)
     # every argument is checked before anything slow happens
     runtimes = expand_runtimes([r for r in runtime.split(",") if r.strip()], resolve_device(device))
     batches = parse_int_list(batch, "--batch")
     if threads is not None and threads < 1:
         raise SurgeryError(f"--threads {threads}: must be at least 1")
-    if roofline_spec is not None:
+    if device_spec is not None:
         from analyzers.roofline import get_spec
 
-        get_spec(roofline_spec)  # an unknown name fails here, not after the timing
+        get_spec(device_spec)  # an unknown name fails here, not after the timing
     dtypes = parse_dtypes([d for d in dtype.split(",") if d.strip()])
     timing = TimingConfig(warmup=warmup, warmup_s=warmup_time, min_runs=min_runs, max_runs=max_runs,
                           min_time_s=min_time, max_time_s=max_time, max_cv=max_cv)
+    inputs = [p for m in models for p in m.split("+") if p]
     if plot:
-        check_outputs([plot], force=force, inputs=models)  # before a long sweep, not after
-    nets = [load_model(m, arch, weights, trust_pickle, input) for m in models]
+        check_outputs([plot], force=force, inputs=inputs)  # before a long sweep, not after
+    shapes = parse_shapes(input) or [None]
+    entries, labels = [], []
+    for shape in shapes:
+        text = shape_str(shape) if shape else None
+        for m in models:
+            parts = [p for p in m.split("+") if p]
+            if not parts:
+                raise SurgeryError(f"bad model entry {m!r}; write MODEL or A.pt+B.pt")
+            entries.append([load_model(p, arch, weights, trust_pickle, text) for p in parts])
+            labels.append(m if len(shapes) == 1 else f"{m} @{text}")
 
     with progress() as bar:
         task = bar.add_task("profiling", total=None)
@@ -163,15 +159,15 @@ def profile_cmd(
         def on_progress(done: int, total: int, label: str) -> None:
             bar.update(task, completed=done, total=total, description=label)
 
-        rep = profile(nets, device=device, runtimes=runtimes, batches=batches, dtypes=dtypes, timing=timing,
-                      threads=threads, tf32=tf32, roofline_spec=roofline_spec, labels=list(models),
+        rep = profile(entries, device=device, runtimes=runtimes, batches=batches, dtypes=dtypes, timing=timing,
+                      threads=threads, tf32=tf32, device_spec=device_spec, labels=labels,
                       on_progress=on_progress)
 
     if plot:
         from analyzers.profile_plot import plot_profile
 
-        out = plot_profile(rep, plot, force=force, inputs=models)
-        err_console.print(f"wrote {out}", markup=False)
+        written = plot_profile(rep, plot, force=force, inputs=inputs)
+        wrote(written)
     if json_out:
         print_json(rep)
     elif csv_out:

@@ -1,4 +1,4 @@
-"""``surgery retarget BASE --at K --classes N -o TASK``: the starting point of partial retraining."""
+"""``surgery retarget BASE --at K --classes N``: the starting point of partial retraining."""
 
 from __future__ import annotations
 
@@ -7,21 +7,27 @@ from typing import Optional
 
 import typer
 
-from cli_commands.base import (ArchOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsOpt, app, console, human,
-                               load_model, print_json, table)
-from surgery import io as sio
-from surgery.retarget import retarget
+from cli_commands.base import (ArchOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsOpt, app, err_console, examples,
+                               human, load_model, out, print_json, table)
+from cli_commands.writing import output_path, print_written, stages
 
 
-@app.command("retarget")
+@app.command("retarget", epilog=examples(
+    "surgery retarget zoo:yolov3 --at 74 --classes 1        # writes yolov3-1class@74.pt",
+    "surgery retarget base.pt --at 74 --classes 1 --seed 1 -o text.pt",
+    "surgery retarget yolov3.cfg --at 74 --classes 3 --anchors 12,16,19,36,40,28,36,75,76,55,72,146,142,110,192,243,"
+    "459,401 -o logo.pt",
+))
 def retarget_cmd(
     model: str = typer.Argument(..., help="BASE model: FILE.pt, FILE.cfg or zoo:NAME[:k=v]."),
     at: str = typer.Option(..., "--at", help="Last kept layer (index or module name); layers after it are reinitialised."),
     classes: int = typer.Option(..., "--classes", help="Class count of the new task."),
-    output: str = typer.Option(..., "-o", "--output", help="Where to write the task checkpoint (.pt)."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="The task checkpoint (.pt); default: "
+                                                                      "BASE-Nclasses@K.pt in the current directory."),
     anchors: Optional[str] = typer.Option(None, "--anchors", help="New anchors for Darknet yolo/region heads: "
                                                                   "comma-separated w,h pairs."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the reinitialised layers."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the reinitialised layers (default: derived from "
+                                                            "BASE, K, N and the anchors; never BASE's own seed)."),
     force: bool = ForceOpt,
     json_out: bool = JsonOpt,
     arch: Optional[str] = ArchOpt,
@@ -34,23 +40,37 @@ def retarget_cmd(
     The starting point of partial retraining (and of `surgery share --at K`): layers 0..K keep
     BASE's weights, layers K+1..end are reinitialised from --seed for --classes (and --anchors).
     """
+    from surgery.core import io as sio
+
+    output = output_path(output, [model], f"-{classes}class{'es' if classes != 1 else ''}@{at}")
     sio.check_outputs([output], force=force, inputs=[model])
-    net = load_model(model, arch, weights, trust_pickle, input)
-    task, rep = retarget(net, at, classes, anchors=anchors, seed=seed)
-    path = sio.save(task, output, force=force, inputs=[model])
+    from surgery.retarget import retarget
+
+    with stages("loading", "retargeting", "writing the checkpoint") as step:
+        step("loading")
+        net = load_model(model, arch, weights, trust_pickle, input)
+        step("retargeting")
+        task, rep = retarget(net, at, classes, anchors=anchors, seed=seed)
+        step("writing the checkpoint")
+        path = sio.save(task, output, force=force, inputs=[model])
     rep = dataclasses.replace(rep, output=str(path))
+    if rep.unchanged:
+        err_console.print(f"surgery: warning: {len(rep.unchanged)} re-initialised tensor(s) equal BASE's "
+                          f"({', '.join(rep.unchanged[:3])}{', …' if len(rep.unchanged) > 3 else ''}); pick another "
+                          "--seed", markup=False, soft_wrap=True)
     if json_out:
         print_json(rep)
         return
     rows = [
-        ("source", rep.source),
+        ("model", rep.model),
         ("kept", f"layers 0..{rep.at} ({rep.at_name}): {len(rep.kept_layers)} with weights, "
                  f"{rep.params_kept:,} params ({human(rep.params_kept)})"),
-        ("reinitialised", f"layers {rep.at + 1}..: {len(rep.reinitialised)} with weights, seed {rep.seed}"),
+        ("reinitialised", f"layers {rep.at + 1}..: {len(rep.reinitialised)} with weights, seed {rep.seed}"
+                          f"{' (derived)' if rep.seed_derived else ''}"),
         ("classes", f"{', '.join(map(str, rep.old_classes)) or '?'} → {rep.classes}"),
         ("anchors", rep.anchors or "(unchanged)"),
         ("arch", f"{rep.arch} ({rep.how})"),
         ("params", f"{rep.params:,} ({human(rep.params)})"),
     ]
-    console.print(table(f"retarget at layer {rep.at}", ["", "value"], rows))
-    console.print(f"wrote {path}")
+    out().print(table(f"retarget at layer {rep.at}", ["", "value"], rows))
+    print_written([path])

@@ -1,29 +1,33 @@
-"""``surgery share --at K BASE TASK... -o OUT``: one network, the backbone run once, every head."""
+"""``surgery share --at K BASE TASK...``: one network, the backbone run once, every head."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import List, Optional
 
-import torch
 import typer
 
-from cli_commands.base import (ForceOpt, InputOpt, JsonOpt, app, console, human, load_model, parse_layer_list,
-                               print_json, table, to_jsonable)
-from surgery import io as sio
-from surgery.errors import SurgeryError
-from surgery.share import DEFAULT_RTOL, DivergedError, ShareReport, SweepReport, share, sweep, write_darknet
+from cli_commands.base import (ForceOpt, InputOpt, JsonOpt, app, examples, fmt_num, human, load_model, out,
+                               parse_layer_list, print_json, table)
+from cli_commands.writing import output_path, print_written, stages
+from surgery.core.errors import SurgeryError
+
+DEFAULT_RTOL = 1e-5  # surgery.share.DEFAULT_RTOL (not imported here: the CLI starts without torch)
 
 
-@app.command("share")
+@app.command("share", epilog=examples(
+    "surgery share --at 74 base.pt text.pt                  # writes base+text@74.pt",
+    "surgery share --at 74 base.pt text.pt logo.pt -o shared.pt --darknet shared.cfg --onnx shared.onnx",
+    "surgery share --sweep 40,48,64,73 zoo:yolov3           # savings per extra task; writes nothing",
+))
 def share_cmd(
     models: List[str] = typer.Argument(..., help="BASE, then one or more TASK models (FILE.pt, FILE.cfg, zoo:NAME)."),
     at: Optional[str] = typer.Option(None, "--at", help="Last shared layer (index or module name): layers 0..K come "
                                                          "from BASE, each TASK adds its layers K+1..end."),
-    output: Optional[str] = typer.Option(None, "-o", "--output", help="Where to write the combined checkpoint (.pt)."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="The combined checkpoint (.pt); default: "
+                                                                      "BASE+TASK...@K.pt in the current directory."),
     darknet: Optional[str] = typer.Option(None, "--darknet", help="Also write the combined net as a Darknet OUT.cfg "
-                                                                  "+ OUT.weights (Darknet models only)."),
+                                                                  "+ OUT.weights (Darknet detectors only)."),
     onnx: Optional[str] = typer.Option(None, "--onnx", help="Also export the combined net to ONNX (verified)."),
     sweep_at: Optional[str] = typer.Option(None, "--sweep", help="Comma list of cut points, e.g. 40,48,64,73: print "
                                                                  "the savings at each and write nothing."),
@@ -36,17 +40,18 @@ def share_cmd(
 ):
     """One network from BASE and TASK models: layers 0..K run once, then every head.
 
-    Layers 0..K come from BASE, each TASK contributes its layers K+1..end (Darknet cfg or fx
-    graph). Every head is checked against its source model before OUT is written; the
-    savings against separate models are reported. --sweep prints the savings only.
+    Layers 0..K come from BASE, each TASK contributes its layers K+1..end (a Darknet cfg for
+    Darknet detectors, else a torch.fx graph). Every head is checked against its source model
+    before anything is written; the savings against separate models are reported. --sweep
+    prints the savings only.
     """
-    if not models:
-        raise SurgeryError("give BASE and at least one TASK model")
     if sweep_at is not None:
         for opt, val in (("--at", at), ("-o", output), ("--darknet", darknet), ("--onnx", onnx)):
             if val is not None:
                 raise SurgeryError(f"--sweep prints savings and writes nothing; drop {opt}")
         ats = parse_layer_list(sweep_at, "--sweep")
+        from surgery.share import sweep
+
         nets = [load_model(m, input_shape=input) for m in models]
         rep = sweep(nets[0], nets[1:], ats)
         if json_out:
@@ -55,11 +60,11 @@ def share_cmd(
             render_sweep(rep)
         return
     if at is None:
-        raise SurgeryError("--at K is required: the last layer BASE shares (e.g. --at 74 for YOLOv3)")
-    if output is None:
-        raise SurgeryError("-o OUT.pt is required (or use --sweep to print the savings only)")
+        raise SurgeryError("--at K is required: the last layer BASE shares (e.g. --at 74 for YOLOv3); "
+                           "--sweep K,K,... prints the savings at several cuts")
     if len(models) < 2:
         raise SurgeryError(f"share needs BASE and at least one TASK model; got only {models[0]}")
+    output = output_path(output, models, f"@{at}")
     paths = [output]
     if darknet is not None:
         if not darknet.lower().endswith(".cfg"):
@@ -69,93 +74,110 @@ def share_cmd(
         paths.append(onnx)
     if len({str(Path(p).resolve()) for p in paths}) != len(paths):
         raise SurgeryError(f"the outputs {', '.join(paths)} must be different files")
+    from surgery.core import io as sio
+
     sio.check_outputs(paths, force=force, inputs=models)  # refuse before the (slow) work
+    import dataclasses
 
-    nets = [load_model(m, input_shape=input) for m in models]
-    try:
-        net, rep = share(nets[0], nets[1:], at, allow_diverged=allow_diverged, rtol=rtol,
-                         darknet=True if darknet is not None else None)
-    except DivergedError as e:
-        if json_out:
-            print_json({"error": str(e), "heads": [dataclasses.asdict(h) for h in e.heads]})
-        else:
-            render_diverged(e)
-        raise
-    onnx_rep = {}
+    from surgery.share import DivergedError, share
 
-    def write(tmps: list[Path]) -> None:
-        i = 1
-        if darknet is not None:
-            write_darknet(net, tmps[1], tmps[2])
-            i = 3
-        if onnx is not None:
-            from surgery.export import export_onnx
+    steps = ["loading models", "sharing and checking every head"]
+    steps += ["writing Darknet cfg + weights"] * (darknet is not None) + ["exporting ONNX"] * (onnx is not None)
+    with stages(*steps, "writing the checkpoint") as step:
+        step("loading models")
+        nets = [load_model(m, input_shape=input) for m in models]
+        step("sharing and checking every head")
+        try:
+            net, rep = share(nets[0], nets[1:], at, allow_diverged=allow_diverged, rtol=rtol,
+                             darknet=True if darknet is not None else None)
+        except DivergedError as e:
+            if json_out:
+                print_json({"error": str(e), "heads": [h.to_json() for h in e.heads]})
+            else:
+                render_diverged(e)
+            raise
+        extra: dict = {}
 
-            e = export_onnx(net, tmps[i], force=True, inputs=models)
-            onnx_rep.update(exporter=e.exporter, opset=e.opset, max_abs=e.max_abs, max_rel=e.max_rel)
-        torch.save(sio.checkpoint_dict(net), tmps[0])
+        def write(tmps: list[Path]) -> None:
+            i = 1
+            if darknet is not None:
+                from surgery.export import write_darknet
 
-    written = sio.atomic_write(paths, write, force=force, inputs=models)
-    rep = dataclasses.replace(rep, output=str(written[0]), darknet=str(written[1]) if darknet is not None else None,
-                              onnx=str(written[-1]) if onnx is not None else None)
+                step("writing Darknet cfg + weights")
+                write_darknet(net, tmps[1], tmps[2])
+                extra["darknet"] = {"output": paths[1], "weights": paths[2]}
+                i = 3
+            if onnx is not None:
+                from surgery.export import export_onnx
+
+                step("exporting ONNX")
+                e = export_onnx(net, tmps[i], force=True, inputs=models)
+                extra["onnx"] = {**e.to_json(), "output": onnx}
+            step("writing the checkpoint")
+            import torch
+
+            torch.save(sio.checkpoint_dict(net), tmps[0])
+
+        written = sio.atomic_write(paths, write, force=force, inputs=models)
+    rep = dataclasses.replace(rep, output=str(written[0]), **extra)
     if json_out:
-        print_json({**to_jsonable(rep), **({"onnx_export": onnx_rep} if onnx_rep else {})})
+        print_json(rep)
         return
     render(rep)
-    for p in written:
-        console.print(f"wrote {p}")
-    if onnx_rep:
-        console.print(f"ONNX ({onnx_rep['exporter']} exporter, opset {onnx_rep['opset']}) verified in ONNX Runtime: "
-                      f"max rel diff {onnx_rep['max_rel']:.3g}")
+    print_written(written)
 
 
 def _g(x) -> str:
-    return "-" if x is None else f"{x:.3g}"
+    return "-" if x is None else fmt_num(x)
 
 
-def render(rep: ShareReport) -> None:
+def render(rep) -> None:
     k = rep.at
-    rows = [("0 base" if i == 0 else f"{i} task", h.source, h.outputs, "yes" if h.layers_equal else "NO (diverged)",
-             _g(h.max_abs_diff), _g(h.max_rel_diff)) for i, h in enumerate(rep.heads)]
-    console.print(table(
+    rows = [("0 base" if i == 0 else f"{i} task", h.model, h.outputs, "yes" if h.layers_equal else "NO (diverged)",
+             _g(h.max_abs), _g(h.max_rel)) for i, h in enumerate(rep.heads)]
+    out().print(table(
         f"share at layer {k} ({rep.at_name}): {rep.representation} representation, {rep.layers} layers; "
-        f"each head vs its source model on probe inputs {'x'.join(map(str, rep.probe_shape))}",
-        ["head", "source", "outputs", f"0..{k} equal", "max abs diff", "max rel diff"], rows,
-        right=["outputs", "max abs diff", "max rel diff"]))
+        f"each head vs its source model on probe inputs {'x'.join(map(str, rep.input_shape))}",
+        ["head", "model", "outputs", f"0..{k} equal", "max abs", "max rel"], rows,
+        right=["outputs", "max abs", "max rel"]))
     n = len(rep.heads) - 1
     srows = []
     for what, pair, frac in (("params", rep.params, rep.saved_fraction.params),
                              ("MACs", rep.macs, rep.saved_fraction.macs)):
         srows.append((what, f"{pair.combined:,} ({human(pair.combined)})", f"{pair.separate:,} ({human(pair.separate)})",
                       f"{pair.combined / pair.separate:.3f}" if pair.separate else "-", f"{frac:.3f}"))
-    console.print(table(f"savings: 1 model sharing layers 0..{k} vs {n + 1} separate models; 'saved' is the "
-                        "fraction of BASE that each extra task no longer needs",
-                        ["", "combined", "separate", "ratio", "saved"], srows,
-                        right=["combined", "separate", "ratio", "saved"]))
+    out().print(table(f"savings: 1 model sharing layers 0..{k} vs {n + 1} separate models; 'saved' is the "
+                      "fraction of BASE that each extra task no longer needs",
+                      ["", "combined", "separate", "ratio", "saved"], srows,
+                      right=["combined", "separate", "ratio", "saved"]))
     edges = ", ".join(f"{i}→{j}" for i, j in rep.cut_edges)
-    console.print(f"edges crossing the cut (task layers read the shared ones): {edges}")
+    out().print(f"edges crossing the cut (task layers read the shared ones): {edges}", soft_wrap=True)
     moved = [h for h in rep.heads if not h.layers_equal]
     if moved:
-        console.print(f"--allow-diverged: {len(moved)} head(s) run on BASE's layers 0..{k} instead of their own; "
-                      "their max diffs above say how far they moved")
+        out().print(f"--allow-diverged: {len(moved)} head(s) run on BASE's layers 0..{k} instead of their own; "
+                    "their max abs/rel above say how far they moved")
     else:
-        console.print(f"every head reproduces its source model (max rel diff ≤ {rep.rtol:g})")
+        out().print(f"every head reproduces its source model (max rel ≤ {rep.rtol:g})")
+    if rep.onnx:
+        v = rep.onnx.get("verify") or {}
+        out().print(f"ONNX ({rep.onnx['exporter']} exporter, opset {rep.onnx['opset']}, batch {rep.onnx['batch']}) "
+                    f"verified in ONNX Runtime: max rel {_g(v.get('max_rel'))}")
 
 
-def render_diverged(e: DivergedError) -> None:
+def render_diverged(e) -> None:
     for h in e.heads:
         if h.layers_equal:
             continue
         rows = [(d.index, d.name, _g(d.weight_rel), _g(d.weight_max), _g(d.bias_rel)) for d in h.diverged_layers]
-        console.print(table(f"{h.source}: layers that differ from the base (|task − base| / mean|base|)",
-                            ["layer", "name", "weight median", "weight max", "bias median"], rows,
-                            right=["layer", "weight median", "weight max", "bias median"]))
+        out().print(table(f"{h.model}: layers that differ from the base (|task − base| / mean|base|)",
+                          ["layer", "name", "weight median", "weight max", "bias median"], rows,
+                          right=["layer", "weight median", "weight max", "bias median"]))
 
 
-def render_sweep(rep: SweepReport) -> None:
+def render_sweep(rep) -> None:
     rows = [(r.at, r.at_name, f"{r.shared['params']:,}", f"{r.shared['macs']:,}", f"{r.saved_fraction.params:.3f}",
              f"{r.saved_fraction.macs:.3f}") for r in rep.sweep]
-    console.print(table(f"share sweep over {rep.base} (params {rep.total['params']:,}, MACs {rep.total['macs']:,}): "
-                        "what each extra task saves by sharing layers 0..K",
-                        ["K", "layer", "shared params", "shared MACs", "saved params", "saved MACs"], rows,
-                        right=["K", "shared params", "shared MACs", "saved params", "saved MACs"]))
+    out().print(table(f"share sweep over {rep.models[0]} (params {rep.totals['params']:,}, MACs "
+                      f"{rep.totals['macs']:,}): what each extra task saves by sharing layers 0..K",
+                      ["K", "layer", "shared params", "shared MACs", "saved params", "saved MACs"], rows,
+                      right=["K", "shared params", "shared MACs", "saved params", "saved MACs"]))

@@ -33,7 +33,7 @@ step "Costs: base alone vs combined"
 $S flops "$out/base.pt" --convention darknet
 $S flops "$out/shared.pt" --convention darknet
 
-step "Measured CPU latency: base vs base+text in one pass (lower is better)"
-$S profile "$out/base.pt" "$out/shared.pt" --batch 1 --runtime torch --threads 1 --plot "$out/profile.png" --force
+step "Measured CPU latency: base and text run one after the other (what two models cost) vs the shared net"
+$S profile "$out/base.pt+$out/text.pt" "$out/shared.pt" --batch 1 --runtime torch --threads 1 --plot "$out/profile.png" --force
 
 printf '\nDemo outputs in %s/: base.pt text.pt shared.pt shared.cfg shared.weights diff.png profile.png\n' "$out"

@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 import torch
 
-from surgery.graph import output_tensors
-from surgery.net import Net
+from surgery.core.graph import output_tensors
+from surgery.core.net import Net
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    source: str
+    model: str  # the reference the user gave
     format: str
     arch: str | None  # ArchSpec.describe(), None for analysis-only formats
     recipe: tuple[dict, ...]
@@ -32,7 +32,7 @@ def describe(net: Net) -> ModelInfo:
     dtype = first.dtype if first is not None else torch.float32
     meta = {k: v for k, v in net.metadata.items() if k != "sources"}
     return ModelInfo(
-        source=net.source,
+        model=net.source,
         format=net.format,
         arch=net.arch.describe() if net.arch else None,
         recipe=tuple(s.to_dict() for s in net.recipe),
@@ -49,7 +49,7 @@ def describe(net: Net) -> ModelInfo:
 
 def _output_shapes(net: Net, dtype) -> tuple[tuple[int, ...], ...]:
     """Output shapes from a meta-device run: no memory, no compute."""
-    from surgery.graph import meta_copy
+    from surgery.core.graph import meta_copy
 
     try:
         m = meta_copy(net.module)

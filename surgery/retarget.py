@@ -17,46 +17,55 @@ How the new structure is described, so a checkpoint rebuilds it without pickle:
 
 A cut whose layers ``0..k`` would change with the class count (e.g. YOLOv3 ``--at 81``, the
 conv before the first yolo layer) is refused: ``k`` is inside a head.
+
+**Seed.** Without one, the seed is derived from what is being made (:func:`derive_seed`: the
+source, ``k``, the class count and anchors), never the zoo's fixed build seed: a zoo-built BASE
+re-initialised from its own seed would get "new" layers equal to the old ones. Any
+re-initialised tensor that still equals its source (and is not a constant such as a fresh
+BatchNorm's unit variance) is reported in ``unchanged``.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 from dataclasses import dataclass
 from typing import Mapping
 
 import torch
 from torch import nn
 
-from surgery.errors import SurgeryError
-from surgery.graph import is_darknet, layer_graph, resolve
-from surgery.net import ArchSpec, Net, Step, count_params
-from surgery.recipe import replayable
+from surgery.core.errors import SurgeryError
+from surgery.core.graph import is_darknet, layer_graph, resolve
+from surgery.core.net import ArchSpec, Net, Step, count_params
+from surgery.core.recipe import replayable
 
 _HEADS = ("yolo", "region")
 
 
 @dataclass(frozen=True)
 class RetargetReport:
-    source: str
+    model: str
     at: int
     at_name: str
     classes: int
     old_classes: tuple[int, ...]  # per head (Darknet) or the classifier's outputs
     anchors: str | None
     seed: int
+    seed_derived: bool  # True: no seed was given, it was derived (derive_seed)
     arch: str  # the new arch spec, described
     how: str  # "darknet-cfg" | "zoo" | "replay"
     kept_layers: tuple[int, ...]  # layers 0..at holding weights, copied from the source
     reinitialised: tuple[int, ...]  # layers > at holding weights, fresh from seed
     params: int
     params_kept: int
-    output: str = ""
+    unchanged: tuple[str, ...] = ()  # re-initialised tensors (state_dict keys) still equal to the source's
+    output: str | None = None
 
     def to_json(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["kept_layers"], d["reinitialised"] = len(self.kept_layers), list(self.reinitialised)
-        d["old_classes"] = list(self.old_classes)
+        d["old_classes"], d["unchanged"] = list(self.old_classes), list(self.unchanged)
         return d
 
 
@@ -130,7 +139,7 @@ def _replay_retarget(module: nn.Module, args: Mapping) -> nn.Module:
 
 
 def _seeded(seed: int):
-    from surgery.io import seeded
+    from surgery.core.io import seeded
 
     return seeded(seed)
 
@@ -142,9 +151,18 @@ def _zoo_class_arg(arch: ArchSpec) -> str | None:
     return next((k for k in ("classes", "num_classes") if k in defaults), None)
 
 
+def derive_seed(source: str, at: int, classes: int, anchors: str | None, avoid: int | None = None) -> int:
+    """A reproducible seed for the fresh layers, from what is being made (31 bits of SHA-256);
+    never ``avoid`` (the seed BASE itself was built from)."""
+    text = f"retarget|{source}|{at}|{classes}|{anchors or ''}"
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little") & 0x7FFFFFFF
+    return seed + 1 if seed == avoid else seed
+
+
 def retarget(net: Net, at: int | str, classes: int, *, anchors: str | None = None,
-             seed: int = 0) -> tuple[Net, RetargetReport]:
-    """A new Net: ``net``'s layers ``0..at`` and fresh layers after it for ``classes`` classes."""
+             seed: int | None = None) -> tuple[Net, RetargetReport]:
+    """A new Net: ``net``'s layers ``0..at`` and fresh layers after it for ``classes`` classes
+    (from ``seed``; None: :func:`derive_seed`)."""
     net.require_editable("retarget")
     if classes < 1:
         raise SurgeryError(f"--classes {classes}: need at least one class")
@@ -160,9 +178,14 @@ def retarget(net: Net, at: int | str, classes: int, *, anchors: str | None = Non
     except SurgeryError as e:
         raise SurgeryError(f"--at {at}: {e} ({net.source})") from None
     k = layer.index
-    from surgery.share import _check_outputs, _out_layers
-
-    _check_outputs(net.source, _out_layers(lg), k, at)
+    inside = sorted(i for i in lg.output_layers() if i <= k)
+    if inside:
+        raise SurgeryError(f"--at {at}: layer {k} is inside a head of {net.source}: its output layer {inside[0]} is "
+                           f"at or below it; keep only layers below the first output")
+    seed_derived = seed is None
+    if seed is None:
+        built = net.metadata.get("seed")
+        seed = derive_seed(net.source, k, classes, anchors, built if isinstance(built, int) else None)
 
     darknet = (is_darknet(net.module) and not net.recipe
                and any(getattr(l, "section", "") in _HEADS for l in net.module.layers))  # else: a classifier
@@ -213,6 +236,7 @@ def retarget(net: Net, at: int | str, classes: int, *, anchors: str | None = Non
         how = "replay"
 
     kept, fresh = _copy_prefix(net, module, k, at)
+    unchanged = _unchanged(net.module, module, lg, k)
     module.eval()
     meta = {**dict(net.metadata), "retarget": {"from": net.source, "at": k, "classes": classes, "seed": seed}}
     source = f"retarget({net.source}, at={k}, classes={classes})"
@@ -221,10 +245,27 @@ def retarget(net: Net, at: int | str, classes: int, *, anchors: str | None = Non
     else:  # recipe is empty here
         result = net.evolve(module, None, arch=arch, input_shape=shape, metadata=meta, source=source)
     report = RetargetReport(
-        source=net.source, at=k, at_name=layer.name, classes=classes, old_classes=tuple(old), anchors=anchors,
-        seed=seed, arch=result.arch.describe(), how=how, kept_layers=kept, reinitialised=fresh,
-        params=count_params(module), params_kept=_params_upto(result, k))
+        model=net.source, at=k, at_name=layer.name, classes=classes, old_classes=tuple(old), anchors=anchors,
+        seed=seed, seed_derived=seed_derived, arch=result.arch.describe(), how=how, kept_layers=kept,
+        reinitialised=fresh, params=count_params(module), params_kept=_params_upto(result, k), unchanged=unchanged)
     return result, report
+
+
+def _unchanged(src: nn.Module, new: nn.Module, lg, k: int) -> tuple[str, ...]:
+    """Keys of tensors in layers after ``k`` that the re-initialisation left equal to the source's.
+    Constant tensors (a fresh BatchNorm's zero mean, unit variance, unit scale) are equal by
+    construction and not reported."""
+    a, b = src.state_dict(), new.state_dict()
+    names = [l.name + "." for l in lg.layers if l.index > k and l.kind == "module"]
+    out = []
+    for key, t in b.items():
+        if not any(key.startswith(n) for n in names) or key not in a or a[key].shape != t.shape:
+            continue
+        if not t.is_floating_point() or t.numel() < 2 or bool((t == t.reshape(-1)[0]).all()):
+            continue
+        if torch.equal(a[key], t):
+            out.append(key)
+    return tuple(out)
 
 
 def _out_features(m: nn.Module) -> int:

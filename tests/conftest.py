@@ -35,8 +35,10 @@ class DataDependent(nn.Module):
 
 
 def shared_dir() -> Path | None:
+    """The folder holding ``data/darknet/*.cfg``: the repository's own ``tests/`` first (a fresh
+    clone stands alone), then ``$SURGERY_SHARED`` or a ``shared/`` beside the repository."""
     env = os.environ.get("SURGERY_SHARED")
-    cands = [Path(env)] if env else []
+    cands = [ROOT / "tests"] + ([Path(env)] if env else [])
     cands += [ROOT.parent / "shared", ROOT / "shared"]
     for c in cands:
         if (c / "data" / "darknet").is_dir():

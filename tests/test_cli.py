@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import torch
 from torch import nn
 
 import surgery
+from conftest import ROOT
 
 EXPECTED_COMMANDS = ["info", "zoo", "layers", "flops", "share", "retarget", "diff", "fold", "profile", "export"]
 
@@ -69,6 +73,66 @@ def test_zoo_build_then_info_then_no_overwrite(cli, tmp_path):
     assert cli("zoo", "build", "resnet18", "-o", out, "--force").code == 0
 
 
+def test_zoo_build_writes_a_default_output_named_after_the_model(cli, tmp_path):
+    res = cli("zoo", "build", "zoo:digits_cnn:num_classes=5", "--json", cwd=tmp_path)
+    assert res.code == 0, res.err
+    assert res.json()["output"] == "digits_cnn-num_classes=5.pt" and (tmp_path / "digits_cnn-num_classes=5.pt").exists()
+    _one_line_error(cli("zoo", "build", "zoo:digits_cnn:num_classes=5", cwd=tmp_path), "--force")
+
+
+# ---- start-up: `surgery --help` must not pay for torch
+
+
+def test_importing_the_cli_does_not_import_torch():
+    """`import cli` registers every command (typer needs only their options); torch and the
+    library's heavy modules load inside the command that runs. A module that imports torch at
+    its top (cli_commands/*.py) makes this fail."""
+    code = ("import sys; import cli; heavy = sorted(m for m in ('torch', 'numpy', 'onnx', 'onnxruntime', "
+            "'matplotlib', 'fvcore') if m in sys.modules); print(','.join(heavy))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "", f"imported at start-up: {res.stdout.strip()}"
+
+
+def test_short_help_and_examples_for_every_command(cli):
+    top = cli("-h")
+    assert top.code == 0 and "layers" in top.out
+    for cmd in EXPECTED_COMMANDS:
+        args = ["zoo", "build"] if cmd == "zoo" else [cmd]
+        res = cli(*args, "-h")
+        assert res.code == 0, (cmd, res.err)
+        assert "Examples:" in res.out and f"surgery {' '.join(args)} " in res.out, (cmd, res.out)
+
+
+# ---- tables for people: nothing cut at 100 columns, times without exponents
+
+
+def test_tables_fit_100_columns_without_cutting_anything(cli, tmp_path):
+    env = {"COLUMNS": "100"}
+    assert cli("zoo", "build", "digits_cnn", "-o", "a.pt", cwd=tmp_path).code == 0
+    assert cli("zoo", "build", "digits_cnn", "--seed", "1", "-o", "b.pt", cwd=tmp_path).code == 0
+    runs = [("layers", "zoo:resnet50"), ("flops", "zoo:resnet50", "--device-spec", "h100-sxm"),
+            ("flops", "zoo:resnet50", "--by", "module", "--depth", "3"), ("info", "a.pt"), ("zoo", "list"),
+            ("diff", "a.pt", "b.pt"), ("diff", "a.pt", "b.pt", "--tensors")]
+    for args in runs:
+        res = cli(*args, env=env, cwd=tmp_path)
+        assert res.code == 0, (args, res.err)
+        assert "…" not in res.out, (args, res.out)
+        assert max(len(l) for l in res.out.splitlines()) <= 100, args
+    # the longest ResNet-50 layer name is printed whole on one line
+    assert "layer4.0.downsample.0" in cli("layers", "zoo:resnet50", env=env).out
+
+
+def test_times_are_printed_without_exponents():
+    from cli_commands.base import fmt_ms
+
+    assert [fmt_ms(x) for x in (1250.3, 12.345, 1.0, 0.012345, 0)] == ["1,250", "12.3", "1.00", "0.0123", "0"]
+
+
+def test_diff_of_unrelated_models_exits_2(cli):
+    _one_line_error(cli("diff", "zoo:digits_cnn", "zoo:resnet18"), "no tensor in common")
+
+
 def test_missing_file(cli):
     _one_line_error(cli("info", "/no/such/model.pt"), "/no/such/model.pt", "does not exist")
 
@@ -84,13 +148,13 @@ def test_bad_input_shape(cli):
 def test_pickled_module_refused(cli, tmp_path):
     p = tmp_path / "whole.pt"
     torch.save(nn.Conv2d(3, 3, 1), p)
-    _one_line_error(cli("info", p), str(p), "--trust-pickle")
-    ok = cli("info", p, "--trust-pickle", "--input", "3x8x8", "--json")
+    _one_line_error(cli("info", p), str(p), "--trust-code")
+    ok = cli("info", p, "--trust-pickle", "--input", "3x8x8", "--json")  # the old name still works
     assert ok.code == 0 and ok.json()["params"] == 12
 
 
 def test_bare_state_dict_with_arch(cli, tmp_path):
-    from surgery import io as sio
+    from surgery.core import io as sio
 
     p = tmp_path / "sd.pt"
     torch.save(sio.load("zoo:resnet18").module.state_dict(), p)
@@ -197,11 +261,11 @@ def test_layers_bflops_column_counts_convolutions_only(cli, darknet_dir):
     assert f"{conv / 1e9:.3f}" in total_line
     assert f"{layers['totals']['flops'] / 1e9:.3f}" not in total_line  # conv+linear would be larger
     flops = cli("flops", cfg, "--convention", "darknet", "--json").json()
-    assert flops["total"]["macs"] * 2 > conv
+    assert flops["totals"]["macs"] * 2 > conv
 
 
 def test_bad_arguments_fail_fast(cli):
-    _one_line_error(cli("profile", "zoo:resnet18", "--roofline-spec", "bogus"), "bogus")
+    _one_line_error(cli("profile", "zoo:resnet18", "--device-spec", "bogus"), "bogus")
     _one_line_error(cli("profile", "zoo:resnet18", "--batch", "0"), "--batch")
     _one_line_error(cli("profile", "zoo:resnet18", "--threads", "0"), "--threads")
     _one_line_error(cli("profile", "zoo:resnet18", "--min-runs", "5", "--max-runs", "2"), "min_runs")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from surgery import io as sio
-from surgery.verify import compare
+from surgery.core import io as sio
+from surgery.core.verify import compare
 
 TINY = "zoo:yolov3_tiny:width=128,height=128"
 
@@ -15,9 +15,11 @@ def test_export_darknet_and_onnx_round_trip(cli, tmp_path):
     res = cli("export", TINY, "--darknet", cfg, "--onnx", onnx, "--json")
     assert res.code == 0, res.err
     d = res.json()
-    assert d["darknet"]["cfg"] == str(cfg) and d["darknet"]["identical"] is True
-    assert d["darknet"]["layers"] == 24
-    assert d["onnx"]["path"] == str(onnx) and d["onnx"]["max_rel"] <= d["onnx"]["rtol"]
+    assert d["model"] == TINY and d["darknet"]["output"] == str(cfg) and d["darknet"]["identical"] is True
+    assert d["darknet"]["weights"] == str(tmp_path / "t.weights")
+    assert d["darknet"]["layers"] == 24 and d["darknet"]["batchnorms"] == 11
+    assert d["onnx"]["output"] == str(onnx) and d["onnx"]["verify"]["max_rel"] <= d["onnx"]["verify"]["rtol"]
+    assert d["onnx"]["batch"] == "dynamic" and d["onnx"]["output_names"] == ["head0_out0", "head0_out1"]
     src = sio.load(TINY)
     back = sio.load(str(cfg))  # same-stem .weights is picked up
     assert back.metadata["weights"] == str(tmp_path / "t.weights")
@@ -33,11 +35,20 @@ def test_export_darknet_and_onnx_round_trip(cli, tmp_path):
 
 def test_export_refusals_write_nothing(cli, tmp_path):
     res = cli("export", "zoo:resnet18:num_classes=3", "--darknet", tmp_path / "r.cfg")
-    assert res.code == 2 and "--onnx" in res.err and "Traceback" not in res.err
+    assert res.code == 2 and "as ONNX instead" in res.err and "Traceback" not in res.err
     assert list(tmp_path.iterdir()) == []
-    assert cli("export", TINY).code == 2
     assert cli("export", TINY, "--darknet", tmp_path / "x.txt").code == 2
+    assert cli("export", TINY, "--batch", "1,8").code == 2
     (tmp_path / "t.cfg").write_text("keep")
     res = cli("export", TINY, "--darknet", tmp_path / "t.cfg")
     assert res.code == 2 and "--force" in res.err
     assert (tmp_path / "t.cfg").read_text() == "keep" and not (tmp_path / "t.weights").exists()
+
+
+def test_export_default_is_onnx_in_the_current_directory(cli, tmp_path):
+    res = cli("export", "zoo:resnet18:num_classes=3", "--input", "3x32x32", cwd=tmp_path)
+    assert res.code == 0, res.err
+    assert res.out.strip().splitlines()[-1] == "wrote resnet18.onnx"
+    assert [p.name for p in tmp_path.iterdir()] == ["resnet18.onnx"]
+    again = cli("export", "zoo:resnet18:num_classes=3", "--input", "3x32x32", cwd=tmp_path)
+    assert again.code == 2 and "--force" in again.err

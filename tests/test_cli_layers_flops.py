@@ -10,7 +10,7 @@ import json
 import pytest
 
 import cli
-from surgery import io as sio
+from surgery.core import io as sio
 
 LAYER_KEYS = {"index", "name", "type", "input_shapes", "output_shape", "params", "macs", "flops", "bytes_read",
               "bytes_written"}
@@ -74,8 +74,8 @@ def test_flops_darknet_convention_yolov3(cli):
     assert r.code == 0, r.err
     d = r.json()
     assert d["convention"]["name"] == "darknet" and d["convention"]["includes"]
-    assert round(d["total"]["darknet_flops"] / 1e9, 2) == 65.86
-    assert len(d["rows"]) == 107
+    assert round(d["totals"]["darknet_flops"] / 1e9, 2) == 65.86
+    assert len(d["layers"]) == 107
 
 
 def test_errors_are_one_line_exit_2(cli, capsys, tmp_path):
@@ -107,24 +107,26 @@ def test_flops_views_json(capsys):
     base = ["flops", "zoo:resnet18", "--input", "3x64x64", "--json"]
     code, out, _ = main(capsys, *base)
     layer = json.loads(out)
-    total = layer["total"]["macs"]
-    assert sum(r["macs"] for r in layer["rows"]) == total and layer["by"] == "layer"
+    total = layer["totals"]["macs"]
+    assert sum(r["macs"] for r in layer["layers"]) == total and layer["by"] == "layer"
     code, out, _ = main(capsys, *base, "--by", "module", "--depth", "1")
     mod = json.loads(out)
-    assert {r["key"] for r in mod["rows"]} >= {"conv1", "layer1", "layer4", "fc"}
-    assert sum(r["macs"] for r in mod["rows"]) == total
+    assert {r["key"] for r in mod["groups"]} >= {"conv1", "layer1", "layer4", "fc"}
+    assert sum(r["macs"] for r in mod["groups"]) == total
     code, out, _ = main(capsys, *base, "--by", "operator", "--convention", "flops")
     op = json.loads(out)
-    assert op["rows"][0]["key"] == "aten.convolution" and sum(r["flops"] for r in op["rows"]) == 2 * total
+    assert op["groups"][0]["key"] == "aten.convolution" and sum(r["flops"] for r in op["groups"]) == 2 * total
 
 
 def test_flops_roofline(capsys):
     code, out, _ = main(capsys, "flops", "zoo:resnet18", "--device-spec", "h100-sxm", "--json")
     d = json.loads(out)
     roof = d["roofline"]
-    assert roof["device"] == "h100-sxm" and roof["floor_ms"] > 0
-    assert roof["floor_ms"] == pytest.approx(sum(r["floor_ms"] for r in d["rows"]))
-    assert {r["bound"] for r in d["rows"]} >= {"compute", "memory"}
+    conv1 = d["layers"][0]  # the floor by its definition: max(FLOPs / peak, bytes / bandwidth), H100 SXM FP32
+    floor = max(2 * (conv1["macs"] + conv1["other_macs"]) / 67e12, (conv1["bytes_read"] + conv1["bytes_written"]) / 3.35e12)
+    assert roof["device"] == "h100-sxm" and conv1["roofline_ms"] == pytest.approx(floor * 1e3)
+    assert roof["roofline_ms"] == pytest.approx(sum(r["roofline_ms"] for r in d["layers"]))
+    assert {r["bound"] for r in d["layers"]} >= {"compute", "memory"}
     code, out, _ = main(capsys, "flops", "zoo:resnet18", "--device-spec", "a100", "--precision", "tf32")
     assert code == 0 and "latency floor" in out and "tf32" in out
 
@@ -136,8 +138,8 @@ def test_flops_sweep(capsys):
     rows = d["sweep"]
     assert [(r["input_shape"], r["batch"]) for r in rows] == [([3, 32, 32], 1), ([3, 32, 32], 4), ([3, 64, 64], 1),
                                                               ([3, 64, 64], 4)]
-    assert rows[1]["macs"] == 4 * rows[0]["macs"] and rows[3]["macs"] == 4 * rows[2]["macs"]
-    assert all(r["floor_ms"] > 0 for r in rows) and len({r["params"] for r in rows}) == 1
+    assert rows[1]["totals"]["macs"] == 4 * rows[0]["totals"]["macs"] and rows[3]["totals"]["macs"] == 4 * rows[2]["totals"]["macs"]
+    assert all(r["roofline_ms"] > 0 for r in rows) and len({r["totals"]["params"] for r in rows}) == 1
     code, out, _ = main(capsys, "flops", "zoo:resnet18", "--input", "3x32x32,3x64x64")
     assert code == 0 and "× first" in out
 
@@ -145,7 +147,7 @@ def test_flops_sweep(capsys):
 def test_flops_csv(capsys):
     code, out, _ = main(capsys, "flops", "zoo:resnet18", "--input", "3x64x64", "--csv", "--convention", "fvcore")
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert code == 0 and rows[0]["name"] == "conv1" and "fvcore_flops" in rows[0]
+    assert code == 0 and rows[0]["name"] == "conv1" and "fvcore_macs" in rows[0]
     code, out, _ = main(capsys, "layers", "zoo:resnet18", "--input", "3x64x64", "--csv")
     assert code == 0 and next(csv.DictReader(io.StringIO(out)))["output_shape"] == "64x32x32"
 
@@ -154,10 +156,10 @@ def test_flops_fvcore_backend_beside_native(capsys):
     code, out, _ = main(capsys, "flops", "zoo:resnet18", "--input", "3x64x64", "--backend", "fvcore", "--json")
     d = json.loads(out)
     fv = d["fvcore"]
-    assert fv["matmul_macs"] == d["total"]["macs"] == fv["native_matmul_macs"]
-    assert fv["total_flops"] == d["total"]["fvcore_flops"] and "real CPU" in fv["note"]
-    conv1 = d["rows"][0]
-    assert conv1["fvcore_backend_flops"] == conv1["macs"]
+    assert fv["matmul_macs"] == d["totals"]["macs"] == fv["native_macs"]
+    assert fv["fvcore_macs"] == d["totals"]["fvcore_macs"] and "real CPU" in fv["note"]
+    conv1 = d["layers"][0]
+    assert conv1["fvcore_backend_macs"] == conv1["macs"]
     code, out, _ = main(capsys, "flops", "zoo:resnet18", "--input", "3x64x64", "--backend", "fvcore")
     assert code == 0 and "(equal)" in out
 

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from analyzers.cost import CONVENTIONS, CostCounter, analyze, get_convention, sweep
-from surgery.errors import SurgeryError
-from surgery.io import load
-from surgery.net import count_params
+from surgery.core.errors import SurgeryError
+from surgery.core.io import load
+from surgery.core.net import count_params
 from zoo.resnet import DEEP_ROOTS_TABLE1
 
 F32 = 4  # bytes per float32 element
@@ -405,3 +405,41 @@ def test_output_shortcuts_match_the_real_meta_kernels():
     assert _shortcut(aten.cat.default, ([m(2, 3), m(2, 3).t()], 0), {}) is None  # non-contiguous
     assert _shortcut(aten.convolution.default, (m(1, 3, 2, 2), m(4, 3, 5, 5), None, [1, 1], [0, 0], [1, 1], False,
                                                 [0, 0], 1), {}) is None  # empty output: the kernel raises
+
+
+def test_formula_registry_refuses_a_second_formula_for_an_op():
+    from analyzers import formulas
+
+    conv = torch.ops.aten.convolution
+    assert formulas.FORMULAS[conv].__name__ == "_matmul"
+    with pytest.raises(ValueError, match="already registered"):
+        formulas.register_formula([conv])(lambda args, kwargs, out, c: None)
+    assert formulas.FORMULAS[conv].__name__ == "_matmul"  # the refusal changed nothing
+
+
+def test_recipe_registry_refuses_a_second_replay_for_an_op():
+    from surgery.core import recipe
+
+    def replay_a(module, args):
+        return module
+
+    def replay_b(module, args):
+        return module
+
+    recipe.replayable("test-only-op")(replay_a)
+    try:
+        with pytest.raises(RuntimeError, match="registered twice"):
+            recipe.replayable("test-only-op")(replay_b)
+    finally:
+        recipe._REPLAY.pop("test-only-op", None)
+
+
+def test_dtype_aliases_have_one_home():
+    from surgery.core.dtypes import dtype_name, torch_dtype
+
+    assert [dtype_name(n) for n in ("fp16", "half", "bf16", "torch.float32", "double")] == [
+        "float16", "float16", "bfloat16", "float32", "float64"]
+    assert torch_dtype("bf16") is torch.bfloat16
+    with pytest.raises(SurgeryError, match="float16"):
+        dtype_name("int8")
+    assert analyze(nn.Conv2d(3, 4, 1), (3, 8, 8), dtype="half").dtype == "float16"

@@ -8,7 +8,6 @@ Darknet's printouts; the per-op checks compare against straight ports of Darknet
 from __future__ import annotations
 
 import io
-import os
 import struct
 import weakref
 from pathlib import Path
@@ -18,7 +17,8 @@ import pytest
 import torch
 from torch import fx
 
-from surgery.errors import SurgeryError
+from conftest import shared_dir
+from surgery.core.errors import SurgeryError
 from zoo.darknet import (
     ConvolutionalLayer,
     DarknetLayer,
@@ -34,18 +34,8 @@ from zoo.darknet import (
 )
 
 
-def _data_dir() -> Path:
-    env = os.environ.get("SURGERY_SHARED")
-    root = Path(env) if env else Path(__file__).resolve().parents[2] / "shared"
-    return root / "data" / "darknet"
-
-
-DATA = _data_dir()
+DATA = shared_dir() / "data" / "darknet"  # tests/data/darknet: every cfg ships with the repo
 CFGS = ["alexnet", "darknet53", "resnet50", "yolov2", "yolov3-tiny", "yolov3"]
-needs_data = pytest.mark.skipif(
-    not (DATA / "yolov3.cfg").is_file(),
-    reason=f"Darknet cfgs not found at {DATA} (set SURGERY_SHARED to the shared/ folder)",
-)
 
 
 def cfg_text(name: str) -> str:
@@ -149,7 +139,6 @@ PINNED = {
 }
 
 
-@needs_data
 @pytest.mark.parametrize("name", CFGS)
 def test_cfg_shapes_match_darknet(name):
     net = meta_net(name)
@@ -168,7 +157,6 @@ def test_cfg_shapes_match_darknet(name):
     assert [tuple(o.shape[1:]) for o in outs] == [net.layers[i].out_shape for i in net.output_indices]
 
 
-@needs_data
 def test_yolov3_416_printout_and_bflops():
     net = meta_net("yolov3", 416)
     for idx, section, shape in YOLOV3_416:
@@ -183,7 +171,6 @@ def test_yolov3_416_printout_and_bflops():
 SMALL = {"alexnet": None, "darknet53": 64, "resnet50": 64, "yolov2": 64, "yolov3-tiny": 64, "yolov3": 64}
 
 
-@needs_data
 @pytest.mark.parametrize("name", CFGS)
 def test_forward_small_resolution(name):
     """A real forward at a cheap resolution: output shapes equal Darknet's at that size."""
@@ -218,7 +205,6 @@ def test_forward_frees_activations():
 # --------------------------------------------------------------------------------------
 
 
-@needs_data
 @pytest.mark.parametrize("name", CFGS)
 def test_cfg_round_trip(name):
     blocks = parse_cfg(cfg_text(name))
@@ -376,7 +362,6 @@ def _round_trip(text: str, header: WeightsHeader, tmp_path: Path, seed: int):
     return b
 
 
-@needs_data
 @pytest.mark.parametrize("name", CFGS)
 def test_weights_round_trip_every_cfg(name, tmp_path):
     header = WeightsHeader(0, 2, 0, 2**40 + 3)  # 64-bit seen
@@ -391,7 +376,6 @@ def test_weights_round_trip_headers(header, tmp_path):
     assert (tmp_path / "a.weights").stat().st_size == weights_nbytes(net)
 
 
-@needs_data
 def test_weights_round_trip_tiny_v01(tmp_path):
     _round_trip(cfg_text("yolov3-tiny"), WeightsHeader(0, 1, 0, 77), tmp_path, seed=3)
 
@@ -591,7 +575,6 @@ def test_yolo_decode_and_outputs():
 # --------------------------------------------------------------------------------------
 
 
-@needs_data
 @pytest.mark.parametrize("fn, cfg, kwargs", [
     ("darknet53_cfg", "darknet53", {}), ("yolov3_cfg", "yolov3", {}), ("yolov3_tiny_cfg", "yolov3-tiny", {}),
     ("yolov3_cfg", "yolov3", {"width": 608, "height": 608}),

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from analyzers import diff as D
-from surgery import io as sio
-from surgery.errors import SurgeryError
-from surgery.net import ArchSpec, Net
+from surgery.core import io as sio
+from surgery.core.errors import SurgeryError
+from surgery.core.net import ArchSpec, Net
 
 # A small Darknet net: convs with BN (biases = BN beta), shortcuts, a last conv without BN.
 #   0 conv  1 conv/2  2 conv1x1  3 conv  4 shortcut  5 conv/2  6 conv1x1  7 conv  8 shortcut  9 conv (no BN)
@@ -258,7 +258,7 @@ def test_equal_up_to_k_then_different(tiny, k):
     first = min(i for i in CONV_LAYERS if i > k)
     assert rep.suggested_split == first == {3: 5, 5: k + 1}[k]
     assert rep.split.share_at == first - 1
-    assert rep.to_json()["suggested_split"] == first
+    assert rep.to_json()["split"]["first_changed"] == first
 
 
 def test_darknet_kinds_and_indices(tiny):
@@ -324,10 +324,10 @@ def test_mismatched_architectures_are_skipped_not_a_crash(tiny):
     assert extra_w.reason == "only in B" and extra_w.shape_a is None and extra_w.shape_b == (4, 3, 1, 1)
     assert not any(r.index == 9 for r in rep.layers)
     assert {r.index for r in rep.layers} == {0, 1, 2, 3, 5, 6, 7}
-    # and against a wholly different model: every tensor skipped with its shapes, JSON still valid
-    rep2 = D.diff(tiny, nn.Sequential(nn.Linear(4, 2)))
-    assert not rep2.layers and rep2.skipped and rep2.split is None
-    json.dumps(rep2.to_json(), allow_nan=False)
+    # a wholly different model is not a version of this one: one clear error with the counts
+    with pytest.raises(SurgeryError, match=r"no tensor in common with equal shapes \(35 only in A, 0 only in B, "
+                                            r"2 with other shapes\)"):
+        D.diff(tiny, nn.Sequential(nn.Linear(4, 2)))
 
 
 def test_resnets_of_different_depth_compare_their_common_layers():
@@ -364,18 +364,18 @@ def test_json_is_strict_with_zero_base_and_nan():
     assert rows["bias"]["relative"] is False and rows["bias"]["median"] == pytest.approx(0.5)
     assert rows["weight"]["median"] is None and rows["weight"]["mean"] is None
     text = json.dumps(rep.to_json(), allow_nan=False)
-    assert set(json.loads(text)) >= {"a", "b", "layers", "skipped", "suggested_split"}
+    assert set(json.loads(text)) == {"models", "index_source", "split", "rule", "layers", "tensors", "skipped"}
 
 
 def test_json_schema(tiny):
     j = D.diff(tiny, perturbed(tiny, after=5)).to_json()
-    assert isinstance(j["a"], str) and isinstance(j["b"], str)
-    for row in j["layers"]:
+    assert len(j["models"]) == 2 and all(isinstance(m, str) for m in j["models"])
+    for row in j["tensors"]:
         assert {"index", "name", "kind", "shape", "mean", "q1", "median", "q3", "whisker_low", "whisker_high",
                 "outliers"} <= set(row)
         assert isinstance(row["index"], int) and isinstance(row["outliers"], int)
         assert isinstance(row["shape"], list)
-    assert j["suggested_split"] == 6 and j["share_at"] == 5 and "change point" in j["split_rule"]
+    assert j["split"]["first_changed"] == 6 and j["split"]["share_at"] == 5 and "change point" in j["rule"]
 
 
 def test_savings_from_the_cost_analyzer_when_available():
@@ -385,7 +385,10 @@ def test_savings_from_the_cost_analyzer_when_available():
     rep = D.diff(a, b)
     assert rep.split is not None
     sav = rep.split.savings
-    assert sav is not None and 0 < sav["params"] < 1 and 0 < sav["macs"] < 1
+    from analyzers.cost import analyze
+
+    assert sav == analyze(a).shared_fraction(rep.split.share_at)  # the cost model's fractions, not a re-count
+    assert rep.split.first_changed == next(r.index for r in rep.layers if r.name.startswith("layer3"))
 
 
 def perturbed_module(net: Net, start: str) -> Net:
@@ -459,8 +462,8 @@ def test_cli_json_and_plot(cli, files, tmp_path):
     r = cli("diff", files / "a.pt", files / "b.pt", "--json", "--plot", png)
     assert r.code == 0, r.err
     j = json.loads(r.out, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
-    assert j["a"].endswith("a.pt") and j["suggested_split"] == 6 and j["share_at"] == 5
-    assert all(row["median"] == 0 for row in j["layers"] if row["index"] <= 5)
+    assert j["models"][0].endswith("a.pt") and j["split"]["first_changed"] == 6 and j["split"]["share_at"] == 5
+    assert all(row["median"] == 0 for row in j["tensors"] if row["index"] <= 5)
     assert _png_size(png)[0] >= 800
     # an existing output is not overwritten without --force: exit 2, one line, nothing changed
     before = png.read_bytes()
@@ -486,12 +489,12 @@ def test_cli_across_formats(cli, files):
     r = cli("diff", files / "a.cfg", files / "a.pt", "--json")
     assert r.code == 0, r.err
     j = r.json()
-    assert j["layers"] and all(row["max"] == 0 for row in j["layers"]) and not j["skipped"]
-    assert j["suggested_split"] is None
+    assert j["tensors"] and all(row["max"] == 0 for row in j["tensors"]) and not j["skipped"]
+    assert j["split"] is None
     # a bare .weights file takes the other model's cfg
     r = cli("diff", files / "a.cfg", files / "c.weights", "--json", "--kind", "weight")
     assert r.code == 0, r.err
-    assert r.json()["suggested_split"] == 5
+    assert r.json()["split"]["first_changed"] == 5
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -10,10 +10,10 @@ import torch
 from conftest import DataDependent
 from torch import nn
 
-from surgery import io as sio
-from surgery.errors import SurgeryError
+from surgery.core import io as sio
+from surgery.core.errors import SurgeryError
 from surgery.export import export_onnx
-from surgery.net import Net
+from surgery.core.net import Net
 
 SMALL = "zoo:resnet18:num_classes=10"
 
@@ -46,21 +46,36 @@ def _net(module: nn.Module, shape, name: str) -> Net:
 def test_export_verified_and_runs_like_pytorch(tmp_path, small):
     out = tmp_path / "r18.onnx"
     rep = export_onnx(small, out)
-    assert out.exists() and rep.path == str(out)
-    assert rep.verified and rep.provider == "CPUExecutionProvider" and rep.probes == 2
+    assert out.exists() and rep.output == str(out)
+    assert rep.verified and rep.provider == "CPUExecutionProvider" and rep.probes == 3  # 2 at batch 2, 1 at batch 1
     assert rep.max_rel is not None and rep.max_rel <= 1e-4 and rep.rtol == 1e-4
-    assert rep.exporter in ("dynamo", "torchscript") and rep.opset >= 17
-    assert rep.batch == 1 and rep.dtype == "float32" and rep.input_shape == (3, 32, 32)
+    assert rep.exporter == "dynamo" and rep.notes == ()  # the TorchScript exporter is only the fallback
+    assert rep.opset == next(o.version for o in onnx.load(str(out)).opset_import if o.domain in ("", "ai.onnx"))
+    assert rep.batch is None and rep.dtype == "float32" and rep.input_shape == (3, 32, 32)
     assert rep.output_shapes == ((10,),) and rep.size_bytes == out.stat().st_size
+    assert rep.input_name == "input" and rep.output_names == ("head0_out0",)
     onnx.checker.check_model(str(out))
-    # an independent check on a fresh input
+    graph = onnx.load(str(out)).graph
+    assert [i.name for i in graph.input] == ["input"] and [o.name for o in graph.output] == ["head0_out0"]
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a symbolic batch axis
+    # an independent check on fresh inputs of several batch sizes
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(7))
-    (y,) = sess.run(None, {rep.input_name: x.numpy()})
-    with torch.no_grad():
-        ref = small.module(x).numpy()
-    assert np.abs(y - ref).max() / np.abs(ref).max() < 1e-4
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+        (y,) = sess.run(None, {"input": x.numpy()})
+        with torch.no_grad():
+            ref = small.module(x).numpy()
+        assert y.shape == (batch, 10) and np.abs(y - ref).max() / np.abs(ref).max() < 1e-4
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
+    js = rep.to_json()
+    assert js["output"] == str(out) and js["batch"] == "dynamic" and set(js["verify"]) >= {"max_abs", "max_rel"}
+
+
+def test_a_fixed_batch_is_static(tmp_path, small):
+    rep = export_onnx(small, tmp_path / "b4.onnx", batch=4, verify=False, exporter="torchscript")
+    graph = onnx.load(str(tmp_path / "b4.onnx")).graph
+    assert rep.batch == 4 and graph.input[0].type.tensor_type.shape.dim[0].dim_value == 4
+    assert rep.to_json()["verify"] is None
 
 
 def test_existing_output_needs_force_and_inputs_are_never_overwritten(tmp_path, small):
@@ -80,7 +95,7 @@ def test_existing_output_needs_force_and_inputs_are_never_overwritten(tmp_path, 
 def test_several_outputs_are_flattened_and_verified(tmp_path):
     net = _net(TwoHeads(), (3, 16, 16), "two-heads")
     rep = export_onnx(net, tmp_path / "two.onnx", batch=2)
-    assert len(rep.output_names) == 2 and rep.output_shapes == ((4, 16, 16), (2, 8, 8))
+    assert rep.output_names == ("head0_out0", "head0_out1") and rep.output_shapes == ((4, 16, 16), (2, 8, 8))
     assert rep.verified and rep.max_rel <= 1e-4 and rep.batch == 2
 
 

@@ -16,13 +16,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from surgery import io as sio
-from surgery.errors import SurgeryError
+from surgery.core import io as sio
+from surgery.core.errors import SurgeryError
 from surgery.fold import FoldReport, fold, fold_module, module_counts, parse_only
-from surgery.graph import layer_graph
-from surgery.net import ArchSpec, Net
-from surgery.recipe import rebuild
-from surgery.verify import VerifyReport, compare
+from surgery.core.graph import layer_graph
+from surgery.core.net import ArchSpec, Net
+from surgery.core.recipe import rebuild
+from surgery.core.verify import VerifyReport, compare
 from zoo.diracnet import DiracConv2d
 
 PURE_CHAIN = {"Conv2d", "ReLU", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Linear", "Flatten"}
@@ -445,10 +445,15 @@ def test_cli_in_process(tmp_path, capsys):
     assert "also an input" in capsys.readouterr().err
     assert _main(["fold", str(src), "-o", str(tmp_path / "again.pt"), "--dtype", "float64"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "(float64, eval)" in out and "max rel diff" in out and "DiracConv2d" in out
+    assert "(float64, eval)" in out and "max rel" in out and "DiracConv2d" in out
     again = sio.load(str(tmp_path / "again.pt"))
     assert [s.args["only"] for s in again.recipe] == [["bn"], ["dirac", "bn", "branches"]]
     assert set(module_counts(again.module)) <= PURE_CHAIN
+    # folding the folded model again finds nothing: it says why, writes nothing and exits 0
+    assert _main(["fold", str(tmp_path / "again.pt"), "-o", str(tmp_path / "twice.pt")]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "nothing to fold" in err and "no BatchNorm" in err and "nothing written" in err
+    assert not (tmp_path / "twice.pt").exists()
 
 
 def test_cli_refusals_write_nothing(tmp_path, monkeypatch, capsys):
@@ -469,6 +474,114 @@ def test_cli_refusals_write_nothing(tmp_path, monkeypatch, capsys):
     assert "nothing written" in capsys.readouterr().err and not list(tmp_path.iterdir())
     assert _main(["fold", "whatever.pt", "-o", str(out), "--dtype", "float16"]) == 2
     assert not list(tmp_path.iterdir())
+
+
+def test_default_output_name_in_the_current_directory(tmp_path):
+    r = _run("fold", "zoo:diracnet18", "--input", "3x32x32", "--only", "bn", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["output"] == "diracnet18-folded.pt"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["diracnet18-folded.pt"]
+    again = _run("fold", "zoo:diracnet18", "--input", "3x32x32", "--only", "bn", cwd=tmp_path)
+    assert again.returncode == 2 and "--force" in again.stderr
+
+
+def test_nothing_to_fold_returns_the_input_and_says_why():
+    net = _net(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), (3, 6, 6))
+    same, rep = fold(net)
+    assert same is net and rep.folds == () and rep.verify is None and rep.output is None
+    assert "no BatchNorm after a conv or linear" in rep.nothing_to_fold
+    _, rep = fold(_net(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False)), (3, 6, 6)))
+    assert rep.nothing_to_fold.startswith("every candidate was skipped: 1: ")
+
+
+def test_fold_kinds_register_once_and_fold_imports_no_model_family():
+    from surgery.fold.registry import register
+
+    with pytest.raises(RuntimeError, match="registered twice"):
+        register("bn", order=9, summary="again")(lambda ctx, kinds: None)
+    code = "import sys, surgery.fold; print(sorted(m for m in sys.modules if m.split('.')[0] == 'zoo'))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr
+
+
+# ------------------------------------------------------------------ Darknet (batch_normalize=1)
+
+
+def _bn_count(module: nn.Module) -> int:
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+def _darknet_bn_reference(layer, x):
+    """Darknet's batch-normalised conv layer written out by hand (float64): conv, then
+    (y - mean) / sqrt(var + eps) * scale + bias, then leaky 0.1 / linear."""
+    conv, bn = layer.conv, layer.bn
+    y = F.conv2d(x.double(), conv.weight.double(), None, conv.stride, conv.padding, conv.dilation, conv.groups)
+    c = lambda t: t.double().view(1, -1, 1, 1)  # noqa: E731
+    y = (y - c(bn.running_mean)) / torch.sqrt(c(bn.running_var) + 1e-5) * c(bn.weight) + c(bn.bias)
+    return F.leaky_relu(y, 0.1) if layer.options.get("activation") == "leaky" else y
+
+
+def test_darknet_fold_writes_batch_normalize_0_with_biases(tmp_path):
+    from zoo.darknet import load_darknet, parse_cfg
+
+    net = sio.load("zoo:yolov3_tiny:width=64,height=64")
+    net = net.evolve(_randomise(net.module, seed=8))
+    folded, rep = fold(net)
+    assert rep.representation == "darknet" and rep.fold_counts == {"bn": 11} and not rep.skips
+    assert (rep.folds[0].target, rep.folds[0].merged) == ("layers.0", ("layers.0.bn",))
+    assert folded.recipe == () and folded.arch.kind == "darknet" and folded.arch.name == "yolov3_tiny-folded.cfg"
+    assert _bn_count(net.module) == 11 and _bn_count(folded.module) == 0  # the input is untouched
+    before = [b.get("batch_normalize") for b in net.module.blocks if b["type"] == "convolutional"]
+    after = [b.get("batch_normalize") for b in parse_cfg(folded.arch.cfg) if b["type"] == "convolutional"]
+    assert before.count("1") == 11 and after == [None if v is None else "0" for v in before]
+    # layer 0 against Darknet's formula, independently of torch.nn.utils.fusion
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        got = folded.module.layers[0](x).double()
+        ref = _darknet_bn_reference(net.module.layers[0], x)
+        assert ((got - ref).abs().max() / ref.abs().max()).item() < 1e-6
+        assert max(_max_rel(a, b) for a, b in zip(folded.module(x), net.module(x))) < 1e-5
+    assert rep.verify.max_rel < 1e-5
+    # the checkpoint carries the new cfg (no replay), and Darknet files read back identically
+    back = sio.load(str(sio.save(folded, tmp_path / "f.pt")))
+    assert back.recipe == () and compare(folded.module, back.module, (3, 64, 64)).max_abs == 0.0
+    from surgery.export import write_darknet
+
+    dk = write_darknet(folded, tmp_path / "f.cfg", tmp_path / "f.weights")
+    assert dk.identical and dk.batchnorms == 0
+    # 11 convs x (bias + weight) instead of (bias, scale, mean, var, weight): 3 x filters floats fewer each
+    filters = sum(l.conv.out_channels for l in net.module.layers if getattr(l, "bn", None) is not None)
+    from zoo.darknet import weights_nbytes
+
+    assert dk.weights_bytes == weights_nbytes(net.module) - 4 * 3 * filters
+    loaded = load_darknet(tmp_path / "f.cfg", tmp_path / "f.weights").eval()
+    with torch.no_grad():
+        for a, b in zip(loaded(x), folded.module(x)):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.slow
+def test_cli_fold_yolov3_every_batchnorm_to_darknet(tmp_path):
+    """YOLOv3: 75 convolutional layers, 72 of them batch-normalised (the three before the yolo
+    layers are linear with biases), as pjreddie's yolov3.cfg says; all 72 fold."""
+    from conftest import shared_dir
+    from zoo.darknet import load_darknet, parse_cfg
+
+    cfg_text = (shared_dir() / "data" / "darknet" / "yolov3.cfg").read_text()
+    n_bn = cfg_text.count("batch_normalize=1")
+    assert (n_bn, cfg_text.count("[convolutional]")) == (72, 75)
+    r = _run("fold", "zoo:yolov3:width=96,height=96", "--darknet", "y.cfg", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["fold_counts"] == {"bn": n_bn} and rep["output"] == "yolov3-folded.pt"
+    assert rep["modules_before"]["BatchNorm2d"] == n_bn and "BatchNorm2d" not in rep["modules_after"]
+    assert rep["verify"]["max_rel"] < 1e-5
+    convs = [b for b in parse_cfg((tmp_path / "y.cfg").read_text()) if b["type"] == "convolutional"]
+    assert [b.get("batch_normalize") for b in convs].count("0") == n_bn and len(convs) == 75
+    loaded = load_darknet(tmp_path / "y.cfg", tmp_path / "y.weights").eval()
+    assert _bn_count(loaded) == 0
+    src = sio.load("zoo:yolov3:width=96,height=96")
+    assert compare(src.module, loaded, (3, 96, 96), probes=1, batch=1).max_rel < 1e-5
 
 
 def test_report_is_a_frozen_dataclass():

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from surgery import io as sio
-from surgery.errors import SurgeryError
-from surgery.net import ArchSpec, Net, Step
+from surgery.core import io as sio
+from surgery.core.errors import SurgeryError
+from surgery.core.net import ArchSpec, Net, Step
 
 SMALL = "zoo:resnet18:num_classes=10"
 
@@ -139,7 +139,7 @@ def test_pickled_module_refused_then_trusted(tmp_path):
     with pytest.raises(SurgeryError) as e:
         sio.load(str(p))
     msg = str(e.value)
-    assert str(p) in msg and "--trust-pickle" in msg and "\n" not in msg
+    assert str(p) in msg and "--trust-code" in msg and "\n" not in msg
     with pytest.raises(SurgeryError, match="--input"):
         sio.load(str(p), trust_pickle=True)
     net = sio.load(str(p), trust_pickle=True, input_shape=(3, 8, 8))
@@ -160,9 +160,11 @@ def test_trusted_pickle_with_shape(tmp_path):
 def test_torchscript_is_analysis_only(tmp_path):
     p = tmp_path / "ts.pt"
     torch.jit.script(Tiny()).save(str(p))
+    with pytest.raises(SurgeryError, match="--trust-code"):  # TorchScript is code: refused untrusted
+        sio.load(str(p), input_shape=(3, 8, 8))
     with pytest.raises(SurgeryError, match="--input"):
-        sio.load(str(p))
-    net = sio.load(str(p), input_shape=(3, 8, 8))
+        sio.load(str(p), trust_code=True)
+    net = sio.load(str(p), trust_code=True, input_shape=(3, 8, 8))
     assert net.format == "torchscript" and not net.editable
     assert net.params == 3 * 4 * 9 + 4
 
@@ -226,3 +228,28 @@ def test_outputs_get_normal_permissions(tmp_path):
 def test_output_cannot_be_a_zoo_reference():
     with pytest.raises(SurgeryError, match="zoo reference"):
         sio.check_outputs(["zoo:resnet18"], force=True)
+
+
+def test_checkpoint_records_and_checks_a_content_hash(tmp_path):
+    net = sio.load(SMALL)
+    p = sio.save(net, tmp_path / "m.pt")
+    raw = torch.load(p, weights_only=True)
+    state = net.module.state_dict()
+    # independent of state_hash: a second, differently ordered dict of the same tensors hashes equal,
+    # and one changed value changes it
+    assert raw["state_dict_sha256"] == sio.state_hash(dict(reversed(list(state.items()))))
+    changed = dict(state)
+    changed["fc.bias"] = changed["fc.bias"].clone()
+    changed["fc.bias"][0] += 1
+    assert sio.state_hash(changed) != raw["state_dict_sha256"]
+    raw["state_dict"] = changed
+    torch.save(raw, tmp_path / "edited.pt")
+    with pytest.raises(SurgeryError, match="edited.pt: its weights do not match the content hash"):
+        sio.load(str(tmp_path / "edited.pt"))
+
+
+def test_check_outputs_counts_a_cfgs_weights_as_input(tmp_path):
+    (tmp_path / "a.cfg").write_text("[net]\n")
+    for force in (False, True):
+        with pytest.raises(SurgeryError, match="is also an input"):
+            sio.check_outputs([tmp_path / "a.weights"], force=force, inputs=[tmp_path / "a.cfg"])

@@ -19,9 +19,9 @@ from analyzers import latency as lat
 from analyzers.latency import TimingConfig, Unavailable
 from analyzers.profile import ProfileReport, pareto_front, profile
 from cli_commands.base import to_jsonable
-from surgery import io as sio
-from surgery.errors import SurgeryError
-from surgery.net import Net
+from surgery.core import io as sio
+from surgery.core.errors import SurgeryError
+from surgery.core.net import Net
 
 SMALL = "zoo:resnet18:num_classes=10"
 FAST = TimingConfig(warmup=1, warmup_s=0.0, min_runs=5, max_runs=9, min_time_s=0.05, max_time_s=5.0)
@@ -95,6 +95,17 @@ def test_runtime_names_are_validated_and_expanded():
         lat.expand_runtimes(["cudagrap"], cpu)
 
 
+def _resnet18_macs(hw: int, classes: int = 10) -> int:
+    """Closed-form conv + fc MACs of ResNet-18 (v1.5) for one ``3 x hw x hw`` image."""
+
+    def stage(side, cin, cout):  # two blocks of two 3x3 convs, the first strided, + a 1x1 projection
+        return side * side * cout * cin * 9 + 3 * side * side * cout * cout * 9 + (side * side * cout * cin if cin != cout else 0)
+
+    s = hw // 4
+    return ((hw // 2) ** 2 * 64 * 3 * 49 + stage(s, 64, 64) + stage(s // 2, 64, 128) + stage(s // 4, 128, 256)
+            + stage(s // 8, 256, 512) + 512 * classes)
+
+
 # ------------------------------------------------------------------ the sweep
 
 
@@ -106,7 +117,8 @@ def test_rows_are_positive_and_the_4x_model_is_slower(report):
         assert r.cv >= 0 and FAST.min_runs <= r.runs <= FAST.max_runs
         assert r.throughput == pytest.approx(1e3 / r.median_ms)
         assert r.threads == torch.get_num_threads() and r.device == "cpu" and r.batch == 1
-        assert r.params == 11_181_642 and r.macs > 0 and r.bytes > 0
+        hw = 32 if r.model == "r18@32" else 64  # ResNet-18 MACs scale with the input area: 1,814,073,344 at 224
+        assert r.params == 11_181_642 and r.macs == _resnet18_macs(hw) and r.bytes > 0
         assert r.gmacs_per_s == pytest.approx(r.macs / r.median_ms / 1e6)
     for rt in ("torch", "onnxruntime:cpu"):
         small, big = ok[("r18@32", rt)], ok[("r18@64", rt)]
@@ -220,13 +232,15 @@ def test_a_runtime_failure_is_reported_in_its_row():
 
 def test_compile_runtime_small(tmp_path):
     """torch.compile on CPU (inductor needs a C++ compiler): a timed row or a failed row with the reason."""
+    import shutil
+
     rep = profile([_tiny()], runtimes=["compile"], timing=FAST)
     (row,) = rep.results
-    assert row.status in ("ok", "failed"), row
-    if row.status == "ok":
+    if shutil.which("c++") or shutil.which("g++"):  # inductor can build its kernels: a timed row
+        assert row.status == "ok", row.error
         assert row.median_ms > 0 and row.setup_s > 0
-    else:
-        assert row.error
+    else:  # no compiler: a failed row with the reason, the sweep goes on
+        assert row.status == "failed" and row.error
 
 
 def test_sweep_over_batches_and_progress():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from surgery import io as sio
-from surgery.errors import SurgeryError
+from surgery.core import io as sio
+from surgery.core.errors import SurgeryError
 from surgery.retarget import retarget, retarget_blocks
 from zoo.darknet import parse_cfg
 from zoo.darknet_zoo import yolov3_tiny_cfg
@@ -59,6 +59,21 @@ def test_seed_decides_the_fresh_layers(tiny):
     c, _ = retarget(tiny, 13, 1, seed=2)
     assert _equal_layers(a.module, b.module, range(24))
     assert not _equal_layers(a.module, c.module, [14])
+
+
+def test_without_a_seed_the_fresh_layers_differ_from_a_zoo_built_base(tiny):
+    # the zoo builds from seed 0: re-initialising from 0 again copies the base's layer 14 (the
+    # random stream diverges at layer 15, whose conv is resized for the new class count)
+    same, rep0 = retarget(tiny, 13, 1, seed=0)
+    assert _equal_layers(tiny.module, same.module, [14]) and not _equal_layers(tiny.module, same.module, [18])
+    assert rep0.unchanged == ("layers.14.conv.weight",)  # BN constants (unit variance...) are not reported
+    task, rep = retarget(tiny, 13, 1)  # no seed: derived, reproducible, not the zoo's
+    assert rep.seed_derived and rep.seed != 0 and rep.unchanged == ()
+    assert not any(_equal_layers(tiny.module, task.module, [i]) for i in (14, 18, 21))
+    again, rep2 = retarget(tiny, 13, 1)
+    assert rep2.seed == rep.seed and _equal_layers(task.module, again.module, range(24))
+    _, other = retarget(tiny, 13, 2)
+    assert other.seed != rep.seed
 
 
 def test_darknet_cfg_model_gets_a_rewritten_cfg(tmp_path, tiny):
@@ -118,7 +133,19 @@ def test_cli_retarget(cli, tmp_path):
     assert res.code == 0, res.err
     rep = res.json()
     assert rep["at"] == 13 and rep["classes"] == 1 and rep["output"] == str(tmp_path / "t.pt")
-    assert rep["arch"] == "zoo:yolov3_tiny:width=128,height=128,classes=1"
+    assert rep["arch"] == "zoo:yolov3_tiny:width=128,height=128,classes=1" and rep["model"] == TINY
+    assert rep["seed"] == 1 and rep["seed_derived"] is False and rep["unchanged"] == []
     bad = cli("retarget", TINY, "--at", "15", "--classes", "1", "-o", tmp_path / "u.pt")
     assert bad.code == 2 and "inside a head" in bad.err and len(bad.err.strip().splitlines()) == 1
     assert not (tmp_path / "u.pt").exists()
+
+
+def test_cli_default_output_and_derived_seed(cli, tmp_path):
+    res = cli("retarget", TINY, "--at", "13", "--classes", "1", cwd=tmp_path)
+    assert res.code == 0, res.err
+    assert res.out.strip().splitlines()[-1] == "wrote yolov3_tiny-1class@13.pt" and "(derived)" in res.out
+    assert [p.name for p in tmp_path.iterdir()] == ["yolov3_tiny-1class@13.pt"]
+    again = cli("retarget", TINY, "--at", "13", "--classes", "1", cwd=tmp_path)
+    assert again.code == 2 and "--force" in again.err
+    warned = cli("retarget", TINY, "--at", "13", "--classes", "1", "--seed", "0", "-o", "z.pt", cwd=tmp_path)
+    assert warned.code == 0 and "1 re-initialised tensor(s) equal BASE's (layers.14.conv.weight)" in warned.err

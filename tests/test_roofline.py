@@ -9,7 +9,7 @@ from torch import nn
 
 from analyzers import roofline as R
 from analyzers.cost import analyze
-from surgery.errors import SurgeryError
+from surgery.core.errors import SurgeryError
 
 
 def _report():
@@ -86,3 +86,10 @@ def test_unwritable_cache_is_not_an_error(tmp_path, monkeypatch):
     monkeypatch.setenv("SURGERY_CACHE_DIR", str(blocker / "sub"))
     monkeypatch.setattr(R, "measure_cpu", lambda **kw: R.DeviceSpec("cpu", {"float32": 1e11}, 1e10, measured=True))
     assert R.get_spec("cpu").peak_flops["float32"] == 1e11
+
+
+def test_the_cli_lists_every_spec():
+    from analyzers.roofline import spec_names
+    from cli_commands.flops import SPEC_NAMES
+
+    assert list(SPEC_NAMES) == spec_names()

@@ -10,12 +10,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from surgery import io as sio
-from surgery.errors import SurgeryError
-from surgery.graph import layer_graph
+from surgery.core import io as sio
+from surgery.core.errors import SurgeryError
+from surgery.core.graph import layer_graph
 from surgery.retarget import retarget
 from surgery.share import DivergedError, plan_cut, share, sweep
-from surgery.share_darknet import combined_blocks
+from surgery.share import combined_blocks
 from zoo.darknet import build_darknet, load_darknet, parse_cfg, write_cfg
 from zoo.darknet_zoo import yolov3_cfg
 
@@ -110,7 +110,7 @@ def test_yolov3_share_at_74_reproduces_both_heads(yolo):
     assert rep.representation == "darknet" and rep.layers == 140 and len(net.module.layers) == 140
     assert [h.outputs for h in rep.heads] == [3, 3]
     for h in rep.heads:
-        assert h.layers_equal and h.max_rel_diff <= 1e-5
+        assert h.layers_equal and h.max_rel <= 1e-5
     assert rep.cut_edges == ((36, 98), (61, 86), (74, 75))
     x = torch.randn(1, 3, 128, 128)
     out = _outs(net.module, x)
@@ -128,7 +128,7 @@ def test_yolov3_share_at_74_reproduces_both_heads(yolo):
 def test_share_at_73_with_a_task_retrained_from_74(yolo):
     base, task = yolo  # layers 0..74 equal, so 0..73 are too
     net, rep = share(base, [task], 73)
-    assert rep.layers == 141 and all(h.max_rel_diff <= 1e-5 for h in rep.heads)
+    assert rep.layers == 141 and all(h.max_rel <= 1e-5 for h in rep.heads)
 
 
 def test_tiny_two_tasks_outputs_in_order(tiny):
@@ -239,8 +239,12 @@ def test_a_diverged_task_is_refused_then_allowed(tiny):
     (d,) = [h for h in e.value.heads if not h.layers_equal][0].diverged_layers
     assert d.index == 4 and d.weight_rel == pytest.approx(0.05, rel=0.05)
     net, rep = share(base, [diverged], 13, allow_diverged=True)
-    assert rep.heads[0].max_abs_diff == 0 and not rep.heads[1].layers_equal
-    assert rep.heads[1].max_abs_diff > 0  # how far the head moved on BASE's layers
+    assert rep.heads[0].max_abs == 0 and not rep.heads[1].layers_equal
+    # how far the head moved: on BASE's layers 0..13 it computes what the unmoved task computes
+    from surgery.core.verify import compare
+
+    moved = compare(diverged.module, task.module, base.input_shape, probes=2, batch=1)
+    assert moved.max_rel > 1e-3 and rep.heads[1].max_abs == pytest.approx(moved.max_abs, rel=1e-4)
 
 
 @pytest.mark.parametrize("at, msg", [(200, "does not exist"), (23, "last layer"), (17, "inside a head"),
@@ -290,9 +294,19 @@ def test_cli_share_darknet_output_loads_back(cli, tiny_files):
     rep = res.json()
     assert rep["at"] == 13 and rep["output"] == str(d / "both.pt") and rep["layers"] == 35
     assert [h["layers_equal"] for h in rep["heads"]] == [True, True]
-    assert all(h["max_abs_diff"] <= 1e-5 for h in rep["heads"])
-    assert set(rep["params"]) == {"combined", "separate"} and set(rep["macs"]) == {"combined", "separate"}
-    assert 0 < rep["saved_fraction"]["params"] < 1 and 0 < rep["saved_fraction"]["macs"] < 1
+    assert all(h["verify"]["max_abs"] <= 1e-5 for h in rep["heads"])
+    assert rep["darknet"] == {"output": str(d / "both.cfg"), "weights": str(d / "both.weights")}
+    # the savings, from the layer modules and the conv formula (not from the cost analyzer)
+    base_mod = sio.load(TINY).module
+    shared_p = sum(p.numel() for l in base_mod.layers[:14] for p in l.parameters())
+    total_p = sum(p.numel() for p in base_mod.parameters())
+    conv_macs = [l.conv.weight[0].numel() * l.out_shape[0] * l.out_shape[1] * l.out_shape[2]
+                 if hasattr(l, "conv") else 0 for l in base_mod.layers]
+    assert rep["shared"] == {"params": shared_p, "macs": sum(conv_macs[:14])}
+    assert rep["saved_fraction"]["params"] == pytest.approx(shared_p / total_p, rel=1e-9)
+    assert rep["saved_fraction"]["macs"] == pytest.approx(sum(conv_macs[:14]) / sum(conv_macs), rel=1e-9)
+    sep, comb = rep["totals"]["separate"], rep["totals"]["combined"]
+    assert comb["params"] == sep["params"] - shared_p and comb["macs"] == sep["macs"] - sum(conv_macs[:14])
     x = torch.randn(1, 3, 128, 128)
     pt = sio.load(str(d / "both.pt"))
     dk = load_darknet(d / "both.cfg", d / "both.weights").eval()
@@ -348,8 +362,27 @@ def test_cli_diverged_task_needs_allow_diverged(cli, tiny_files, tmp_path):
               "--json")
     assert res.code == 0, res.err
     heads = res.json()["heads"]
-    assert heads[1]["layers_equal"] is False and heads[1]["max_abs_diff"] > 0
+    assert heads[1]["layers_equal"] is False and heads[1]["moved"]["max_abs"] > 0 and "verify" not in heads[1]
     assert [d["index"] for d in heads[1]["diverged_layers"]] == [2]
+
+
+def test_cli_headline_command_writes_a_named_default_output(cli, tiny_files, tmp_path):
+    """`surgery share --at K base.pt text.pt`, typed exactly so: runs, verifies, writes base+text@K.pt."""
+    import shutil
+
+    shutil.copy(tiny_files / "text.pt", tmp_path / "text.pt")
+    sio.save(sio.load(TINY), tmp_path / "base.pt")
+    res = cli("share", "--at", "13", "base.pt", "text.pt", cwd=tmp_path)
+    assert res.code == 0, res.err
+    assert "every head reproduces its source model" in res.out
+    assert res.out.strip().splitlines()[-1] == "wrote base+text@13.pt"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base+text@13.pt", "base.pt", "text.pt"]
+    stamp = (tmp_path / "base+text@13.pt").stat().st_mtime_ns
+    again = cli("share", "--at", "13", "base.pt", "text.pt", cwd=tmp_path)
+    _one_line_error(again, "base+text@13.pt", "--force")
+    assert (tmp_path / "base+text@13.pt").stat().st_mtime_ns == stamp
+    assert cli("share", "--at", "13", "base.pt", "text.pt", "--force", "--json", cwd=tmp_path).json()["output"] == \
+        "base+text@13.pt"
 
 
 def test_cli_usage_errors(cli, tmp_path):
@@ -363,7 +396,9 @@ def test_cli_onnx_export(cli, tiny_files, tmp_path):
               "--onnx", tmp_path / "o.onnx", "--json")
     assert res.code == 0, res.err
     rep = res.json()
-    assert rep["onnx"] == str(tmp_path / "o.onnx") and rep["onnx_export"]["max_rel"] <= 1e-4
+    assert rep["onnx"]["output"] == str(tmp_path / "o.onnx") and rep["onnx"]["verify"]["max_rel"] <= 1e-4
     import onnx
 
-    assert len(onnx.load(str(tmp_path / "o.onnx")).graph.output) == 4
+    graph = onnx.load(str(tmp_path / "o.onnx")).graph
+    assert [o.name for o in graph.output] == ["head0_out0", "head0_out1", "head1_out0", "head1_out1"]
+    assert [i.name for i in graph.input] == ["input"] and graph.input[0].type.tensor_type.shape.dim[0].dim_param

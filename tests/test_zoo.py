@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from surgery.errors import SurgeryError
+from surgery.core.errors import SurgeryError
 from zoo import registry
 from zoo.diracnet import DiracConv2d, dirac_effective_weight
 from zoo.resnet import DEEP_ROOTS_TABLE1

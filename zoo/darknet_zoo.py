@@ -9,7 +9,7 @@ model.parameters())``: BatchNorm running mean/var are buffers, not counted.
 
 from __future__ import annotations
 
-from surgery.errors import SurgeryError
+from surgery.core.errors import SurgeryError
 from zoo.darknet import DarknetNet, build_darknet, write_cfg
 from zoo.registry import register
 

@@ -7,7 +7,9 @@ Dirac parameterisation (thesis eq. 5.5)::
 ``W_norm`` is ``W`` with each output filter divided by its L2 norm over (in, kh, kw); ``I`` is
 the Dirac delta: 1 at ``[d, d, kh // 2, kw // 2]`` for ``d < min(in, out)`` (per group), else 0
 -- exactly what ``torch.nn.init.dirac_`` writes. :func:`dirac_effective_weight` is that maths
-as a pure function; :class:`DiracConv2d` is the module. The fold surgery imports both.
+as a pure function; :class:`DiracConv2d` is the module. It implements the fold protocol
+(``reparameterize()``, ``reparameterize_problem()``, ``fuse_affine()``), so ``surgery fold``
+folds it without importing this module.
 
 Layout followed (stated so the parameter counts can be checked):
 
@@ -45,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-from surgery.errors import SurgeryError
+from surgery.core.errors import SurgeryError
 from zoo.registry import register
 
 
@@ -126,6 +128,51 @@ class DiracConv2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.conv2d(x, self.effective_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    # ---- the fold protocol (surgery.fold discovers foldable modules by these methods)
+
+    def reparameterize_problem(self) -> str | None:
+        """Why the plain-conv form would not be exact, or None: the delta term is the identity on
+        the feature map (the implicit skip connection) only for stride 1, odd kernels and "same"
+        padding ``dilation * (k - 1) / 2`` (thesis §5.3)."""
+        k, s, p, d = self.kernel_size, self.stride, self.padding, self.dilation
+        if any(v != 1 for v in s):
+            return f"stride {s} (only stride 1 folds exactly)"
+        if any(v % 2 == 0 for v in k):
+            return f"even kernel {k} (only odd kernels have a centre tap)"
+        same = tuple(dd * (kk - 1) // 2 for kk, dd in zip(k, d))
+        if tuple(p) != same:
+            return f"padding {tuple(p)} is not 'same' padding {same} for kernel {k}"
+        return None
+
+    @torch.no_grad()
+    def reparameterize(self) -> nn.Conv2d:
+        """The ``nn.Conv2d`` holding ``W_hat`` (same dtype, device and bias): the same convolution
+        with the same weight tensor as :meth:`forward` computes."""
+        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, stride=self.stride,
+                         padding=self.padding, dilation=self.dilation, groups=self.groups, bias=self.bias is not None,
+                         device=self.weight.device, dtype=self.weight.dtype)
+        conv.weight.copy_(self.effective_weight())
+        if self.bias is not None:
+            conv.bias.copy_(self.bias)
+        conv.weight.requires_grad_(self.weight.requires_grad)
+        return conv
+
+    @torch.no_grad()
+    def fuse_affine(self, scale: Tensor, shift: Tensor) -> "DiracConv2d":
+        """This conv followed by the per-channel ``y * scale + shift`` (an eval BatchNorm), as one
+        Dirac conv: ``diag(s)(diag(a) I + diag(b) W_norm) = diag(sa) I + diag(sb) W_norm`` (``W_norm``
+        unchanged, so the parameterisation survives); the bias becomes ``s * bias + shift``.
+        ``scale``/``shift``: float64, shape (out,)."""
+        import copy
+
+        new = copy.deepcopy(self)
+        dt = self.alpha.dtype
+        new.alpha = nn.Parameter((self.alpha.double() * scale).to(dt))
+        new.beta = nn.Parameter((self.beta.double() * scale).to(dt))
+        bias = self.bias.double() if self.bias is not None else torch.zeros_like(scale)
+        new.bias = nn.Parameter((bias * scale + shift).to(dt))
+        return new
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

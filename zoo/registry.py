@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from surgery.errors import SurgeryError, suggest
+from surgery.core.errors import SurgeryError, suggest
 
 _REGISTRY: dict[str, "ZooEntry"] = {}
 

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from surgery.errors import SurgeryError
+from surgery.core.errors import SurgeryError
 from zoo.registry import register
 
 VARIANTS = ("v1", "v1.5")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from surgery.errors import SurgeryError
+from surgery.core.errors import SurgeryError
 from zoo.registry import register
 
 

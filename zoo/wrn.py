@@ -19,7 +19,7 @@ from collections import OrderedDict
 import torch
 from torch import Tensor, nn
 
-from surgery.errors import SurgeryError
+from surgery.core.errors import SurgeryError
 from zoo.registry import register
 from zoo.resnet import ResNet, build_resnet
 

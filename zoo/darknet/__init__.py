@@ -16,7 +16,7 @@ layer table built here has Darknet's layer indices and Darknet's printed shapes:
 Forward is inference-exact except for BatchNorm: see :data:`BN_EPS`.
 """
 
-from zoo.darknet.cfg import BN_EPS, SECTIONS, TYPE_OPTION, parse_cfg, write_cfg
+from zoo.darknet.cfg import BN_EPS, OUTPUT_SECTIONS, SECTIONS, TYPE_OPTION, parse_cfg, write_cfg
 from zoo.darknet.files import load_darknet, save_darknet
 from zoo.darknet.layers import ACTIVATIONS, make_activation
 from zoo.darknet.layers import (
@@ -46,6 +46,7 @@ from zoo.darknet.weights import WeightsHeader, read_weights, weights_nbytes, wri
 __all__ = [
     "ACTIVATIONS",
     "BN_EPS",
+    "OUTPUT_SECTIONS",
     "SECTIONS",
     "TYPE_OPTION",
     "DarknetNet",

@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Iterable
 
-
-from surgery.errors import SurgeryError, suggest
+from surgery.core.errors import SurgeryError, suggest
 
 
 Shape = tuple[int, int, int]
@@ -32,8 +33,47 @@ SECTIONS = ("net", "convolutional", "connected", "maxpool", "avgpool", "route", 
 _UNSUPPORTED = set("deconvolutional deconv logistic l2norm crnn gru lstm rnn conv_lstm normalization lrn batchnorm "
                    "iseg scale_channels sam gaussian_yolo reorg3d implicit_add implicit_mul empty silence "
                    "contrastive local_avgpool history".split())
-_OUTPUT_SECTIONS = ("yolo", "region", "detection")
+OUTPUT_SECTIONS = ("yolo", "region", "detection")  # layers whose outputs a DarknetNet returns
 TYPE_OPTION = "@type"  # where an option named `type` (e.g. [cost] type=sse) is kept; "type" is the section
+
+
+def decode_cfg(data: bytes, source: str = "<cfg>") -> str:
+    """Cfg text from the bytes of a file, read as Darknet reads it: bytes, ASCII keys and
+    section names, anything in comments. A UTF-8 byte-order mark is dropped; bytes that are
+    not UTF-8 (a Latin-1 comment) are kept as Latin-1 characters, so they can only matter
+    where Darknet would also choke on them (keys, numbers), and there they are reported."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(data) >= 4 and data[0] and not data[1] and not data[3]):
+        raise SurgeryError(f"{source}: the cfg is UTF-16 text; Darknet reads cfgs as ASCII bytes; "
+                           f"save it as ASCII or UTF-8")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def read_cfg_file(path: str | os.PathLike) -> str:
+    """The text of a Darknet cfg file (:func:`decode_cfg`); SurgeryError naming the file
+    when it cannot be read."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise SurgeryError(f"{p}: no such cfg file") from None
+    except IsADirectoryError:
+        raise SurgeryError(f"{p}: is a directory, not a cfg file") from None
+    except OSError as e:
+        raise SurgeryError(f"{p}: cannot read the cfg ({e.strerror or e})") from None
+    return decode_cfg(data, str(p))
+
+
+def _clip(text: str, n: int = 60) -> str:
+    """A quoted input line, cut to ``n`` characters (a line of random bytes can be huge)."""
+    return text if len(text) <= n else text[:n] + "..."
+
+
+_SPACE = str.maketrans("", "", " \t\r\v\f")  # Darknet's strip(): ASCII whitespace only
 
 
 def parse_cfg(text: str, source: str = "<cfg>") -> list[dict]:
@@ -46,13 +86,16 @@ def parse_cfg(text: str, source: str = "<cfg>") -> list[dict]:
     called ``type`` is stored as :data:`TYPE_OPTION` (``"type"`` holds the section name).
     """
     blocks: list[dict] = []
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = "".join(raw.split()).split("#", 1)[0]
+    if text.startswith("\ufeff"):  # a BOM that survived decoding: Darknet tools emit none
+        text = text[1:]
+    for lineno, raw in enumerate(text.split("\n"), 1):
+        raw = raw.split("\x00", 1)[0]  # fgets/C strings end at NUL
+        line = raw.translate(_SPACE).split("#", 1)[0]
         if not line or line[0] == ";":
             continue
         if line[0] == "[":
             if not line.endswith("]") or len(line) < 3:
-                raise SurgeryError(f"{source}:{lineno}: malformed section header {raw.strip()!r}; write it as [name]")
+                raise SurgeryError(f"{source}:{lineno}: malformed section header {_clip(raw.strip())!r}; write it as [name]")
             name = line[1:-1]
             canon = _ALIASES.get(name.lower(), name.lower())
             if canon not in SECTIONS:
@@ -64,10 +107,12 @@ def parse_cfg(text: str, source: str = "<cfg>") -> list[dict]:
             blocks.append({"type": canon})
             continue
         if not blocks:
-            raise SurgeryError(f"{source}:{lineno}: option {line!r} before the first section; start the file with [net]")
+            raise SurgeryError(f"{source}:{lineno}: option {_clip(line)!r} before the first section; start the file with [net]")
         key, sep, value = line.partition("=")
         if not sep or not key:
-            raise SurgeryError(f"{source}:{lineno}: cannot parse {raw.strip()!r}; options are written key=value")
+            raise SurgeryError(f"{source}:{lineno}: cannot parse {_clip(raw.strip())!r}; options are written key=value")
+        if not (key.isascii() and key.isprintable()):
+            raise SurgeryError(f"{source}:{lineno}: option name {key!r} is not plain ASCII; Darknet keys are ASCII words")
         blocks[-1].setdefault(TYPE_OPTION if key == "type" else key, value)
     if not blocks:
         raise SurgeryError(f"{source}: no sections; a Darknet cfg starts with [net]")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from surgery.errors import SurgeryError
+from zoo.darknet.cfg import read_cfg_file
 from zoo.darknet.net import DarknetNet, build_darknet
 from zoo.darknet.weights import read_weights, write_weights
 
@@ -14,13 +14,7 @@ def load_darknet(cfg_path: str | os.PathLike, weights_path: str | os.PathLike | 
                  cutoff: int | None = None) -> DarknetNet:
     """Build the network of a ``.cfg`` file and, if given, load its ``.weights``."""
     path = Path(cfg_path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SurgeryError(f"{path}: no such cfg file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SurgeryError(f"{path}: cannot read the cfg ({getattr(e, 'strerror', None) or e})") from None
-    net = build_darknet(text, source=str(path))
+    net = build_darknet(read_cfg_file(path), source=str(path))
     if weights_path is not None:
         read_weights(net, weights_path, cutoff=cutoff)
     return net
@@ -29,8 +23,8 @@ def load_darknet(cfg_path: str | os.PathLike, weights_path: str | os.PathLike | 
 def save_darknet(net: DarknetNet, cfg_path: str | os.PathLike, weights_path: str | os.PathLike | None = None,
                  *, overwrite: bool = False) -> None:
     """Write ``net.cfg_text()`` and (if a path is given) its weights: both destinations are
-    checked first, and either both files appear or neither (:func:`surgery.io.atomic_write`)."""
-    from surgery.io import atomic_write
+    checked first, and either both files appear or neither (:func:`surgery.core.io.atomic_write`)."""
+    from surgery.core.io import atomic_write
 
     paths = [cfg_path] + ([weights_path] if weights_path is not None else [])
 

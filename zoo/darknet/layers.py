@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from surgery.errors import SurgeryError, suggest
+from surgery.core.errors import SurgeryError, suggest
 from zoo.darknet.cfg import BN_EPS, BN_MOMENTUM, Shape
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Sequence
 
+import torch
 from torch import nn
 
-from surgery.errors import SurgeryError
-from zoo.darknet.cfg import _OUTPUT_SECTIONS, Shape, parse_cfg, write_cfg
+from surgery.core.errors import SurgeryError
+from zoo.darknet.cfg import OUTPUT_SECTIONS, Shape, parse_cfg, write_cfg
 from zoo.darknet.layers import _LAYERS, _Ctx
 from zoo.darknet.weights import WeightsHeader
 
@@ -42,18 +44,9 @@ class DarknetNet(nn.Module):
             layers.append(layer)
             shapes.append(layer.out_shape)
         self.layers = nn.ModuleList(layers)
-        self.output_indices = tuple(l.index for l in layers if l.section in _OUTPUT_SECTIONS) or (len(layers) - 1,)
+        self.output_indices = tuple(l.index for l in layers if l.section in OUTPUT_SECTIONS) or (len(layers) - 1,)
         self.weights_header = WeightsHeader()
-        # Memory plan: free each activation right after its last reader.
-        n = len(layers)
-        last = {j: j for j in range(-1, n)}
-        for layer in layers:
-            for j in layer.inputs:
-                last[j] = max(last[j], layer.index)
-        last[n - 1] = n
-        self._free_after: tuple[tuple[int, ...], ...] = tuple(
-            tuple(j for j, u in last.items() if u == i) for i in range(n)
-        )
+        self._free_after = free_after([l.inputs for l in layers])
 
     def forward(self, x):
         cache = {-1: x}
@@ -61,7 +54,7 @@ class DarknetNet(nn.Module):
         for i, layer in enumerate(self.layers):
             y = layer(*[cache[j] for j in layer.inputs])
             cache[i] = y
-            if layer.section in _OUTPUT_SECTIONS:
+            if layer.section in OUTPUT_SECTIONS:
                 outs.append(y)
             for j in self._free_after[i]:
                 cache.pop(j, None)
@@ -70,8 +63,62 @@ class DarknetNet(nn.Module):
     def cfg_text(self) -> str:
         return write_cfg(self.blocks)
 
+    @torch.no_grad()
+    def fuse(self) -> "DarknetNet":
+        """A new network, this one untouched: every ``batch_normalize=1`` convolutional/connected
+        layer becomes ``batch_normalize=0`` with the BatchNorm folded into its weights and bias
+        (eval semantics: running statistics and this builder's eps :data:`BN_EPS`;
+        ``torch.nn.utils.fusion``'s maths in float64). It reads and writes ``.weights`` like any
+        Darknet net without BatchNorm (biases, then weights). The fold protocol of
+        ``surgery fold``; ``self`` when there is nothing to fold."""
+        from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
+
+        fused = [l.index for l in self.layers if getattr(l, "bn", None) is not None]
+        if not fused:
+            return self
+        blocks = [dict(b) for b in self.blocks]
+        for i in fused:
+            blocks[i + 1]["batch_normalize"] = "0"
+        first = next(iter(self.parameters()), None)
+        with torch.device("meta"):  # every tensor is copied below: skip the random initialisation
+            new = DarknetNet(parse_cfg(write_cfg(blocks), self.source), self.source)
+        new = new.to_empty(device=first.device if first is not None else "cpu")
+        for old, lay in zip(self.layers, new.layers):
+            if old.index not in fused:
+                lay.load_state_dict(old.state_dict(), strict=True)
+                continue
+            unit = old.conv if hasattr(old, "conv") else old.fc
+            bn = old.bn
+            args = (unit.weight.double(), None, bn.running_mean.double(), bn.running_var.double(), bn.eps,
+                    bn.weight.double(), bn.bias.double())
+            w, b = fuse_linear_bn_weights(*args) if hasattr(old, "fc") else fuse_conv_bn_weights(*args)
+            target = lay.conv if hasattr(lay, "conv") else lay.fc
+            target.weight.copy_(w.to(unit.weight.dtype))
+            target.bias.copy_(b.to(unit.weight.dtype))
+        new.weights_header = self.weights_header
+        return new.train(self.training)
+
     def extra_repr(self) -> str:
         return f"source={self.source!r}, input_shape={self.input_shape}"
+
+
+def free_after(inputs: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...]:
+    """The memory plan of a forward: ``free_after(...)[i]`` lists the activations (layer
+    indices, -1 = the input) whose last reader is layer ``i``; ``inputs[i]`` are the layers
+    layer ``i`` reads. The last layer's output is never freed. Linear in the number of layers
+    and edges (a scan of every activation per layer was quadratic: 60k layers took minutes)."""
+    n = len(inputs)
+    last = list(range(-1, n))  # last[j + 1]: the last layer reading activation j (itself at first)
+    for i, reads in enumerate(inputs):
+        for j in reads:
+            last[j + 1] = max(last[j + 1], i)
+    if n:
+        last[n] = n  # the network's output stays
+    free: list[list[int]] = [[] for _ in range(n)]
+    for j, u in enumerate(last, -1):
+        if 0 <= u < n:
+            free[u].append(j)
+    return tuple(map(tuple, free))
 
 
 def build_darknet(cfg: str | list[dict], source: str = "<cfg>") -> DarknetNet:

@@ -12,7 +12,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from surgery.errors import SurgeryError
+from surgery.core.errors import SurgeryError
 from typing import TYPE_CHECKING
 
 from zoo.darknet.layers import ConnectedLayer, ConvolutionalLayer, DarknetLayer, LocalLayer
@@ -103,23 +103,25 @@ def read_weights(net: DarknetNet, src: str | os.PathLike | BinaryIO, *, cutoff: 
     over. Sets and returns ``net.weights_header``.
     """
     name = _name(src)
+    data: bytes | None = None
     if isinstance(src, (str, os.PathLike)):
-        try:
-            data = Path(src).read_bytes()
+        try:  # the size and header first: a file of the wrong size is refused before it is read
+            with open(src, "rb") as f:
+                size, head = os.fstat(f.fileno()).st_size, f.read(20)
         except FileNotFoundError:
             raise SurgeryError(f"{name}: no such weights file") from None
         except OSError as e:
             raise SurgeryError(f"{name}: cannot read weights ({e.strerror})") from None
     else:
         data = src.read()
-    size = len(data)
+        size, head = len(data), data[:20]
     if size < 16:
         raise SurgeryError(f"{name}: {size} bytes is too short for a Darknet .weights header (16 or 20 bytes)")
-    major, minor, revision = struct.unpack_from("<3i", data, 0)
+    major, minor, revision = struct.unpack_from("<3i", head, 0)
     seen64 = WeightsHeader(major, minor, revision).seen_64bit
     if seen64 and size < 20:
         raise SurgeryError(f"{name}: {size} bytes is too short for a version {major}.{minor} .weights header (20 bytes)")
-    seen = struct.unpack_from("<Q" if seen64 else "<I", data, 12)[0]
+    seen = struct.unpack_from("<Q" if seen64 else "<I", head, 12)[0]
     header = WeightsHeader(major, minor, revision, seen)
     chunks = _plan(net, header, cutoff)
     total = header.nbytes + 4 * sum(c.tensor.numel() for c in chunks)
@@ -140,6 +142,11 @@ def read_weights(net: DarknetNet, src: str | os.PathLike | BinaryIO, *, cutoff: 
             f"{name}: {size - total} bytes left over after the last layer ({total} bytes expected for "
             f"{net.source}, the file has {size}); the .weights was saved for a different cfg"
         )
+    if data is None:
+        try:
+            data = Path(src).read_bytes()
+        except OSError as e:
+            raise SurgeryError(f"{name}: cannot read weights ({e.strerror})") from None
     floats = np.frombuffer(data, dtype="<f4", offset=header.nbytes)
     pos = 0
     with torch.no_grad():
@@ -176,7 +183,7 @@ def write_weights(net: DarknetNet, dest: str | os.PathLike | BinaryIO, *, header
         raise SurgeryError(f"{_name(dest)}: cannot write weights of a network on the meta device")
     data = _serialize(net, header or net.weights_header, cutoff)
     if isinstance(dest, (str, os.PathLike)):
-        from surgery.io import atomic_write
+        from surgery.core.io import atomic_write
 
         atomic_write([dest], lambda tmps: tmps[0].write_bytes(data), force=overwrite)
     else:

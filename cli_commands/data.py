@@ -1,0 +1,62 @@
+"""``surgery data NAME OUT_DIR``: write bundled real data (shipped inside installed wheels) as
+image folders, so the README examples, tests and demos run without downloads."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from cli_commands.base import ForceOpt, JsonOpt, app, examples, out, print_json, wrote
+
+data_app = typer.Typer(help="Write bundled real data as image folders.", no_args_is_help=True,
+                       context_settings={"help_option_names": ["-h", "--help"]})
+app.add_typer(data_app, name="data", help="Write bundled real data as image folders (nothing is downloaded).")
+
+
+@data_app.command("digits", epilog=examples("surgery data digits digits"))
+def digits_cmd(
+    out_dir: str = typer.Argument(..., metavar="OUT_DIR", help="Folder to write (train/<digit>/*.png, val/<digit>/*.png)."),
+    per_class: Optional[int] = typer.Option(None, "--per-class", help="Keep only the first N images of each "
+                                                                       "class in each split (a quick small folder)."),
+    force: bool = ForceOpt,
+    json_out: bool = JsonOpt,
+):
+    """scikit-learn's 1,797 handwritten 8x8 digits as PNGs in class sub-folders (deterministic 80/20 split)."""
+    from surgery.datasets import write_digits
+
+    rep = write_digits(out_dir, per_class=per_class, force=force)
+    if json_out:
+        print_json(rep)
+        return
+    out().print(f"digits: {rep.train_images} training and {rep.val_images} held-out "
+                f"{'x'.join(map(str, rep.image_shape))} images in {len(rep.classes)} class folders")
+    wrote(rep.output)
+
+
+@data_app.command("stereo-patches", epilog=examples(
+    "surgery data stereo-patches pairs",
+    "surgery data stereo-patches pairs --train-pairs 20000 --val-pairs 4000 --seed 1 --force",
+))
+def stereo_patches_cmd(
+    out_dir: str = typer.Argument(..., metavar="OUT_DIR", help="Folder to write ({train,val}/{neg,pos}/*.png, pairs.json)."),
+    train_pairs: int = typer.Option(4000, "--train-pairs", help="Training pairs (even; half corresponding)."),
+    val_pairs: int = typer.Option(1000, "--val-pairs", help="Held-out pairs, cut from the test band only."),
+    test_rows: int = typer.Option(160, "--test-rows", help="Bottom image rows held out for the val pairs."),
+    seed: int = typer.Option(0, "--seed", help="Seed of where pairs are cut."),
+    force: bool = ForceOpt,
+    json_out: bool = JsonOpt,
+):
+    """64x64 greyscale patch pairs from the Middlebury motorcycle stereo pair (skimage): corresponding
+    points by ground-truth disparity vs. wrong-disparity and random negatives; a band of rows held out."""
+    from surgery.datasets.stereo_patches import write_stereo_patches
+
+    rep = write_stereo_patches(out_dir, n_train=train_pairs, n_val=val_pairs, seed=seed, test_rows=test_rows,
+                               force=force)
+    if json_out:
+        print_json(rep)
+        return
+    out().print(f"wrote {rep.output}: {rep.train_pairs} training pairs ({rep.train_positives} corresponding) from "
+                f"image rows 0..{rep.test_rows[0] - 1}, {rep.val_pairs} held-out pairs ({rep.val_positives} "
+                f"corresponding) from rows {rep.test_rows[0]}..{rep.test_rows[1] - 1}; "
+                f"{'x'.join(map(str, rep.image_shape))} two-channel PNGs (left, right)")

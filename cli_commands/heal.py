@@ -1,0 +1,269 @@
+"""``surgery heal`` (distil a lossily edited model back towards its original) and ``surgery
+train`` (supervised training with folder labels, e.g. a dense teacher): one loop, one module."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from cli_commands.base import (ForceOpt, JsonOpt, app, err_console, examples, out, print_json, progress, table,
+                               wrote)
+
+
+def _fmt_eval(e) -> str:
+    parts = []
+    if e.get("kl_to_teacher") is not None:
+        parts.append(f"KL {e['kl_to_teacher']:.4f}")
+    if e.get("top1_agreement") is not None:
+        parts.append(f"agreement {100 * e['top1_agreement']:.1f}%")
+    if e.get("mse_to_teacher") is not None:
+        parts.append(f"MSE {e['mse_to_teacher']:.4g}")
+    if e.get("accuracy") is not None:
+        parts.append(f"accuracy {100 * e['accuracy']:.1f}%")
+    return ", ".join(parts) or "-"
+
+
+def _terms(terms) -> str:
+    return " ".join(f"{k} {v:.4g}" for k, v in terms.items())
+
+
+def _run(params: dict, *, resume_dir: str | None, json_out: bool, op: str) -> None:
+    """Check everything, train (under torchrun too), write the output on rank 0, render."""
+    from pathlib import Path
+
+    import torch
+
+    from surgery.core import io as sio
+    from surgery.core.errors import SurgeryError
+    from surgery.heal import HealConfig, heal
+    from surgery.train import checkpoint as ckpt
+    from surgery.train import dist
+    from surgery.train.loop import Hooks, TrainConfig
+    from surgery.train.losses import LossSpec
+
+    rank = dist.env_rank()
+    try:
+        p = params
+        spec = LossSpec.parse(p["loss"], temperature=p["temperature"], kd_weight=p["kd_weight"], beta=p["beta"],
+                              feat_weight=p["feat_weight"], ce_weight=p["ce_weight"])
+        epochs, steps = p["epochs"], p["steps"]
+        if epochs is not None and steps is not None:
+            raise SurgeryError("give --epochs or --steps, not both")
+        if epochs is None and steps is None:
+            epochs = 1
+        tcfg = TrainConfig(batch=p["batch"], epochs=epochs, steps=steps,
+                           lr=p["lr"] if p["lr"] is not None else (0.05 if p["optimizer"] == "sgd" else 1e-3),
+                           optimizer=p["optimizer"], weight_decay=p["weight_decay"], schedule=p["schedule"],
+                           seed=p["seed"], workers=p["workers"] if p["workers"] is not None else _auto_workers(), device=p["device"], bn=p["bn"])
+        tcfg.validate()
+        cfg = HealConfig(data=p["data"], val=p["val"], losses=spec, train=tcfg, match=p["match"], freeze=p["freeze"],
+                         crop_scale=p["crop_scale"], flip=p["flip"])
+        tag = "-healed" if op == "heal" else "-trained"
+        output = Path(p["output"]) if p["output"] else sio.default_output([p["model"]], tag)
+        inputs = [r for r in (p["model"], p["teacher"]) if r]
+        run_dir = Path(resume_dir) if resume_dir else Path(p["run_dir"]) if p["run_dir"] else output.with_suffix(".run")
+        if rank == 0:
+            sio.check_outputs([output], force=p["force"], inputs=inputs)
+            if not resume_dir:
+                ckpt.check_new(run_dir, force=p["force"])
+        student = sio.load(p["model"])
+        teacher = sio.load(p["teacher"]) if p["teacher"] else None
+        bar = progress() if rank == 0 and not json_out else None
+        task = None
+
+        def start(first, total):  # after every input check: a failure prints one line only
+            nonlocal task
+            if bar is not None:
+                bar.start()
+                task = bar.add_task(op, total=total, completed=first)
+
+        def step(i, terms, ips):
+            if bar is not None:
+                bar.update(task, completed=i, description=f"{op}  {_terms(terms)}  {ips:,.0f} img/s")
+
+        def epoch(record):
+            if rank == 0 and not json_out:
+                err_console.print(f"epoch {record['epoch']} (step {record['step']}): {_terms(record['loss'])} | "
+                                  f"held-out: {_fmt_eval(record.get('eval', {}))}", markup=False)
+
+        hooks = Hooks(start=start, step=step, epoch=epoch)
+        try:
+            net, rep = heal(student, teacher, cfg, run_dir=run_dir, run_config={"op": op, **p}, resume=bool(resume_dir),
+                            force=p["force"], hooks=hooks)
+        finally:
+            if bar is not None and task is not None:
+                bar.stop()
+        if rank == 0:
+            path = sio.save(net, output, force=p["force"], inputs=inputs)
+            import dataclasses
+
+            rep = dataclasses.replace(rep, output=str(path))
+    except SurgeryError:
+        if rank != 0:  # rank 0 alone prints
+            raise typer.Exit(2)
+        raise
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if rank != 0:
+        return
+    if json_out:
+        print_json(rep)
+        return
+    rows = [("model", rep.model)]
+    if rep.teacher:
+        rows.append(("teacher", rep.teacher))
+    rows += [
+        ("data", f"{rep.data}: {rep.train_images} training, {rep.val_images} held-out images"
+                 + (f", {rep.skipped_images} unreadable skipped" if rep.skipped_images else "")),
+        ("losses", ", ".join(f"{k} ({', '.join(f'{a}={b:g}' for a, b in v.items())})" for k, v in rep.losses.items())),
+    ]
+    if rep.pairs:
+        rows.append(("matched", ", ".join(f"{p.student.index}:{p.teacher.index} ({p.student.shape[1]}x{p.student.shape[2]})"
+                                         for p in rep.pairs)))
+    if rep.frozen_layers:
+        rows.append(("frozen", f"{len(rep.frozen_layers)} layers, {rep.frozen_params:,} params"))
+    rows += [
+        ("steps", f"{rep.steps} ({rep.epochs} epochs of {rep.steps_per_epoch}, batch {rep.batch}, "
+                  f"{rep.world_size} process{'es' if rep.world_size > 1 else ''})"
+                  + (f", resumed at step {rep.resumed_at}" if rep.resumed_at else "")),
+        ("speed", f"{rep.images_per_s:,.0f} images/s ({rep.seconds:.1f} s)"),
+    ]
+    if rep.teacher_eval.get("accuracy") is not None:
+        rows.append(("teacher held-out", _fmt_eval(rep.teacher_eval)))
+    rows += [("before", _fmt_eval(rep.before)), ("after", _fmt_eval(rep.after)), ("run", str(rep.run_dir))]
+    con = out()
+    con.print(table(f"{op} {rep.model}", ["", "value"], rows))
+    wrote(rep.output)
+
+
+_HEAL_EXAMPLES = examples(
+    "surgery data digits digits",
+    "surgery train zoo:digits_cnn --data digits --epochs 10 --no-flip --crop-scale 0.5 --lr 3e-3 -o teacher.pt",
+    "surgery regroup teacher.pt --root 4 -o root4.pt",
+    "surgery heal root4.pt --teacher teacher.pt --data digits --loss kd --epochs 4 --no-flip --crop-scale 0.5",
+    "torchrun --nproc_per_node=2 $(which surgery) heal root4.pt --teacher teacher.pt --data digits --bn freeze",
+    "surgery heal --resume root4-healed.run",
+)
+
+
+def _auto_workers() -> int:
+    import os
+
+    return max(0, min(4, (os.cpu_count() or 1) - 2))
+
+
+def _opts(**kw):
+    return kw
+
+
+@app.command("heal", epilog=_HEAL_EXAMPLES)
+def heal_cmd(
+    model: Optional[str] = typer.Argument(None, metavar="STUDENT", help="The edited model: FILE.pt, FILE.cfg or zoo:NAME."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="The model to match (e.g. the one before the edit)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Folder of .png/.jpg images, any depth (train/ and val/ "
+                                                             "sub-folders are used as the split)."),
+    val: Optional[str] = typer.Option(None, "--val", help="Held-out folder (default: DATA/val, else 10% of DATA)."),
+    loss: str = typer.Option("kd", "--loss", help="Comma list of kd, at, feat, ce (ce uses sub-folder labels)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default 1)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps instead of --epochs."),
+    batch: int = typer.Option(64, "--batch", help="Global batch (all processes together)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default 1e-3 adamw, 0.05 sgd)."),
+    optimizer: str = typer.Option("adamw", "--optimizer", help="sgd (momentum 0.9) or adamw."),
+    schedule: str = typer.Option("cosine", "--schedule", help="cosine or constant learning rate."),
+    weight_decay: float = typer.Option(0.0, "--weight-decay", help="Weight decay."),
+    freeze: Optional[str] = typer.Option(None, "--freeze", help="Layers kept exactly: indices, ranges, names, globs "
+                                                                 "(e.g. 0-74 or features.*)."),
+    match: Optional[str] = typer.Option(None, "--match", help="at/feat layer pairs STUDENT:TEACHER,... "
+                                                               "(default: stage ends of equal spatial size)."),
+    temperature: float = typer.Option(4.0, "--temperature", help="kd temperature T."),
+    kd_weight: float = typer.Option(1.0, "--kd-weight", help="Weight of the kd term."),
+    beta: float = typer.Option(1000.0, "--beta", help="at weight beta (Zagoruyko & Komodakis: 1e3)."),
+    feat_weight: float = typer.Option(1.0, "--feat-weight", help="Weight of the feat term."),
+    ce_weight: float = typer.Option(1.0, "--ce-weight", help="Weight of the ce term."),
+    bn: str = typer.Option("update", "--bn", help="BatchNorm statistics: update (train mode) or freeze."),
+    crop_scale: float = typer.Option(0.25, "--crop-scale", help="Smallest area fraction of the random resized crop."),
+    flip: bool = typer.Option(True, "--flip/--no-flip", help="Random horizontal flips."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes (default: CPU cores - 2, at most 4)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the data order, augmentation and dropout."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="Output checkpoint (default: STUDENT-healed.pt)."),
+    run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Run directory for epoch checkpoints "
+                                                                   "(default: the output with .run)."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Continue the run in this run directory "
+                                                                 "(its own options are used)."),
+    force: bool = ForceOpt,
+    json_out: bool = JsonOpt,
+):
+    """Train STUDENT until it behaves like TEACHER again (distillation, attention transfer).
+
+    Held-out KL to the teacher, top-1 agreement (and accuracy for labelled folders) after every
+    epoch; a run directory with a checkpoint per epoch (--resume continues it). Runs under
+    torchrun for more processes (DDP; rank 0 writes).
+    """
+    params = _opts(model=model, teacher=teacher, data=data, val=val, loss=loss, epochs=epochs, steps=steps,
+                   batch=batch, lr=lr, optimizer=optimizer, schedule=schedule, weight_decay=weight_decay,
+                   freeze=freeze, match=match, temperature=temperature, kd_weight=kd_weight, beta=beta,
+                   feat_weight=feat_weight, ce_weight=ce_weight, bn=bn, crop_scale=crop_scale, flip=flip,
+                   device=device, workers=workers, seed=seed, output=output, run_dir=run_dir, force=force)
+    _dispatch(params, resume, json_out, "heal")
+
+
+def _dispatch(params: dict, resume: str | None, json_out: bool, op: str) -> None:
+    from surgery.core.errors import SurgeryError
+
+    if resume:
+        from surgery.train import checkpoint as ckpt
+
+        saved = ckpt.read_config(resume)
+        if saved.get("op") != op:
+            raise SurgeryError(f"{resume} is a `surgery {saved.get('op')}` run; resume it with that command")
+        params = {k: saved.get(k, v) for k, v in params.items()}
+        params["run_dir"] = resume
+    if not params["model"]:
+        raise SurgeryError(f"give the model to {op} (or --resume RUN_DIR)")
+    if not params["data"]:
+        raise SurgeryError("give --data DIR, a folder of images (`surgery data digits DIR` writes one)")
+    if op == "heal" and not params["teacher"] and params["loss"] != "ce":
+        raise SurgeryError(f"--loss {params['loss']} compares with a teacher; pass --teacher MODEL "
+                           "(or use `surgery train` for labels alone)")
+    _run(params, resume_dir=resume, json_out=json_out, op=op)
+
+
+@app.command("train", epilog=examples(
+    "surgery data digits digits",
+    "surgery train zoo:digits_cnn --data digits --epochs 10 --no-flip --crop-scale 0.5 --lr 3e-3 -o teacher.pt",
+))
+def train_cmd(
+    model: Optional[str] = typer.Argument(None, metavar="MODEL", help="Model to train: FILE.pt, FILE.cfg or zoo:NAME."),
+    data: Optional[str] = typer.Option(None, "--data", help="Folder with one sub-folder per class (train/ and val/ "
+                                                             "sub-folders are used as the split)."),
+    val: Optional[str] = typer.Option(None, "--val", help="Held-out folder (default: DATA/val, else 10% of DATA)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default 1)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps instead of --epochs."),
+    batch: int = typer.Option(64, "--batch", help="Global batch (all processes together)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default 1e-3 adamw, 0.05 sgd)."),
+    optimizer: str = typer.Option("adamw", "--optimizer", help="sgd (momentum 0.9) or adamw."),
+    schedule: str = typer.Option("cosine", "--schedule", help="cosine or constant learning rate."),
+    weight_decay: float = typer.Option(0.0, "--weight-decay", help="Weight decay."),
+    freeze: Optional[str] = typer.Option(None, "--freeze", help="Layers kept exactly (indices, ranges, names, globs)."),
+    bn: str = typer.Option("update", "--bn", help="BatchNorm statistics: update (train mode) or freeze."),
+    crop_scale: float = typer.Option(0.25, "--crop-scale", help="Smallest area fraction of the random resized crop."),
+    flip: bool = typer.Option(True, "--flip/--no-flip", help="Random horizontal flips (off for digits and text)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes (default: CPU cores - 2, at most 4)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the data order, augmentation and dropout."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="Output checkpoint (default: MODEL-trained.pt)."),
+    run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Run directory (default: the output with .run)."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Continue the run in this run directory."),
+    force: bool = ForceOpt,
+    json_out: bool = JsonOpt,
+):
+    """Train MODEL with the folder's labels (cross entropy): the same loop as heal, no teacher."""
+    params = _opts(model=model, teacher=None, data=data, val=val, loss="ce", epochs=epochs, steps=steps,
+                   batch=batch, lr=lr, optimizer=optimizer, schedule=schedule, weight_decay=weight_decay,
+                   freeze=freeze, match=None, temperature=4.0, kd_weight=1.0, beta=1000.0, feat_weight=1.0,
+                   ce_weight=1.0, bn=bn, crop_scale=crop_scale, flip=flip, device=device, workers=workers,
+                   seed=seed, output=output, run_dir=run_dir, force=force)
+    _dispatch(params, resume, json_out, "train")

@@ -1,0 +1,225 @@
+"""``surgery onion split|run|curve|export``: OnionNet cascades (onionnet-bmvc2016 §3–5)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from cli_commands.base import (ArchOpt, ForceOpt, JsonOpt, TrustOpt, WeightsOpt, app, console, human, load_model,
+                               print_json, progress, table, to_jsonable)
+
+onion_app = typer.Typer(help="OnionNet cascades: split a chain network into early-rejecting stages, run, curve, export.",
+                        no_args_is_help=True)
+app.add_typer(onion_app, name="onion", help="OnionNet cascades: split, run (skipping S2 for rejected samples), "
+                                            "t(p) curves, two-graph ONNX export.")
+
+
+@onion_app.command("split")
+def split_cmd(
+    model: str = typer.Argument(..., help="Monolithic chain network: FILE.pt, FILE.cfg or zoo:NAME[:k=v]."),
+    s1: str = typer.Option(..., "--s1", help="S1's share of every hidden conv layer (a fraction in (0, 1), e.g. 0.333) "
+                                             "or one S1 width per hidden conv layer (e.g. 32,32,32,32,64,64,64)."),
+    s1_classes: Optional[int] = typer.Option(None, "--s1-classes", help="Outputs of S1's own classifier "
+                                                                         "(default: the model's outputs)."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="Output checkpoint (default: MODEL-onion.pt)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the partition search's random starts."),
+    force: bool = ForceOpt,
+    json_out: bool = JsonOpt,
+    arch: str = ArchOpt,
+    weights: str = WeightsOpt,
+    trust_pickle: bool = TrustOpt,
+):
+    """Split a trained chain network into a two-stage OnionNet cascade (S1 filters chosen to drop the least weight energy)."""
+    from surgery.core import io as sio
+    from surgery.onion.split import parse_s1, split
+
+    s1_val = parse_s1(s1)  # bad fractions are refused before loading
+    out_path = output or str(sio.default_output([model], "-onion"))
+    sio.check_outputs([out_path], force=force, inputs=[model])
+    net = load_model(model, arch, weights, trust_pickle)
+    result, rep = split(net, s1_val, s1_classes=s1_classes, seed=seed)
+    path = sio.save(result, out_path, force=force, inputs=[model])
+    if json_out:
+        print_json({**to_jsonable(rep), "output": str(path)})
+        return
+    rows = [(l.layer, l.name, f"{l.kernel[0]}x{l.kernel[1]}", l.n, f"{l.n1}/{l.n2}", f"{l.dropped_weights:,}",
+             f"{100 * l.dropped_fraction:.1f}", f"{100 * l.naive_dropped_fraction:.1f}") for l in rep.layers]
+    console.print(table(f"onion split {rep.model}: S1/S2 filters per conv layer",
+                        ["conv", "layer", "kernel", "n", "S1/S2", "dropped weights", "dropped energy %",
+                         "first-n1 split %"], rows,
+                        right=["conv", "n", "dropped weights", "dropped energy %", "first-n1 split %"]))
+    console.print(f"S1 widths {'/'.join(map(str, rep.n1))} (last = {rep.s1_classes} S1-classes, head {rep.head_init}); "
+                  f"S2 widths {'/'.join(map(str, rep.n2))}")
+    console.print(f"params {rep.params_before:,} -> {rep.params_after:,} ({rep.dropped_weights:,} S2->S1 weights "
+                  f"dropped)")
+    if rep.verify is not None:
+        console.print(f"verified: S2 output = monolithic net with the dropped blocks zero-filled "
+                      f"(max abs {rep.verify['max_abs']:.3g}, max rel {rep.verify['max_rel']:.3g})")
+    m = rep.moved
+    console.print(f"moved from the original: max abs {m['max_abs']:.3g}, max rel {m['max_rel']:.3g}, "
+                  f"top-1 agreement {100 * m['top1_agreement']:.0f}%")
+    for n in rep.notes:
+        console.print(f"note: {n}")
+    console.print(f"wrote {path}")
+
+
+@onion_app.command("run")
+def run_cmd(
+    cascade: str = typer.Argument(..., help="OnionNet cascade: a split checkpoint or zoo:onion_p / onion_d / onion_r."),
+    batch: int = typer.Option(16, "--batch", help="Probe inputs (random, from --seed) to run."),
+    pass_threshold: Optional[str] = typer.Option(None, "--pass-threshold",
+                                                 help="Score a sample needs on any S1-class to pass: one value or one "
+                                                      "per S1-class (inf = never). Default: the checkpoint's."),
+    pass_fraction: Optional[float] = typer.Option(None, "--pass-fraction",
+                                                  help="Force exactly this fraction of random samples to pass instead."),
+    compaction: str = typer.Option("inplace", "--compaction", help="inplace (the paper's two-pass) or gather."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the probe inputs (and of a forced mask)."),
+    calibrated: bool = typer.Option(False, "--calibrated", help="Use the thresholds `surgery onion calibrate` stored; "
+                                                                "refuse a cascade that has none."),
+    json_out: bool = JsonOpt,
+):
+    """Run a cascade: S1 on the batch, survivors compacted, S2 on them only, results scattered back."""
+    import torch
+
+    from analyzers import cost
+    from surgery.core.errors import SurgeryError
+    from surgery.onion.runtime import ForcedPass, forced_mask, parse_thresholds, run, run_uncompacted
+    from zoo.onion import OnionCascade
+
+    if batch < 1:
+        raise SurgeryError(f"--batch {batch} must be at least 1")
+    if pass_threshold is not None and pass_fraction is not None:
+        raise SurgeryError("give --pass-threshold or --pass-fraction, not both")
+    net = load_model(cascade)
+    if not isinstance(net.module, OnionCascade):
+        raise SurgeryError(f"{cascade} is not an OnionNet cascade; make one with `surgery onion split`")
+    if calibrated:
+        from surgery.onion.calibrate import require_thresholds
+
+        if pass_threshold is not None or pass_fraction is not None:
+            raise SurgeryError("--calibrated uses the stored thresholds; drop --pass-threshold/--pass-fraction")
+        require_thresholds(net)
+    c = net.module
+    x = net.example_input(batch, seed=seed)
+    thr = parse_thresholds(pass_threshold, c.s1_classes)
+    mask = forced_mask(batch, pass_fraction, seed=seed) if pass_fraction is not None else None
+    res = run(c, x, thresholds=thr, mask=mask, compaction=compaction)
+    ref = run_uncompacted(c, x, res.passed)
+    p = res.passed
+    diff = (res.output[p] - ref[p]).abs().max().item() if res.n_passed else 0.0
+    full = cost.analyze(ForcedPass(c, batch), net.input_shape, batch=batch).totals.macs
+    done = cost.analyze(ForcedPass(c, res.n_passed), net.input_shape, batch=batch).totals.macs
+    used = thr if thr is not None else c.thresholds
+    rep = {
+        "model": cascade, "batch": batch, "input_shape": list(net.input_shape),
+        "thresholds": [float(v) for v in used], "forced_pass_fraction": pass_fraction, "compaction": compaction,
+        "passed": res.n_passed, "rejected": batch - res.n_passed, "moved": res.moved,
+        "macs": done, "macs_all_pass": full, "timing_ms": res.timing_ms,
+        "verify": {"max_abs": diff},
+        "samples": [{"index": i, "passed": bool(p[i]), "s1_scores": [float(v) for v in res.scores[i]],
+                     "output": None if not p[i] else [float(v) for v in res.output[i]]} for i in range(batch)],
+    }
+    if json_out:
+        print_json(rep)
+        return
+    shown = min(batch, 8)
+    rows = [(i, "pass" if p[i] else "rejected", " ".join(f"{float(v):.3f}" for v in res.scores[i][:4]),
+             " ".join(f"{float(v):.4g}" for v in res.output[i][:3]) if p[i] else "-") for i in range(shown)]
+    console.print(table(f"onion run {cascade}: {batch} probe inputs" + (f" (first {shown})" if shown < batch else ""),
+                        ["sample", "S1", "S1 scores", "S2 output"], rows, right=["sample"]))
+    console.print(f"{res.n_passed}/{batch} passed S1 ({res.moved} moved by {compaction} compaction); "
+                  f"S2 ran on {res.n_passed} samples: {human(done)} MACs of {human(full)} with every sample "
+                  f"passing ({100 * done / full:.0f}%)")
+    t = res.timing_ms
+    console.print(f"time: S1 {t['s1_ms']:.2f} ms, compaction {t['compact_ms']:.2f} ms, S2 {t['s2_ms']:.2f} ms, "
+                  f"scatter {t['scatter_ms']:.2f} ms; survivors equal S2 on the whole batch (max abs diff {diff:.3g})")
+
+
+@onion_app.command("curve")
+def curve_cmd(
+    cascade: str = typer.Argument(..., help="OnionNet cascade: a split checkpoint or zoo:onion_p / onion_d / onion_r."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="Monolithic baseline N_M (default: the cascade's "
+                                                                     "widths n1+n2 as one chain)."),
+    batch: int = typer.Option(120, "--batch", help="Batch size (the paper's Figure 3 uses 120)."),
+    points: int = typer.Option(11, "--points", help="Pass fractions 0..1 evenly spaced."),
+    runtimes: str = typer.Option("torch,onnxruntime", "--runtimes", help="Comma list of torch, onnxruntime."),
+    min_time: float = typer.Option(0.2, "--min-time", help="Seconds of timed runs per point (at least 3 runs)."),
+    plot: Optional[str] = typer.Option(None, "--plot", help="Write a Figure-3-style PNG here."),
+    force: bool = ForceOpt,
+    json_out: bool = JsonOpt,
+):
+    """t(p), t_NS(p) and t_M: complexity (exact MACs/bytes) and measured CPU time with a forced pass fraction."""
+    from analyzers import latency as lat
+    from surgery.core import io as sio
+    from surgery.onion import curve as cv
+
+    rts = tuple(r.strip() for r in runtimes.split(",") if r.strip())
+    if plot:
+        sio.check_outputs([plot], force=force, inputs=[cascade])
+    net = load_model(cascade)
+    cv.require_cascade(net)
+    base = load_model(baseline) if baseline else None
+    timing = lat.TimingConfig(warmup=1, warmup_s=0.0, min_runs=3, min_time_s=max(0.0, min_time), max_time_s=10.0)
+    with progress() as bar:
+        task = bar.add_task("timing t(p), t_NS(p), t_M", total=None)
+        rep = cv.curve(net, baseline=base, batch=batch, points=points, runtimes=rts, timing=timing,
+                       progress=lambda d, t: bar.update(task, completed=d, total=t))
+    path = cv.plot(rep, plot, force=force, inputs=[cascade]) if plot else None
+    if json_out:
+        print_json({**to_jsonable(rep), "plot": str(path) if path else None})
+        return
+    cols = ["p %", "passed", "t GMACs", "t_NS GMACs"]
+    for rt in rep.runtimes:
+        cols += [f"t {rt} ms", f"t_NS {rt} ms"]
+    rows = []
+    for q in rep.points:
+        r = [f"{100 * q.p:.0f}", q.n_pass, f"{q.t.macs / 1e9:.3f}", f"{q.t_ns.macs / 1e9:.3f}"]
+        for rt in rep.runtimes:
+            r += [f"{q.t.ms[rt]:.1f}", f"{q.t_ns.ms[rt]:.1f}"]
+        rows.append(r)
+    console.print(table(f"onion curve {rep.model} (batch {rep.batch}, CPU {rep.threads} thread(s))", cols, rows,
+                        right=cols))
+    ms = ", ".join(f"{rt} {rep.t_m.ms[rt]:.1f} ms" for rt in rep.runtimes)
+    console.print(f"t_M ({rep.baseline}): {rep.t_m.macs / 1e9:.3f} GMACs; {ms}")
+    ck = rep.checks
+    even = ck["complexity_break_even_p"]
+    even_text = "-" if even is None else f"{100 * even:.0f}%"
+    console.print(f"complexity: t < t_NS for every p > 0: {ck['complexity_t_below_t_ns']}; t_NS > t_M at p = 100%: "
+                  f"{ck['complexity_t_ns_above_t_m_at_p1']}; t_NS <= t_M up to p = {even_text}")
+    for rt in rep.runtimes:
+        console.print(f"measured {rt}: t < t_NS for every p > 0: {ck[f'{rt}_t_below_t_ns']}; "
+                      f"t_NS > t_M at p = 100%: {ck[f'{rt}_t_ns_above_t_m_at_p1']}")
+    for n in rep.notes:
+        console.print(f"note: {n}")
+    if path:
+        console.print(f"wrote {path}")
+
+
+@onion_app.command("export")
+def export_cmd(
+    cascade: str = typer.Argument(..., help="OnionNet cascade: a split checkpoint or zoo:onion_p / onion_d / onion_r."),
+    s1_out: Optional[str] = typer.Option(None, "--s1-output", help="S1 graph (default: MODEL-s1.onnx)."),
+    s2_out: Optional[str] = typer.Option(None, "--s2-output", help="S2 graph (default: MODEL-s2.onnx)."),
+    force: bool = ForceOpt,
+    json_out: bool = JsonOpt,
+):
+    """Export S1 (input -> scores + shared maps) and S2 (shared maps -> output) as two ONNX graphs with a dynamic batch."""
+    from surgery.onion.export import default_outputs, export
+
+    d1, d2 = default_outputs(cascade)
+    outs = (s1_out or str(d1), s2_out or str(d2))
+    from surgery.core import io as sio
+
+    sio.check_outputs(outs, force=force, inputs=[cascade])
+    rep = export(load_model(cascade), outs, force=force)
+    if json_out:
+        print_json(to_jsonable(rep))
+        return
+    console.print(f"S1 graph: input -> s1_logits + {len(rep.shared_names)} shared tensor(s) "
+                  f"({', '.join('x'.join(map(str, s)) for s in rep.shared_shapes)}); S2 graph: shared -> output; "
+                  f"batch dynamic, opset {rep.opset}")
+    console.print(f"verified in ONNX Runtime (CPU) with compaction at batch {' and '.join(map(str, rep.batches))}: "
+                  f"max abs {rep.verify['max_abs']:.3g}, max rel {rep.verify['max_rel']:.3g}")
+    console.print(f"wrote {rep.output[0]} ({human(rep.size_bytes[0], 'B')}) and {rep.output[1]} "
+                  f"({human(rep.size_bytes[1], 'B')})")

@@ -1,0 +1,269 @@
+"""``py:package.module:factory[:k=v,...]`` — a user's own network class as a model reference.
+
+The factory is a class or a function returning an ``nn.Module``; the module is imported from
+the current directory or ``PYTHONPATH`` (the console script's own directory is what Python
+puts first on ``sys.path``, so the current directory is added here, as ``python -m`` does).
+Arguments are written as in zoo references and read as Python literals where they are one
+(``width=16`` -> 16, ``mode=fast`` -> "fast", ``bias=true`` -> True).
+
+Running the user's own code is explicit when the user names it on the command line. A
+checkpoint's arch spec names code too, but the *file* names it: rebuilding from a checkpoint
+(:func:`build` with ``from_file=True``) therefore never imports the standard library and calls
+only ``nn.Module`` classes, or functions of the user's own code (a module outside the
+interpreter's library folders) — never a function of an installed package such as
+``torch.hub.load``.
+
+Weights (``--weights FILE``) are a state_dict ``.pt`` (read with ``weights_only=True``) or a
+``.safetensors`` file (when the ``safetensors`` package is installed), loaded strictly.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import importlib
+import importlib.util
+import os
+import re
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from torch import nn
+
+from surgery.core.errors import SurgeryError
+
+PREFIX = "py:"
+_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def is_ref(ref: str) -> bool:
+    return str(ref).startswith(PREFIX)
+
+
+def _value(text: str) -> Any:
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    try:
+        v = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return text
+    return v if isinstance(v, (int, float, bool, tuple, list)) else text
+
+
+def parse(ref: str) -> tuple[str, str, dict[str, Any]]:
+    """``py:pkg.mod:factory[:k=v,...]`` -> ("pkg.mod", "factory", {k: value})."""
+    from surgery.core.io import parse_zoo_ref  # one argument syntax for zoo: and py:
+
+    body = str(ref)[len(PREFIX):]
+    module, sep, rest = body.partition(":")
+    if not sep or not rest:
+        raise SurgeryError(f"bad model reference {ref!r}; write py:package.module:factory[:key=value,...], "
+                           f"e.g. py:examples.mynet:MyNet:width=16")
+    factory, _, args = rest.partition(":")
+    if not _DOTTED.match(module) or not _DOTTED.match(factory):
+        raise SurgeryError(f"bad model reference {ref!r}: {module!r} and {factory!r} must be dotted Python names; "
+                           f"write py:package.module:factory[:key=value,...]")
+    _, raw = parse_zoo_ref("zoo:x:" + args) if args else ("x", {})
+    return module, factory, {k: _value(v) for k, v in raw.items()}
+
+
+def describe(module: str, factory: str, kwargs: Mapping[str, Any]) -> str:
+    args = ",".join(f"{k}={_show(v)}" for k, v in kwargs.items())
+    return f"{PREFIX}{module}:{factory}" + (f":{args}" if args else "")
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return ",".join(str(x) for x in v)
+    return str(v)
+
+
+@contextlib.contextmanager
+def cwd_on_path():
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        yield
+    finally:
+        if added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(cwd)
+
+
+def _library_dirs() -> list[Path]:
+    paths = sysconfig.get_paths()
+    dirs = {paths.get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")} | {sys.prefix, sys.base_prefix}
+    return [Path(d).resolve() for d in dirs if d]
+
+
+def _is_library(file: str | None) -> bool:
+    if not file:
+        return True  # built into the interpreter
+    f = Path(file).resolve()
+    cwd = Path.cwd().resolve()
+    if f.is_relative_to(cwd):
+        return False
+    return any(f.is_relative_to(d) for d in _library_dirs())
+
+
+def _refuse_stdlib(module: str, ref: str) -> None:
+    top = module.split(".", 1)[0]
+    if top in sys.stdlib_module_names or top in sys.builtin_module_names:
+        raise SurgeryError(f"{ref} names the standard library module {top!r}, not a network; "
+                           f"surgery only builds networks from a checkpoint's own classes")
+
+
+def resolve(module: str, factory: str, *, from_file: bool = False) -> Callable[..., Any]:
+    """Import ``module`` and return its attribute ``factory`` (dotted: ``Outer.make``)."""
+    ref = f"{PREFIX}{module}:{factory}"
+    if from_file:
+        _refuse_stdlib(module, ref)
+    with cwd_on_path():
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            missing = e.name or module
+            raise SurgeryError(f"{ref}: cannot import {module!r} (no module named {missing!r}); run from the folder "
+                               f"that holds it or add that folder to PYTHONPATH") from None
+        except Exception as e:  # the user's module itself fails on import
+            raise SurgeryError(f"{ref}: importing {module!r} failed ({type(e).__name__}: {_first_line(e)})") from None
+    obj: Any = mod
+    for part in factory.split("."):
+        if not hasattr(obj, part):
+            from surgery.core.errors import suggest
+
+            names = [n for n in dir(obj) if not n.startswith("_")]
+            raise SurgeryError(f"{ref}: module {module!r} has no attribute {factory!r}{suggest(part, names)}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise SurgeryError(f"{ref}: {factory!r} is a {type(obj).__name__}, not a class or function that builds a network")
+    if from_file and not (isinstance(obj, type) and issubclass(obj, nn.Module)):
+        if _is_library(getattr(sys.modules.get(getattr(obj, "__module__", "") or ""), "__file__", None)):
+            raise SurgeryError(f"{ref}: a checkpoint may name an nn.Module class or a function of your own code, "
+                               f"not {factory!r} of an installed package; rebuild it with --arch py:... yourself")
+    return obj
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [l.strip() for l in str(e).strip().splitlines() if l.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def build(module: str, factory: str, kwargs: Mapping[str, Any] | None = None, *, from_file: bool = False) -> nn.Module:
+    """Call the factory with ``kwargs``; one-line errors when it raises or returns no module."""
+    fn = resolve(module, factory, from_file=from_file)
+    ref = describe(module, factory, kwargs or {})
+    try:
+        with cwd_on_path():
+            obj = fn(**dict(kwargs or {}))
+    except SurgeryError:
+        raise
+    except TypeError as e:
+        raise SurgeryError(f"{ref}: {factory} does not take these arguments ({_first_line(e)})") from None
+    except Exception as e:  # the user's code: any exception is theirs to see, in one line
+        raise SurgeryError(f"{ref}: {factory}(...) raised {type(e).__name__}: {_first_line(e)}") from None
+    if not isinstance(obj, nn.Module):
+        raise SurgeryError(f"{ref}: {factory}(...) returned a {type(obj).__name__}, not an nn.Module")
+    return obj
+
+
+def read_state(path: str | Path) -> dict:
+    """A state_dict from ``.pt``/``.pth`` (weights only, no pickled code) or ``.safetensors``."""
+    import torch
+
+    from surgery.core.io import _existing, _find_state_dict
+
+    p = _existing(path, "weights file")
+    if p.suffix.lower() == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise SurgeryError(f"{p}: reading .safetensors needs the 'safetensors' package; pip install safetensors "
+                               f"(or save the state_dict with torch.save)") from None
+        try:
+            return dict(load_file(str(p), device="cpu"))
+        except Exception as e:
+            raise SurgeryError(f"{p}: not a readable safetensors file ({type(e).__name__}: {_first_line(e)})") from None
+    try:
+        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise SurgeryError(f"{p}: not a state_dict torch can read without running code ({type(e).__name__}: "
+                           f"{_first_line(e)}); save it with torch.save(model.state_dict(), ...)") from None
+    if isinstance(obj, Mapping) and obj.get("format") == "surgery-checkpoint":
+        obj = obj.get("state_dict")
+    state = _find_state_dict(obj)
+    if state is None:
+        raise SurgeryError(f"{p}: holds no state_dict (found {type(obj).__name__}); save model.state_dict()")
+    return state
+
+
+def input_shape_of(module: nn.Module, ref: str, given=None) -> tuple[int, ...]:
+    shape = given or getattr(module, "input_shape", None)
+    if not shape:
+        raise SurgeryError(f"{ref}: the model records no input shape (no input_shape attribute); pass --input CxHxW")
+    try:
+        return tuple(int(s) for s in shape)
+    except (TypeError, ValueError):
+        raise SurgeryError(f"{ref}: its input_shape {shape!r} is not a list of integers; pass --input CxHxW") from None
+
+
+def load(ref: str, *, weights: str | None = None, input_shape=None):
+    """A ``py:`` reference -> an editable :class:`Net` (arch kind ``"py"``)."""
+    from surgery.core import io as sio
+    from surgery.core import safety
+    from surgery.core.net import ArchSpec, Net
+
+    module_name, factory, kwargs = parse(ref)
+    arch = ArchSpec("py", f"{module_name}:{factory}", kwargs)
+    sio._check_build(arch.build_own, ref)
+    with sio.seeded(sio.DEFAULT_SEED):
+        module = arch.build_own()
+    shape = safety.check_shape(input_shape_of(module, ref, input_shape), f"{ref}: input shape")
+    meta: dict[str, Any] = {"seed": sio.DEFAULT_SEED, "weights": None}
+    if weights:
+        state = read_state(weights)
+        sio._load_state_strict(module, state, weights)
+        meta = {"weights": str(weights), "sources": {str(weights): sio.sha256(Path(weights))}}
+    module.eval()
+    return Net(module, arch, shape, source=ref, format="py", metadata=meta)
+
+
+def arch_of_pickled(obj: nn.Module, path, arch: str | None):
+    """(arch spec, None) for a trusted pickled module, or (None, why) when it cannot be rebuilt.
+
+    The spec is ``--arch py:...`` when given, else its class called without arguments — which
+    must rebuild the same tensors. A class that cannot be imported again (defined in a script's
+    ``__main__`` or a function) leaves the module analysable but not editable."""
+    from surgery.core.net import ArchSpec
+
+    if arch and is_ref(arch):
+        module_name, factory, kwargs = parse(arch)
+        spec = ArchSpec("py", f"{module_name}:{factory}", kwargs)
+    else:
+        cls = type(obj)
+        module_name, qual = cls.__module__, cls.__qualname__
+        if module_name == "__main__" or "<locals>" in qual:
+            return None, (f"its class {qual} was defined in a script ({module_name}), so surgery cannot rebuild it; "
+                          f"move the class into a module and pass --arch py:MODULE:{cls.__name__}")
+        spec = ArchSpec("py", f"{module_name}:{qual}", {})
+    try:
+        import torch
+
+        with torch.device("meta"):
+            rebuilt = spec.build_own()
+    except SurgeryError as e:
+        return None, f"cannot rebuild its architecture ({e}); pass --arch py:MODULE:FACTORY[:k=v]"
+    want = {k: tuple(v.shape) for k, v in obj.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
+    if want != got:
+        diff = sorted(set(want) ^ set(got)) or [k for k in want if want[k] != got.get(k)]
+        return None, (f"{spec.describe()} builds other tensors than the pickled module (e.g. {diff[0]}); "
+                      f"pass --arch py:MODULE:FACTORY[:k=v] with the arguments it was built with")
+    return spec, None

@@ -1,0 +1,59 @@
+"""Structural replay of recipes.
+
+A checkpoint stores the arch spec and the list of surgeries applied. Loading rebuilds the
+arch, replays each step *structurally* (module shapes only; values are irrelevant because
+the state_dict is loaded strictly afterwards), so no pickle is ever needed.
+
+Each surgery module registers its replay with ``@replayable("op")``.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Callable, Mapping
+
+from torch import nn
+
+from surgery.core.errors import SurgeryError, suggest
+
+ReplayFn = Callable[[nn.Module, Mapping], nn.Module]
+_REPLAY: dict[str, ReplayFn] = {}
+# Modules whose import registers replays. Listed on purpose so loading a checkpoint never
+# depends on what happened to be imported before.
+_SURGERY_MODULES = ("surgery.share", "surgery.fold", "surgery.retarget", "surgery.regroup", "surgery.onion.split", "surgery.onion.train", "surgery.onion.calibrate", "surgery.heal")
+
+
+def replayable(op: str):
+    """Register ``fn(module, args) -> module`` as the structural replay of recipe op ``op``.
+    An op registered twice by different functions is refused (RuntimeError), as zoo entries
+    are: two replays for one op would make checkpoints load differently by import order."""
+
+    def deco(fn: ReplayFn) -> ReplayFn:
+        old = _REPLAY.get(op)
+        if old is not None and (old.__module__, old.__qualname__) != (fn.__module__, fn.__qualname__):
+            raise RuntimeError(f"recipe op {op!r} registered twice: {old.__module__}.{old.__qualname__} and "
+                               f"{fn.__module__}.{fn.__qualname__}")
+        _REPLAY[op] = fn
+        return fn
+
+    return deco
+
+
+def _load() -> None:
+    for name in _SURGERY_MODULES:
+        import_module(name)
+
+
+def rebuild(arch, recipe) -> nn.Module:
+    """Build ``arch`` and replay every step of ``recipe`` structurally."""
+    _load()
+    module = arch.build()
+    for step in recipe:
+        fn = _REPLAY.get(step.op)
+        if fn is None:
+            raise SurgeryError(
+                f"checkpoint recipe uses surgery {step.op!r}, which this version of surgery does not know"
+                f"{suggest(step.op, _REPLAY)}; upgrade surgery"
+            )
+        module = fn(module, step.args)
+    return module

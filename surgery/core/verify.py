@@ -1,0 +1,123 @@
+"""Equivalence harness: run two modules on the same probe inputs and measure how far apart
+their outputs are.
+
+``max_rel`` is the max absolute difference divided by the largest magnitude of the
+reference output (per output tensor, then the worst over outputs): an elementwise ratio
+explodes on outputs that are near zero and says nothing about the network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from surgery.core import safety
+from surgery.core.errors import SurgeryError
+from surgery.core.graph import output_tensors
+
+
+@dataclass(frozen=True)
+class OutputDiff:
+    index: int
+    shape: tuple[int, ...]  # without batch
+    max_abs: float
+    max_rel: float
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    probes: int
+    batch: int
+    dtype: str
+    max_abs: float
+    max_rel: float
+    outputs: tuple[OutputDiff, ...]
+
+    def ok(self, rtol: float) -> bool:
+        return self.max_rel <= safety.check_finite_nonneg(rtol, "rtol")
+
+
+def probe_inputs(input_shape, *, probes: int = 2, batch: int = 2, seed: int = 0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn((batch, *input_shape), generator=g, dtype=torch.float64).to(dtype) for _ in range(probes)]
+
+
+@torch.no_grad()
+def run_outputs(module: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    return output_tensors(module(x))
+
+
+@torch.no_grad()
+def compare(
+    reference: nn.Module,
+    candidate: nn.Module,
+    input_shape,
+    *,
+    probes: int = 2,
+    batch: int = 2,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    select=None,
+) -> VerifyReport:
+    """Compare outputs of ``candidate`` with ``reference`` (both in eval mode, in ``dtype``).
+
+    ``select(outputs_of_candidate) -> list`` picks which candidate outputs correspond to the
+    reference's (e.g. one head of a combined model).
+    """
+    # probes are real forwards: refuse one that cannot fit, with the estimate (two models alive)
+    safety.check_forward_memory(reference, tuple(input_shape), batch=batch, dtype=dtype,
+                                what="verifying on probe inputs", copies=2)
+    ref = _prepared(reference, dtype)
+    cand = _prepared(candidate, dtype)
+    worst: dict[int, list[float]] = {}
+    shapes: dict[int, tuple] = {}
+    for x in probe_inputs(input_shape, probes=probes, batch=batch, seed=seed, dtype=dtype):
+        a = run_outputs(ref, x)
+        b = run_outputs(cand, x)
+        if select is not None:
+            b = select(b)
+        if len(a) != len(b):
+            raise SurgeryError(f"verification: the reference gives {len(a)} outputs, the result {len(b)}")
+        _check_finite(a, reference, "the input model")
+        _check_finite(b, candidate, "the result")
+        for i, (oa, ob) in enumerate(zip(a, b)):
+            if oa.shape != ob.shape:
+                raise SurgeryError(f"verification: output {i} has shape {list(ob.shape)}, expected {list(oa.shape)}")
+            diff = (oa - ob).abs().max().item() if oa.numel() else 0.0
+            scale = oa.abs().max().item() if oa.numel() else 0.0
+            rel = diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
+            w = worst.setdefault(i, [0.0, 0.0])
+            w[0], w[1] = max(w[0], diff), max(w[1], rel)
+            shapes[i] = tuple(oa.shape[1:])
+    outs = tuple(OutputDiff(i, shapes[i], w[0], w[1]) for i, w in sorted(worst.items()))
+    return VerifyReport(
+        probes=probes,
+        batch=batch,
+        dtype=str(dtype).replace("torch.", ""),
+        max_abs=max((o.max_abs for o in outs), default=0.0),
+        max_rel=max((o.max_rel for o in outs), default=0.0),
+        outputs=outs,
+    )
+
+
+def _check_finite(outputs: list[torch.Tensor], module: nn.Module, which: str) -> None:
+    """NaN/Inf outputs make every difference meaningless (NaN compares false: a max abs of 0
+    would be reported); say so, and which weights are to blame."""
+    for i, o in enumerate(outputs):
+        if o.is_floating_point() and not bool(torch.isfinite(o).all()):
+            kinds = "/".join(k for k, bad in (("NaN", torch.isnan(o).any()), ("Inf", torch.isinf(o).any())) if bad)
+            names = safety.nonfinite(module)
+            where = (f"NaN/Inf in {len(names)} weight tensor(s): {', '.join(names[:3])}"
+                     + (", ..." if len(names) > 3 else "") if names else "no weight is NaN/Inf: the values overflow")
+            raise SurgeryError(f"verification: output {i} of {which} holds {kinds} on the probe inputs ({where}); "
+                               f"the outputs cannot be compared")
+
+
+def _prepared(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    import copy
+
+    m = copy.deepcopy(module) if dtype != torch.float32 else module
+    m.eval()
+    return m.to(dtype)

@@ -1,0 +1,242 @@
+"""Patch pairs for learning to compare patches, cut from a real rectified stereo pair.
+
+OnionNet's patch-matching experiment (onionnet-bmvc2016 §4.1, Table 2) trains on the Brown
+et al. multi-view stereo patches, which no installed package ships. scikit-image ships a
+Middlebury 2014 pair with ground-truth disparity (``skimage.data.stereo_motorcycle``,
+500 x 741, disparities 7..60 px, ``inf`` where unknown), so the pairs are cut from it.
+
+**Correspondence.** For a left-image pixel ``(y, x)`` with finite disparity ``d`` the
+corresponding right-image pixel is ``(y, x - d)`` (rows are rectified; Middlebury's ``disp0``
+is the left view's disparity). skimage's docstring states the opposite sign; the images
+say otherwise: 7x7 windows differ by 0.036 mean absolute grey level at ``x - d`` and by
+0.19 at ``x + d`` (checked in tests/test_stereo_patches.py).
+
+**A pair** is a 64 x 64 greyscale window of the left image centred at ``(y, x)`` (rows
+``y-32 .. y+31``) and one of the right image:
+
+- *positive* (label 1, ``pos``): centred at ``(y, round(x - d))``;
+- *negative* (label 0, ``neg``), half of them ``shift``: the same row, the right window
+  displaced from the true match by 16..64 px (a wrong disparity); the other half
+  ``random``: anywhere in the same region of the right image, at least 16 px (row or
+  column) away from the true match.
+
+Half the pairs are positive (MVSD is balanced). Greyscale is Pillow's ``L`` (ITU-R 601-2).
+
+**Held-out region.** The bottom ``test_rows`` rows (default 160: rows 340..499) are the
+test region; every pixel of every ``val`` pair (both windows) lies in it and no pixel of any
+``train`` pair does (rectified pairs share rows, so a band of rows separates both images).
+
+**Written as** an image folder the training loop reads (ImageFolder labels: ``neg`` = 0,
+``pos`` = 1), one two-channel PNG per pair (Pillow mode ``LA``: left window = channel 0,
+right window = channel 1)::
+
+    OUT/train/{neg,pos}/<n>.png
+    OUT/val/{neg,pos}/<n>.png
+    OUT/pairs.json      how every pair was cut (centres, kind), the region and the seed
+
+Everything is a function of the seed: the same arguments write the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from surgery.core.errors import SurgeryError
+
+PATCH = 64
+HALF = PATCH // 2
+TEST_ROWS = 160
+MIN_OFFSET, MAX_OFFSET = 16, 64  # px between a negative's right window and the true match
+DEFAULT_TRAIN, DEFAULT_VAL = 4000, 1000
+MANIFEST = "pairs.json"
+SOURCE = "skimage.data.stereo_motorcycle"
+
+
+@dataclass(frozen=True)
+class StereoScene:
+    left: np.ndarray  # (H, W) uint8
+    right: np.ndarray  # (H, W) uint8
+    disparity: np.ndarray  # (H, W) float32, inf where unknown
+
+
+def scene() -> StereoScene:
+    """The Middlebury motorcycle pair as greyscale uint8 and its disparity map."""
+    from PIL import Image
+    from skimage import data
+
+    left, right, disp = data.stereo_motorcycle()
+    gray = [np.asarray(Image.fromarray(a).convert("L"), dtype=np.uint8) for a in (left, right)]
+    return StereoScene(gray[0], gray[1], np.asarray(disp, dtype=np.float32))
+
+
+@dataclass(frozen=True)
+class PairSet:
+    """Pairs as arrays. ``coords[i] = (y, x_left, y_right, x_right)`` are window centres."""
+
+    pairs: np.ndarray  # (N, 2, 64, 64) uint8: left window, right window
+    labels: np.ndarray  # (N,) int64: 1 = corresponding, 0 = not
+    coords: np.ndarray  # (N, 4) int64
+    kinds: tuple[str, ...]  # "pos", "shift" or "random" per pair
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class StereoPatches:
+    train: PairSet
+    val: PairSet
+    test_rows: tuple[int, int]  # [start, stop) image rows of the held-out region
+    seed: int
+
+
+def window(img: np.ndarray, y: int, x: int) -> np.ndarray:
+    """The 64 x 64 window centred at (y, x): rows y-32..y+31, columns x-32..x+31."""
+    return img[y - HALF:y + HALF, x - HALF:x + HALF]
+
+
+def _check_counts(n_train: int, n_val: int, test_rows: int, height: int) -> None:
+    for name, n in (("train pairs", n_train), ("val pairs", n_val)):
+        if n < 2 or n % 2:
+            raise SurgeryError(f"{name} = {n}: give an even number of at least 2 (half positive, half negative)")
+    if not 2 * PATCH <= test_rows <= height - 2 * PATCH:
+        raise SurgeryError(f"test rows = {test_rows}: the held-out band needs {2 * PATCH}..{height - 2 * PATCH} rows "
+                           f"so that both regions fit {PATCH}x{PATCH} windows")
+
+
+def _cut(sc: StereoScene, rng: np.random.Generator, n: int, rows: tuple[int, int]) -> PairSet:
+    """``n`` pairs (n/2 positive) whose windows lie inside image rows [rows[0], rows[1])."""
+    h, w = sc.disparity.shape
+    y_lo, y_hi = rows[0] + HALF, rows[1] - HALF  # centres: y-32 >= start, y+31 < stop
+    disp = sc.disparity
+    # candidate left centres with a right match whose window fits the image
+    ys, xs = np.mgrid[y_lo:y_hi + 1, HALF:w - HALF + 1]
+    d = disp[ys, xs]
+    ok = np.isfinite(d)
+    xr = np.where(ok, np.rint(xs - np.where(ok, d, 0)), -1).astype(np.int64)
+    ok &= (xr >= HALF) & (xr <= w - HALF)
+    cy, cx, cxr = ys[ok], xs[ok], xr[ok]
+    if len(cy) == 0:
+        raise SurgeryError(f"image rows {rows[0]}..{rows[1] - 1} hold no pixel with a known disparity")
+    n_pos = n // 2
+    n_shift = (n - n_pos) // 2
+    n_rand = n - n_pos - n_shift
+    coords, kinds = [], []
+    pick = rng.integers(0, len(cy), size=n_pos)
+    for i in pick:
+        coords.append((cy[i], cx[i], cy[i], cxr[i]))
+        kinds.append("pos")
+    while len(coords) < n_pos + n_shift:
+        i = int(rng.integers(0, len(cy)))
+        off = int(rng.integers(MIN_OFFSET, MAX_OFFSET + 1)) * (1 if rng.random() < 0.5 else -1)
+        x2 = cxr[i] + off
+        if HALF <= x2 <= w - HALF:
+            coords.append((cy[i], cx[i], cy[i], x2))
+            kinds.append("shift")
+    while len(coords) < n:
+        i = int(rng.integers(0, len(cy)))
+        y2 = int(rng.integers(y_lo, y_hi + 1))
+        x2 = int(rng.integers(HALF, w - HALF + 1))
+        if abs(y2 - cy[i]) >= MIN_OFFSET or abs(x2 - cxr[i]) >= MIN_OFFSET:
+            coords.append((cy[i], cx[i], y2, x2))
+            kinds.append("random")
+    c = np.asarray(coords, dtype=np.int64)
+    order = rng.permutation(n)  # interleave positives and negatives
+    c, kinds = c[order], tuple(kinds[j] for j in order)
+    pairs = np.stack([np.stack([window(sc.left, a, b), window(sc.right, e, f)]) for a, b, e, f in c])
+    labels = np.asarray([1 if k == "pos" else 0 for k in kinds], dtype=np.int64)
+    return PairSet(pairs, labels, c, kinds)
+
+
+def make_pairs(n_train: int = DEFAULT_TRAIN, n_val: int = DEFAULT_VAL, *, seed: int = 0,
+               test_rows: int = TEST_ROWS) -> StereoPatches:
+    """Cut the training pairs from the rows above the held-out band and the val pairs from it."""
+    sc = scene()
+    h = sc.disparity.shape[0]
+    _check_counts(n_train, n_val, test_rows, h)
+    rng = np.random.default_rng(seed)
+    start = h - test_rows
+    train = _cut(sc, rng, n_train, (0, start))
+    val = _cut(sc, rng, n_val, (start, h))
+    return StereoPatches(train, val, (start, h), seed)
+
+
+@dataclass(frozen=True)
+class StereoPatchesReport:
+    output: str
+    train_pairs: int
+    val_pairs: int
+    train_positives: int
+    val_positives: int
+    test_rows: tuple[int, int]  # [start, stop) image rows held out for val
+    image_shape: tuple[int, ...]  # C x H x W of every sample
+    seed: int
+
+
+def _rows(ps: PairSet, split: str) -> list[dict]:
+    out = []
+    for i in range(len(ps)):
+        y, x, y2, x2 = (int(v) for v in ps.coords[i])
+        out.append({"file": f"{split}/{'pos' if ps.labels[i] else 'neg'}/{i:06d}.png", "label": int(ps.labels[i]),
+                    "kind": ps.kinds[i], "left": [y, x], "right": [y2, x2]})
+    return out
+
+
+def write_stereo_patches(out_dir: str | Path, *, n_train: int = DEFAULT_TRAIN, n_val: int = DEFAULT_VAL,
+                         seed: int = 0, test_rows: int = TEST_ROWS, force: bool = False) -> StereoPatchesReport:
+    """Write the pair folder (see the module docstring) atomically: a temporary sibling folder
+    renamed into place. A non-empty ``out_dir`` is refused without ``force``."""
+    from PIL import Image
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise SurgeryError(f"output {str(out)!r} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise SurgeryError(f"output directory {str(out)!r} exists and is not empty; pass --force to replace it")
+    if not out.parent.resolve().is_dir():
+        raise SurgeryError(f"output directory {str(out.parent)!r} does not exist")
+    sp = make_pairs(n_train, n_val, seed=seed, test_rows=test_rows)
+    manifest = {"source": SOURCE, "patch": PATCH, "seed": seed, "test_rows": list(sp.test_rows),
+                "correspondence": "right = (y, round(x - disparity[y, x])); windows rows y-32..y+31",
+                "train": _rows(sp.train, "train"), "val": _rows(sp.val, "val")}
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for split, ps in (("train", sp.train), ("val", sp.val)):
+            for sub in ("neg", "pos"):
+                (tmp / split / sub).mkdir(parents=True)
+            for row, pair in zip(manifest[split], ps.pairs):
+                Image.fromarray(np.ascontiguousarray(pair.transpose(1, 2, 0))).save(tmp / row["file"])  # mode LA
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=None, separators=(",", ":")) + "\n")
+        os.chmod(tmp, 0o777 & ~_umask())
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return StereoPatchesReport(str(out), len(sp.train), len(sp.val), int(sp.train.labels.sum()),
+                               int(sp.val.labels.sum()), sp.test_rows, (2, PATCH, PATCH), seed)
+
+
+def read_manifest(root: str | Path) -> dict:
+    """The ``pairs.json`` of a folder written by :func:`write_stereo_patches`."""
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        raise SurgeryError(f"{str(root)!r} has no {MANIFEST}; write the folder with `surgery data stereo-patches`")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SurgeryError(f"{path}: cannot read it ({e}); write the folder again") from None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

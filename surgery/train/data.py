@@ -1,0 +1,268 @@
+"""Image folders for training: scanning, Pillow decoding, kornia augmentation, DataLoader.
+
+**Folders.** Any depth of ``.png``/``.jpg``/``.jpeg`` files. Labels (only when a loss needs
+them) follow torchvision's ImageFolder: the class of a file is its first sub-folder under the
+root, classes sorted by name. A root holding ``train/`` and ``val/`` sub-folders is split
+that way (what ``surgery data digits`` writes); otherwise ``--val DIR`` names the held-out
+folder, or a deterministic 10% of files (by a hash of the relative path) is held out.
+Unreadable images are skipped and counted.
+
+**Decoding and augmentation.** Workers decode with Pillow, convert to the model's channel
+count (L or RGB) and resize to the model's H x W, so every sample has one shape. The usual
+training augmentation (torchvision's RandomResizedCrop algorithm: area scale ``crop_scale``..1,
+aspect 3/4..4/3; a horizontal flip with probability 1/2) is applied to whole batches by
+kornia (``crop_and_resize``, ``hflip``, ``normalize``) on the training device.
+
+Why the crop and flip *parameters* are drawn here rather than by kornia's own random
+generators: they are drawn per sample from a generator seeded by (seed, epoch, sample index),
+so a sample is augmented identically however the data is split between processes (torchrun)
+and after a resume — kornia's generators draw from the global RNG in batch order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch.utils.data import Dataset, DistributedSampler
+
+from surgery.core.errors import SurgeryError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+HOLDOUT_PERCENT = 10
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """The readable images of a folder (relative paths, sorted) and their labels."""
+
+    root: Path
+    files: tuple[str, ...]
+    labels: tuple[int, ...] | None  # class index per file; None when the folder is unlabelled
+    classes: tuple[str, ...]
+    skipped: tuple[str, ...]  # files that Pillow cannot read
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def subset(self, keep: Sequence[int]) -> "ImageFolder":
+        return ImageFolder(self.root, tuple(self.files[i] for i in keep),
+                           None if self.labels is None else tuple(self.labels[i] for i in keep),
+                           self.classes, self.skipped)
+
+
+def _listing(root: Path) -> list[str]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in sorted(filenames):
+            if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith("."):
+                out.append(str(Path(dirpath, f).relative_to(root)))
+    return sorted(out)
+
+
+def _readable(path: Path) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.verify()  # header and (PNG) checksums without a full decode
+        return True
+    except Exception:  # Pillow raises many types for a damaged file
+        return False
+
+
+def scan(root: str | Path, *, labels: bool, what: str = "data folder") -> ImageFolder:
+    """The images under ``root``; ``labels``: class = first sub-folder (refused for loose files)."""
+    root = Path(root)
+    if not root.exists():
+        raise SurgeryError(f"{what} {str(root)!r} does not exist")
+    if not root.is_dir():
+        raise SurgeryError(f"{what} {str(root)!r} is not a directory; give a folder of .png/.jpg images")
+    files = _listing(root)
+    if not files:
+        raise SurgeryError(f"{what} {str(root)!r} holds no .png/.jpg/.jpeg images")
+    good = [f for f in files if _readable(root / f)]
+    skipped = tuple(f for f in files if f not in set(good))
+    if not good:
+        raise SurgeryError(f"{what} {str(root)!r}: none of its {len(files)} images can be read by Pillow")
+    classes: tuple[str, ...] = ()
+    idx = None
+    if labels:
+        loose = [f for f in good if len(Path(f).parts) < 2]
+        if loose:
+            raise SurgeryError(f"{what} {str(root)!r}: {loose[0]} is not inside a class sub-folder; labels (--loss ce) "
+                               "need one sub-folder per class, as torchvision's ImageFolder")
+        classes = tuple(sorted({Path(f).parts[0] for f in good}))
+        pos = {c: i for i, c in enumerate(classes)}
+        idx = tuple(pos[Path(f).parts[0]] for f in good)
+    return ImageFolder(root, tuple(good), idx, classes, skipped)
+
+
+def folders(data: str | Path, val: str | Path | None, *, labels: bool) -> tuple[ImageFolder, ImageFolder]:
+    """(train, held-out) folders for ``--data`` and ``--val`` (see the module docstring)."""
+    root = Path(data)
+    if val is not None:
+        return scan(root, labels=labels), scan(val, labels=labels, what="validation folder")
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        return (scan(root / "train", labels=labels),
+                scan(root / "val", labels=labels, what="validation folder"))
+    full = scan(root, labels=labels)
+
+    def held(f: str) -> bool:
+        return int(hashlib.sha256(f.encode()).hexdigest(), 16) % 100 < HOLDOUT_PERCENT
+
+    keep = [i for i, f in enumerate(full.files) if not held(f)]
+    out = [i for i, f in enumerate(full.files) if held(f)]
+    if not keep or not out:
+        raise SurgeryError(f"data folder {str(root)!r} has too few images ({len(full)}) to hold out "
+                           f"{HOLDOUT_PERCENT}% for evaluation; pass --val DIR")
+    return full.subset(keep), full.subset(out)
+
+
+def digest(*fs: ImageFolder) -> str:
+    """sha256 of the folders' listings (relative path and byte size of every file used).
+
+    A listing hash, not a content hash: reading every byte of a large dataset only to name it
+    would cost as much as an epoch."""
+    h = hashlib.sha256()
+    for f in fs:
+        for rel in f.files:
+            h.update(f"{rel}\0{(f.root / rel).stat().st_size}\n".encode())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- samples
+
+
+def crop_box(rng: random.Random, h: int, w: int, scale: tuple[float, float],
+             ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop.get_params: (top, left, height, width), 10 tries,
+    then a centre crop clamped to the ratio range."""
+    area = h * w
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        cw = int(round(math.sqrt(target * aspect)))
+        ch = int(round(math.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            return rng.randint(0, h - ch), rng.randint(0, w - cw), ch, cw
+    in_ratio = w / h
+    if in_ratio < min(ratio):
+        cw, ch = w, int(round(w / min(ratio)))
+    elif in_ratio > max(ratio):
+        ch, cw = h, int(round(h * max(ratio)))
+    else:
+        cw, ch = w, h
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+class FolderDataset(Dataset):
+    """Decoded samples of an :class:`ImageFolder` at a fixed C x H x W (uint8).
+
+    Keys are ``(index, epoch)`` pairs (see :class:`EpochSampler`) or plain indices (epoch 0).
+    Each sample is a dict: ``image`` (uint8 C x H x W), ``label`` (-1 when unlabelled),
+    ``box`` (4 x 2 crop corners, kornia's order), ``flip`` (bool), ``index``.
+    """
+
+    def __init__(self, folder: ImageFolder, shape: tuple[int, int, int], *, train: bool, seed: int = 0,
+                 crop_scale: float = 0.25, flip: bool = True):
+        self.folder, self.shape, self.train = folder, tuple(shape), train
+        self.seed, self.crop_scale, self.flip = seed, crop_scale, flip
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, key):
+        import numpy as np
+        from PIL import Image
+
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        c, h, w = self.shape
+        path = self.folder.root / self.folder.files[index]
+        try:
+            with Image.open(path) as im:
+                mode = {1: "L", 2: "LA"}.get(c, "RGB")  # LA: a two-channel image (patch pairs, surgery.datasets.stereo_patches)
+                im = im.convert(mode).resize((w, h), Image.BILINEAR)
+                arr = np.asarray(im, dtype=np.uint8)
+        except Exception as e:  # a file that passed verify() but fails to decode
+            raise SurgeryError(f"{path}: Pillow cannot decode it ({type(e).__name__}: {e}); remove it") from None
+        image = torch.from_numpy(arr.copy())
+        image = image[None] if image.ndim == 2 else image.permute(2, 0, 1)
+        if c not in (1, 2, 3):  # e.g. a 4-channel model: repeat the gray plane
+            image = image[:1].expand(c, h, w).contiguous()
+        top, left, ch, cw = 0, 0, h, w
+        flip = False
+        if self.train:
+            rng = random.Random(f"{self.seed}:{epoch}:{index}")
+            top, left, ch, cw = crop_box(rng, h, w, (self.crop_scale, 1.0))
+            flip = self.flip and rng.random() < 0.5
+        x0, y0, x1, y1 = left, top, left + cw - 1, top + ch - 1
+        box = torch.tensor([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=torch.float32)
+        label = -1 if self.folder.labels is None else self.folder.labels[index]
+        return {"image": image, "label": label, "box": box, "flip": flip, "index": index}
+
+
+class EpochSampler(DistributedSampler):
+    """torch's DistributedSampler (shuffle seeded by seed + epoch, rank r takes every
+    world-th index) that yields ``(index, epoch)`` keys and can start ``start`` samples into its
+    share of an epoch (a resumed run)."""
+
+    def __init__(self, dataset, *, num_replicas: int, rank: int, seed: int, shuffle: bool = True):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
+        self.start = 0
+
+    def __iter__(self):
+        indices = list(super().__iter__())[self.start:]
+        return iter([(i, self.epoch) for i in indices])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+@dataclass(frozen=True)
+class Normalization:
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def default(cls, channels: int) -> "Normalization":
+        if channels == 3:
+            return cls(IMAGENET_MEAN, IMAGENET_STD)
+        return cls((0.5,) * channels, (0.5,) * channels)
+
+    @classmethod
+    def from_metadata(cls, meta, channels: int) -> "Normalization":
+        n = (meta or {}).get("normalization")
+        if isinstance(n, dict) and len(n.get("mean", ())) == channels and len(n.get("std", ())) == channels:
+            return cls(tuple(float(v) for v in n["mean"]), tuple(float(v) for v in n["std"]))
+        return cls.default(channels)
+
+    def to_dict(self) -> dict:
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+
+def prepare(sample: dict, norm: Normalization, size: tuple[int, int], *, train: bool, device) -> torch.Tensor:
+    """A collated batch -> normalised float images on ``device`` (crop and flip when training)."""
+    from kornia.enhance import normalize
+    from kornia.geometry.transform import crop_and_resize, hflip
+
+    x = sample["image"].to(device, non_blocking=True).float().div_(255.0)  # (B, C, H, W)
+    if train:
+        x = crop_and_resize(x, sample["box"].to(device), size)
+        flip = sample["flip"].to(device).view(-1, 1, 1, 1)
+        x = torch.where(flip, hflip(x), x)
+    mean = torch.tensor(norm.mean, device=device)
+    std = torch.tensor(norm.std, device=device)
+    return normalize(x, mean, std)

@@ -1,0 +1,376 @@
+"""The one training loop (heal, OnionNet joint training, dense training with labels).
+
+A caller gives the model, a *loss callback* and the data::
+
+    def loss(student: Forward, teacher: Forward | None, batch: Batch) -> dict[str, Tensor]:
+        return {"kd": ..., "at": ...}          # named, already weighted terms; total = sum
+
+    result = train(model, loss, TrainData(...), TrainConfig(epochs=3), teacher=t, taps=(s_nodes, t_nodes))
+
+``Forward.output`` is whatever the model returns (a tensor, a tuple for multi-stage models);
+``Forward.features`` the feature maps at the fx nodes named in ``taps`` (see
+:mod:`surgery.train.matching`). The teacher (if any) runs in eval mode without gradients.
+
+The loop never mutates ``model``: it trains a copy and returns a fresh module with the
+trained weights. It handles the optimizer (SGD with momentum or AdamW) and a per-step LR
+schedule (cosine or constant), frozen modules (no gradients, eval mode: their running
+statistics stay too), the run directory (checkpoint each epoch, resume), torchrun/DDP, a
+held-out evaluation after every epoch, and progress callbacks (library code never prints).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from surgery.core.errors import SurgeryError
+from surgery.core.graph import output_tensors
+from surgery.train import checkpoint as ckpt
+from surgery.train import dist
+from surgery.train.data import EpochSampler, FolderDataset, ImageFolder, Normalization, prepare
+from surgery.train.matching import Tapped
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "constant")
+BN_MODES = ("update", "freeze")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch: int = 64  # global batch (all processes together)
+    epochs: int | None = 1
+    steps: int | None = None  # when given, it wins over ``epochs``
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    momentum: float = 0.9  # sgd
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    seed: int = 0
+    workers: int = 0  # DataLoader worker processes
+    device: str = "cpu"
+    bn: str = "update"  # "freeze": every BatchNorm keeps its running statistics
+
+    def validate(self) -> None:
+        if self.steps is None and self.epochs is None:
+            raise SurgeryError("give --epochs or --steps")
+        if self.steps is None and self.epochs < 1:
+            raise SurgeryError(f"--epochs {self.epochs}: train for at least 1 epoch")
+        if self.steps is not None and self.steps < 1:
+            raise SurgeryError(f"--steps {self.steps}: train for at least 1 step")
+        if self.batch < 1:
+            raise SurgeryError(f"--batch {self.batch} must be at least 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise SurgeryError(f"--lr {self.lr} must be a positive number")
+        if self.weight_decay < 0:
+            raise SurgeryError(f"--weight-decay {self.weight_decay} must not be negative")
+        if self.workers < 0:
+            raise SurgeryError(f"--workers {self.workers} must not be negative")
+        for value, allowed, what in ((self.optimizer, OPTIMIZERS, "optimizer"), (self.schedule, SCHEDULES, "schedule"),
+                                     (self.bn, BN_MODES, "bn mode")):
+            if value not in allowed:
+                raise SurgeryError(f"unknown {what} {value!r}; choose {' or '.join(allowed)}")
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class TrainData:
+    train: ImageFolder
+    val: ImageFolder | None
+    shape: tuple[int, int, int]  # C x H x W the model takes
+    norm: Normalization
+    crop_scale: float = 0.25
+    flip: bool = True
+
+    def validate(self) -> None:
+        if not 0 < self.crop_scale <= 1:
+            raise SurgeryError(f"--crop-scale {self.crop_scale} must be in (0, 1]")
+        if len(self.shape) != 3:
+            raise SurgeryError(f"training needs an image model (input C x H x W); this one takes {list(self.shape)}")
+
+
+@dataclass(frozen=True)
+class Batch:
+    images: Tensor  # (B, C, H, W), augmented and normalised
+    labels: Tensor | None  # (B,) class indices when the folder is labelled
+    index: Tensor  # (B,) sample indices in the folder
+
+
+@dataclass(frozen=True)
+class Forward:
+    output: Any
+    features: tuple[Tensor, ...] = ()
+
+
+LossFn = Callable[[Forward, "Forward | None", Batch], Mapping[str, Tensor]]
+
+
+@dataclass
+class Hooks:
+    """Progress callbacks (called on rank 0 only)."""
+
+    start: Callable[[int, int], None] | None = None  # (first step, total steps)
+    step: Callable[[int, Mapping[str, float], float], None] | None = None  # (step, terms, images/s)
+    epoch: Callable[[Mapping[str, Any]], None] | None = None  # the epoch's history record
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    module: nn.Module  # a fresh module with the trained weights, eval mode, on CPU
+    steps: int
+    epochs: int
+    steps_per_epoch: int
+    images: int  # images trained on by this invocation (all processes)
+    seconds: float
+    images_per_s: float
+    history: tuple[Mapping[str, Any], ...] = ()
+    world_size: int = 1
+    resumed_at: int = 0  # the step a resumed run continued from (0: fresh)
+    run_dir: str | None = None
+
+
+def plan(cfg: TrainConfig, n_train: int, world: int) -> tuple[int, int, int]:
+    """(steps per epoch, total steps, epochs)."""
+    if cfg.batch % world:
+        raise SurgeryError(f"--batch {cfg.batch} is the global batch and must be divisible by the "
+                           f"{world} processes")
+    spe = n_train // cfg.batch
+    if spe < 1:
+        raise SurgeryError(f"the training folder has {n_train} images, fewer than one batch of {cfg.batch}; "
+                           "lower --batch")
+    total = cfg.steps if cfg.steps is not None else cfg.epochs * spe
+    return spe, total, math.ceil(total / spe)
+
+
+def _optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _schedule(cfg: TrainConfig, opt, total: int):
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total, 1))
+    return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+
+
+def _labels(sample: Mapping, device) -> Tensor | None:
+    labels = sample["label"]
+    if bool((labels < 0).any()):
+        return None
+    return labels.to(device)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, teacher: nn.Module | None, data: TrainData, folder: ImageFolder | None = None, *,
+             batch: int = 256, device: str = "cpu") -> dict[str, Any]:
+    """Held-out metrics: ``kl_to_teacher`` (mean KL(teacher || model) of softmax outputs, nats),
+    ``top1_agreement`` with the teacher, and ``accuracy`` when the folder is labelled; for
+    outputs that are not (B, classes) logits, ``mse_to_teacher`` instead."""
+    folder = folder if folder is not None else data.val
+    if folder is None:
+        return {}
+    was = model.training
+    model.eval()
+    ds = FolderDataset(folder, data.shape, train=False)
+    loader = DataLoader(ds, batch_size=batch, shuffle=False, num_workers=0)
+    sums = {"kl": 0.0, "agree": 0, "correct": 0, "mse": 0.0}
+    n, labelled, classifier = 0, folder.labels is not None, True
+    for sample in loader:
+        x = prepare(sample, data.norm, data.shape[1:], train=False, device=device)
+        s = output_tensors(model(x))
+        t = output_tensors(teacher(x)) if teacher is not None else None
+        logits = s[0]
+        classifier = classifier and logits.ndim == 2 and len(s) == 1
+        if classifier:
+            pred = logits.argmax(1)
+            if labelled and logits.shape[1] >= len(folder.classes):
+                sums["correct"] += int((pred == sample["label"].to(device)).sum())
+            else:
+                labelled = False
+            if t is not None:
+                sums["kl"] += float(F.kl_div(F.log_softmax(logits, 1), F.log_softmax(t[0], 1), reduction="sum",
+                                             log_target=True))
+                sums["agree"] += int((pred == t[0].argmax(1)).sum())
+        elif t is not None:
+            sums["mse"] += float(sum(F.mse_loss(a, b) for a, b in zip(s, t)) / len(s)) * x.shape[0]
+        n += x.shape[0]
+    model.train(was)
+    out: dict[str, Any] = {"images": n}
+    if classifier:
+        if teacher is not None:
+            out["kl_to_teacher"] = sums["kl"] / n
+            out["top1_agreement"] = sums["agree"] / n
+        if labelled:
+            out["accuracy"] = sums["correct"] / n
+    elif teacher is not None:
+        out["mse_to_teacher"] = sums["mse"] / n
+    return out
+
+
+def _set_modes(model: nn.Module, work: nn.Module, frozen: Sequence[str], bn: str) -> None:
+    model.train()
+    for name in frozen:  # looked up by name: on CUDA, DDP set-up swaps BatchNorms for SyncBatchNorms
+        work.get_submodule(name).eval()
+    if bn == "freeze":
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def train(model: nn.Module, loss_fn: LossFn, data: TrainData, cfg: TrainConfig, *,
+          teacher: nn.Module | None = None, taps: tuple[Sequence[str], Sequence[str]] = ((), ()),
+          frozen: Sequence[str] = (), run_dir: str | Path | None = None, resume: bool = False,
+          hooks: Hooks | None = None, interrupt: Callable[[int], bool] | None = None) -> TrainResult:
+    """Train a copy of ``model`` (see the module docstring); ``frozen``: module names kept
+    exactly; ``run_dir``: where epoch checkpoints go (created by the caller with
+    :func:`surgery.train.checkpoint.create`); ``resume``: continue from its state;
+    ``interrupt(epoch)``: return True to stop after that epoch (as if killed) — tests use it."""
+    cfg.validate()
+    data.validate()
+    hooks = hooks or Hooks()
+    d = dist.setup(cfg.device)
+    spe, total, epochs = plan(cfg, len(data.train), d.world)
+    per_rank = cfg.batch // d.world
+    device = d.device
+
+    work = copy.deepcopy(model).to(device)
+    try:
+        frozen_mods = [work.get_submodule(n) for n in frozen]
+    except AttributeError as e:
+        raise SurgeryError(f"cannot freeze: {e}") from None
+    for m in frozen_mods:
+        m.requires_grad_(False)
+    params = [p for p in work.parameters() if p.requires_grad]
+    if not params:
+        raise SurgeryError("every parameter is frozen; nothing to train (check --freeze)")
+    student = dist.wrap(Tapped(work, taps[0]), d)
+    t_model = None
+    if teacher is not None:
+        t_model = (copy.deepcopy(teacher).to(device) if device != "cpu" else teacher)
+        t_model = Tapped(t_model, taps[1]).eval()
+
+    opt = _optimizer(cfg, params)
+    sched = _schedule(cfg, opt, total)
+    dataset = FolderDataset(data.train, data.shape, train=True, seed=cfg.seed, crop_scale=data.crop_scale,
+                            flip=data.flip)
+    sampler = EpochSampler(dataset, num_replicas=d.world, rank=d.rank, seed=cfg.seed)
+    loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, drop_last=True, num_workers=cfg.workers,
+                        persistent_workers=cfg.workers > 0, pin_memory=device.startswith("cuda"))
+
+    with torch.random.fork_rng(devices=[d.local_rank] if device.startswith("cuda") else []):
+        torch.manual_seed(cfg.seed + d.rank)  # dropout and other random layers
+        step, history, resumed_at = 0, [], 0
+        state = ckpt.load_state(run_dir) if (resume and run_dir is not None) else None
+        if state is not None:
+            work.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            step = resumed_at = int(state["step"])
+            history = list(state["history"])
+            rng = state["rng"][d.rank] if d.rank < len(state["rng"]) else state["rng"][0]
+            ckpt.set_rng_state(rng, device)
+            if int(state["total_steps"]) != total:
+                raise SurgeryError(f"{run_dir}: the run was planned for {state['total_steps']} steps but these "
+                                   f"options give {total}; resume with the run's own options")
+        if d.main and hooks.start:
+            hooks.start(step, total)
+        trained, t0 = 0, time.perf_counter()
+        epoch = step // spe
+        while step < total:
+            sampler.set_epoch(epoch)
+            sampler.start = (step - epoch * spe) * per_rank
+            _set_modes(student, work, frozen, cfg.bn)
+            sums: dict[str, float] = {}
+            count = 0
+            for sample in loader:
+                if step >= total:
+                    break
+                x = prepare(sample, data.norm, data.shape[1:], train=True, device=device)
+                batch = Batch(x, _labels(sample, device), sample["index"])
+                out, feats = student(x)
+                t_fwd = None
+                if t_model is not None:
+                    with torch.no_grad():
+                        t_fwd = Forward(*t_model(x))
+                terms = loss_fn(Forward(out, feats), t_fwd, batch)
+                if not terms:
+                    raise SurgeryError("the loss function returned no terms")
+                loss = torch.stack([v.reshape(()) for v in terms.values()]).sum()
+                if not torch.isfinite(loss):
+                    raise SurgeryError(f"the loss became {float(loss)} at step {step + 1}; lower --lr")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                step += 1
+                count += 1
+                trained += per_rank * d.world
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                if d.main and hooks.step:
+                    dt = time.perf_counter() - t0
+                    hooks.step(step, {k: float(v.detach()) for k, v in terms.items()}, trained / dt if dt > 0 else 0.0)
+            names = sorted(sums)
+            mean_terms = dist.mean(torch.tensor([sums[k] / max(count, 1) for k in names], dtype=torch.float64), d)
+            record: dict[str, Any] = {"epoch": epoch + 1, "step": step,
+                                      "loss": {k: float(v) for k, v in zip(names, mean_terms)}}
+            if d.main:
+                record["eval"] = evaluate(work, _Untap(t_model) if t_model is not None else None, data,
+                                          device=device, batch=max(per_rank, 64))
+            history.append(record)
+            rngs = _gather_rng(device, d)
+            if d.main and run_dir is not None:
+                ckpt.save_state(run_dir, {
+                    "model": {k: v.detach().cpu() for k, v in work.state_dict().items()},
+                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "step": step, "epoch": epoch + 1, "total_steps": total, "steps_per_epoch": spe,
+                    "sampler": {"epoch": epoch + 1 if step % spe == 0 else epoch, "start": (step % spe) * per_rank},
+                    "rng": rngs, "history": history})
+                ckpt.write_log(run_dir, history)
+            if d.main and hooks.epoch:
+                hooks.epoch(record)
+            dist.barrier(d)
+            epoch += 1
+            if interrupt is not None and interrupt(epoch):
+                break
+        seconds = time.perf_counter() - t0
+
+    final = copy.deepcopy(model)
+    final.load_state_dict({k: v.detach().cpu() for k, v in work.state_dict().items()})
+    final.eval()
+    return TrainResult(final, step, epoch, spe, trained, seconds, trained / seconds if seconds > 0 else 0.0,
+                       tuple(history), d.world, resumed_at, str(run_dir) if run_dir is not None else None)
+
+
+class _Untap(nn.Module):
+    """A Tapped model returning its output only (for evaluation)."""
+
+    def __init__(self, tapped: Tapped):
+        super().__init__()
+        self.tapped = tapped
+
+    def forward(self, x):
+        return self.tapped(x)[0]
+
+
+def _gather_rng(device: str, d: dist.Dist) -> list:
+    """Every process's RNG state (rank order), so a resumed torchrun run continues each."""
+    mine = ckpt.rng_state(device)
+    if not d.distributed:
+        return [mine]
+    import torch.distributed as tdist
+
+    out: list = [None] * d.world
+    tdist.all_gather_object(out, {k: v.tolist() for k, v in mine.items()})
+    return [{k: torch.tensor(v, dtype=torch.uint8) for k, v in s.items()} for s in out]

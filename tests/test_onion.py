@@ -1,0 +1,131 @@
+"""OnionNet cascade architecture (zoo/onion.py): Table 1 widths and closed-form parameter counts.
+
+Expected counts come from the paper's weight formula (§3.1), written out here from Table 1:
+a cascade split from N_M drops s_l² · n2_{l-1} · n1_l weights at every conv layer l (the
+S2→S1 block) and adds S1's own output layer; N_NS is S1 plus the whole N_M.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from zoo import registry
+from zoo.onion import OnionCascade
+
+# Table 1 (kernel s, monolithic n) per conv layer, the image channels and groups of N_M
+MONO = {
+    "p": dict(cin=2, layers=[(4, 96), (3, 96), (3, 96), (3, 96), (3, 192), (3, 192), (3, 192), (2, 1)],
+              groups=[1] * 8),
+    "d": dict(cin=3, layers=[(11, 96), (5, 256), (3, 384), (3, 384), (3, 256), (6, 4096), (1, 4096), (1, 21)],
+              groups=[1, 2, 1, 2, 2, 1, 1, 1]),
+    "r": dict(cin=3, layers=[(11, 64), (5, 256), (3, 256), (3, 256), (3, 256), (6, 4096), (1, 4096), (1, 1000)],
+              groups=[1] * 8),
+}
+# Table 1 cascades: S1/S2 per conv layer (the last: S1-classes / outputs)
+TABLE1 = {
+    "p": [(32, 64)] * 4 + [(64, 128)] * 3 + [(2, 1)],
+    "d": [(96, 0), (256, 0), (384, 0), (384, 0), (256, 0), (512, 3584), (512, 3584), (2, 21)],
+    "r": [(8, 56), (32, 224), (32, 224), (32, 224), (32, 224), (256, 3840), (256, 3840), (7, 1000)],
+}
+
+
+def build_meta(name: str) -> nn.Module:
+    with torch.device("meta"):
+        return registry.get(name).build()
+
+
+def n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def mono_params(key: str) -> int:
+    cfg = MONO[key]
+    total, cin = 0, cfg["cin"]
+    for (s, n), g in zip(cfg["layers"], cfg["groups"]):
+        total += s * s * (cin // g) * n + n
+        cin = n
+    return total
+
+
+def s1_params(key: str) -> int:
+    cfg, widths = MONO[key], TABLE1[key]
+    total, cin = 0, cfg["cin"]
+    for (s, _), (n1, _), g in zip(cfg["layers"], widths, cfg["groups"]):
+        total += s * s * (cin // g) * n1 + n1
+        cin = n1
+    return total
+
+
+def paper_formula(key: str) -> int:
+    """params(N) = params(N_M) + S1's output layer − Σ_l s_l² n2_{l-1} n1_l (§3.1)."""
+    cfg, widths = MONO[key], TABLE1[key]
+    s_last, _ = cfg["layers"][-1]
+    n_prev = cfg["layers"][-2][1]
+    k = widths[-1][0]
+    head = s_last * s_last * n_prev * k + k
+    dropped = sum(s * s * widths[l - 1][1] * widths[l][0] for l, (s, _) in enumerate(cfg["layers"]) if l > 0)
+    return mono_params(key) + head - dropped
+
+
+@pytest.mark.parametrize("key", ["p", "d", "r"])
+def test_table1_widths(key):
+    m = build_meta(f"onion_{key}")
+    assert list(zip(m.n1, m.n2)) == TABLE1[key]
+    assert [b.conv.kernel[0] for b in m.blocks] == [s for s, _ in MONO[key]["layers"]]
+    # effective filters per hidden layer equal the monolithic net's (§4)
+    assert [a + b for a, b in TABLE1[key][:-1]] == [n for _, n in MONO[key]["layers"][:-1]]
+
+
+@pytest.mark.parametrize("key", ["p", "d", "r"])
+def test_cascade_params_follow_the_papers_weight_formula(key):
+    assert n_params(build_meta(f"onion_{key}")) == paper_formula(key)
+
+
+def test_onion_p_params_pinned():
+    # P_M 1,083,073 + S1 head (2·192·2²+2 = 1,538) − dropped (239,616 + head's 2·128·4 = 1,024)
+    assert mono_params("p") == 1_083_073
+    assert n_params(build_meta("onion_p")) == 843_971
+
+
+@pytest.mark.parametrize("key", ["p", "d", "r"])
+def test_non_sharing_is_s1_plus_the_monolithic_net(key):
+    ns = build_meta(f"onion_{key}_ns")
+    assert not ns.share
+    assert n_params(ns) == s1_params(key) + mono_params(key)
+    assert ns.n2 == tuple(n for _, n in MONO[key]["layers"])
+
+
+def test_one_way_dependence_s1_never_reads_s2():
+    torch.manual_seed(0)
+    m = registry.get("onion_p").build().eval()
+    x = torch.randn(2, 2, 64, 64)
+    logits, _ = m(x)
+    with torch.no_grad():
+        for p in m.s2.parameters():
+            p.add_(torch.randn_like(p))  # S2 changes: S1's scores must not
+    assert torch.equal(m(x)[0], logits)
+    # S2's conv at layer l reads n1_{l-1} + n2_{l-1} maps; S1's reads n1_{l-1}
+    for l in range(1, m.depth):
+        assert m.s2[str(l)][0].in_channels == m.n1[l - 1] + m.n2[l - 1]
+        assert m.s1[l][0].in_channels == m.n1[l - 1]
+
+
+def test_s2_of_d_starts_at_the_classifier():
+    m = build_meta("onion_d")
+    assert sorted(int(k) for k in m.s2.keys()) == [5, 6, 7]
+    assert m.shared_layers() == (4, 5, 6)
+    assert isinstance(m, OnionCascade) and m.s1[1][0].groups == 2  # CaffeNet's filter groups kept in S1
+
+
+def test_thresholds_are_a_state_dict_buffer():
+    m = build_meta("onion_r")
+    assert "thresholds" in m.state_dict() and tuple(m.thresholds.shape) == (7,)
+
+
+def test_bad_s1_classes():
+    from surgery.core.errors import SurgeryError
+
+    with pytest.raises(SurgeryError, match="s1_classes"):
+        registry.get("onion_p").build(s1_classes=0)
