@@ -18,7 +18,7 @@ _STARTUP_HANDLERS = safety.install_signal_handlers(running=False)
 import typer  # noqa: E402
 
 import surgery
-from cli_commands.base import app, err_console
+from cli_commands.base import app, discard_notes, err_console, flush_notes
 from surgery.core.errors import SurgeryError
 
 # Each module adds its command(s) to ``app``; the order here is the order in --help.
@@ -48,7 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     safety.track_inputs(True)  # every file a command reads is an input, never an output
     try:
         app(args=argv, prog_name="surgery")
+        flush_notes()
+    except SystemExit as e:  # click ends every command with SystemExit
+        if e.code in (0, None):
+            flush_notes()
+        else:
+            discard_notes()
+        raise
     except SurgeryError as e:
+        discard_notes()
         if debug:
             raise
         # input-derived text (cfg section names, file names) may hold control characters

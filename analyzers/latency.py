@@ -101,7 +101,7 @@ class Timing:
     def spread_warning(self, max_cv: float) -> str | None:
         if self.cv > max_cv:
             return (f"spread too wide to trust: CV {self.cv:.1%} > {max_cv:.0%} "
-                    f"(p10 {self.p10_ms:.3g} ms, p90 {self.p90_ms:.3g} ms); quiet the machine or raise --min-time")
+                    f"(p10 {_ms(self.p10_ms)} ms, p90 {_ms(self.p90_ms)} ms); quiet the machine or raise --min-time")
         return None
 
 
@@ -506,3 +506,8 @@ def time_onnxruntime(sess, x: torch.Tensor, runtime: str, *, config: TimingConfi
     setup = setup_s + max(0.0, time.perf_counter() - t0 - timing.total_s)
     used = (threads or torch.get_num_threads()) if runtime == "onnxruntime:cpu" else None
     return Measurement(runtime, dev, timing, setup, used, ())
+
+
+def _ms(x: float) -> str:
+    """Milliseconds as people read them: ``1,250`` (never ``1.25e+03``), ``0.0123``."""
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"

@@ -102,7 +102,7 @@ def main(argv=None) -> int:
                "s2_accuracy": rep.after.get("s2_accuracy"), "s1_accuracy": rep.after.get("s1_accuracy")}
         if name != "P_M":
             out, cal = calibrate(out, str(pairs), tprs=[args.tpr])
-            r = cal.rows[0]
+            r = cal.operating_points[0]
             row.update({"threshold": r.thresholds[1], "calibration_tpr": r.calibration.tpr,
                         "calibration_pass_fraction": r.calibration.pass_fraction, "val_s1_tpr": r.val.tpr,
                         "val_s1_fpr": r.val.fpr, "pass_fraction": r.val.pass_fraction})

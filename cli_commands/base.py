@@ -39,12 +39,29 @@ err_console = Console(stderr=True, highlight=False)
 
 # ------------------------------------------------------------------ common options
 
-ArchOpt = typer.Option(None, "--arch", help="Architecture of a bare state_dict: zoo:NAME[:k=v] or a Darknet .cfg.")
-WeightsOpt = typer.Option(None, "--weights", help="Darknet .weights for a .cfg (default: same stem).")
+# The loader options mean the same in every command that loads a model (README "Model
+# references"). Commands loading SEVERAL models (share BASE TASK..., diff A B, profile M...,
+# heal STUDENT --teacher T, onion curve/train/calibrate with --baseline/--teacher) take the
+# per-model ones (--arch, --weights) REPEATED, in the order the command names its models
+# (positional arguments first, then --teacher/--baseline): given once, the value applies to
+# every model; given once per model, the i-th goes to the i-th model, "-" meaning none for that
+# one. --trust-code and --input apply to every model. One place implements it: load_models().
+_ARCH_HELP = "Architecture of a bare state_dict: zoo:NAME[:k=v], py:module:factory or a Darknet .cfg."
+_WEIGHTS_HELP = ("Weights to load into the architecture: a Darknet .weights for a .cfg (default: the same stem), or a "
+                 "state_dict (.pt/.safetensors) for a py: reference.")
+_EACH = (" Several models: repeat it once per model, in order ('-': none for that model); once applies to every "
+         "model.")
+ArchOpt = typer.Option(None, "--arch", metavar="REF", help=_ARCH_HELP)
+WeightsOpt = typer.Option(None, "--weights", metavar="FILE", help=_WEIGHTS_HELP)
+ArchEachOpt = typer.Option(None, "--arch", metavar="REF", help=_ARCH_HELP + _EACH)  # List[str]: multi-model commands
+WeightsEachOpt = typer.Option(None, "--weights", metavar="FILE", help=_WEIGHTS_HELP + _EACH)
+WeightsCutoffOpt = typer.Option(None, "--weights-cutoff", min=0, metavar="N",
+                                help="The Darknet .weights holds layers 0..N-1 only (darknet53.conv.74: 74); the rest "
+                                     "keep the seeded init. Default: inferred from the file size.")
 TrustOpt = typer.Option(False, "--trust-code", "--trust-pickle",
                         help="Allow files whose loading or running executes code from the file: a whole pickled "
                              "module, TorchScript, a .pt2 run on real tensors (--trust-pickle: old name).")
-InputOpt = typer.Option(None, "--input", help="Input shape without batch, e.g. 3x416x416 (default: the model's).")
+InputOpt = typer.Option(None, "--input", metavar="CxHxW", help="Input shape without batch, e.g. 3x416x416 (default: the model's).")
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table (schema: docs/JSON.md).")
 CsvOpt = typer.Option(False, "--csv", help="Print CSV instead of a table.")
 ForceOpt = typer.Option(False, "--force", help="Overwrite an existing output file.")
@@ -102,9 +119,29 @@ def check_formats(json_out: bool, csv_out: bool) -> None:
         raise SurgeryError("--json and --csv exclude each other; pick one")
 
 
+# Notes (e.g. "its weights are random") are held until the command succeeds: a command that
+# fails prints exactly one line (the error), never a note before it.
+_PENDING_NOTES: list[str] = []
+
+
+def note(text: str) -> None:
+    """A one-line stderr note, shown when the command succeeds (before its "wrote" lines)."""
+    _PENDING_NOTES.append(text)
+
+
+def flush_notes() -> None:
+    while _PENDING_NOTES:
+        err_console.print(f"note: {_PENDING_NOTES.pop(0)}", markup=False, soft_wrap=True)
+
+
+def discard_notes() -> None:
+    _PENDING_NOTES.clear()
+
+
 def wrote(path, detail: str = "") -> None:
     """The one "wrote X" line of every command that writes a file: on stderr, so ``--json``
     on stdout stays clean."""
+    flush_notes()
     err_console.print(f"wrote {path}" + (f": {detail}" if detail else ""), markup=False, soft_wrap=True)
 
 
@@ -114,10 +151,79 @@ def examples(*lines: str) -> str:
 
 
 def load_model(ref: str, arch: str | None = None, weights: str | None = None, trust_pickle: bool = False,
-               input_shape: str | None = None):
+               input_shape: str | None = None, weights_cutoff: int | None = None):
     from surgery.core import io as sio
 
-    return sio.load(ref, arch=arch, weights=weights, trust_pickle=trust_pickle, input_shape=parse_shape(input_shape))
+    net = sio.load(ref, arch=arch, weights=weights, trust_pickle=trust_pickle, input_shape=parse_shape(input_shape),
+                   weights_cutoff=weights_cutoff)
+    load = net.metadata.get("weights_load") or {}
+    if load.get("cutoff_inferred"):  # a partial .weights (darknet53.conv.74): say what was guessed
+        err_console.print(f"note: {describe_weights(net.metadata)}", markup=False, soft_wrap=True)
+    return net
+
+
+def per_model(values, refs: list[str], opt: str) -> list:
+    """One value per model from a per-model option (see the comment above ``ArchOpt``): None or
+    nothing -> None for all; one value -> that value for all; one per model -> in order, "-" ->
+    None. Anything else is refused naming the models."""
+    if values is None or isinstance(values, (str, int)):
+        values = [] if values is None else [values]
+    values = [None if v in ("-", "") else v for v in values]
+    if not values:
+        return [None] * len(refs)
+    if len(values) == 1:
+        return values * len(refs)
+    if len(values) == len(refs):
+        return list(values)
+    raise SurgeryError(f"{opt} given {len(values)} times for {len(refs)} models ({', '.join(refs)}): give it once "
+                       f"(every model) or once per model in that order, '-' for a model that needs none")
+
+
+def load_models(refs: list[str], arch=None, weights=None, trust_pickle: bool = False, input_shape: str | None = None,
+                weights_cutoff=None) -> list:
+    """Load several model references with the loader options, the one implementation of the
+    multi-model convention: ``arch``, ``weights``, ``weights_cutoff`` per model (:func:`per_model`),
+    ``trust_pickle`` and ``input_shape`` for all."""
+    archs = per_model(arch, refs, "--arch")
+    weights_ = per_model(weights, refs, "--weights")
+    cutoffs = per_model(weights_cutoff, refs, "--weights-cutoff")
+    nets = []
+    for ref, a, w, c in zip(refs, archs, weights_, cutoffs):
+        if c is not None:
+            try:
+                c = int(c)
+            except ValueError:
+                raise SurgeryError(f"--weights-cutoff {c!r}: give a layer count (or '-')") from None
+        nets.append(load_model(ref, a, w, trust_pickle, input_shape, c))
+    return nets
+
+
+def describe_weights(meta) -> str | None:
+    """One line on where a Darknet net's weights came from (``metadata`` set by the loader):
+    None for anything else."""
+    seed = meta.get("seed", 0)
+    if meta.get("random_weights"):
+        return f"none (random init, seed {seed})"
+    load = meta.get("weights_load")
+    if not load:
+        return None
+    if load.get("cutoff") is None:
+        return f"{load['file']} (every layer)"
+    got, rest = load["layers_from_file"], load["layers_initialised"]
+    how = "inferred from its size" if load.get("cutoff_inferred") else "given"
+    return (f"{load['file']} holds layers 0..{load['cutoff'] - 1} (cutoff {load['cutoff']}, {how}): "
+            f"{len(got)} weighted layers from the file, {len(rest)} random (seed {seed}) from layer "
+            f"{rest[0] if rest else load['cutoff']}")
+
+
+def note_random_weights(net) -> None:
+    """Every command that writes a model calls this: a one-line stderr note when the weights it
+    writes are the seeded random init of a Darknet .cfg that came without .weights."""
+    if net.metadata.get("random_weights"):
+        seed = net.metadata.get("seed", 0)
+        what = f"{net.source} has no .weights" if net.format == "darknet" else \
+            f"{net.source} was made from a Darknet .cfg without .weights"
+        note(f"{what}; its weights are random (seed {seed})")
 
 
 # ------------------------------------------------------------------ rendering

@@ -56,7 +56,8 @@ def stereo_patches_cmd(
     if json_out:
         print_json(rep)
         return
-    out().print(f"wrote {rep.output}: {rep.train_pairs} training pairs ({rep.train_positives} corresponding) from "
+    out().print(f"stereo patches: {rep.train_pairs} training pairs ({rep.train_positives} corresponding) from "
                 f"image rows 0..{rep.test_rows[0] - 1}, {rep.val_pairs} held-out pairs ({rep.val_positives} "
                 f"corresponding) from rows {rep.test_rows[0]}..{rep.test_rows[1] - 1}; "
                 f"{'x'.join(map(str, rep.image_shape))} two-channel PNGs (left, right)")
+    wrote(rep.output)

@@ -3,26 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
-from cli_commands.base import (ArchOpt, CsvOpt, ForceOpt, JsonOpt, SurgeryError, TrustOpt, app, check_formats,
-                               err_console, examples, fmt_num, out, print_csv, print_json, progress, shape_str, table, wrote)
+from cli_commands.base import (ArchEachOpt, CsvOpt, ForceOpt, InputOpt, JsonOpt, SurgeryError, TrustOpt, WeightsEachOpt,
+                               app, check_formats, err_console, examples, fmt_num, load_models, out, per_model, print_csv,
+                               print_json, progress, shape_str, table, wrote)
 
 PLOT_FORMATS = ("png", "svg", "pdf")
 CSV_COLUMNS = ["index", "name", "param", "kind", "shape", "relative", "scale", "mean", "q1", "median", "q3",
                "whisker_low", "whisker_high", "outliers", "min", "max", "skipped"]
 
 
-def _load(ref: str, other: str, arch: str | None, weights: str | None, trust_pickle: bool):
-    """A model reference; a bare ``.weights`` file takes the cfg of ``--arch`` or of the other model."""
-    from surgery.core import io as sio
-
-    if ref.lower().endswith(".weights") and not (arch and arch.lower().endswith(".cfg")) \
-            and other.lower().endswith(".cfg"):
-        arch = other
-    return sio.load(ref, arch=arch, weights=weights, trust_pickle=trust_pickle)
+def _archs(a: str, b: str, arch: list[str] | None) -> list[str | None]:
+    """``--arch`` per model (base.load_models' convention); a bare ``.weights`` file without a
+    .cfg of its own takes the other model's .cfg."""
+    archs = per_model(arch, [a, b], "--arch")
+    for i, (ref, other) in enumerate(((a, b), (b, a))):
+        if ref.lower().endswith(".weights") and not (archs[i] and archs[i].lower().endswith(".cfg")) \
+                and other.lower().endswith(".cfg"):
+            archs[i] = other
+    return archs
 
 
 _fmt = fmt_num
@@ -41,10 +43,10 @@ def diff_cmd(
                                                           "one per layer."),
     json_out: bool = JsonOpt,
     csv_out: bool = CsvOpt,
-    arch: Optional[str] = ArchOpt,
-    weights_a: Optional[str] = typer.Option(None, "--weights-a", help="Darknet .weights for A's .cfg."),
-    weights_b: Optional[str] = typer.Option(None, "--weights-b", help="Darknet .weights for B's .cfg."),
+    arch: Optional[List[str]] = ArchEachOpt,
+    weights: Optional[List[str]] = WeightsEachOpt,
     trust_pickle: bool = TrustOpt,
+    input: Optional[str] = InputOpt,
     force: bool = ForceOpt,
 ):
     """Relative weight differences of B against A per layer (|B-A| / mean|A|: mean, quartiles,
@@ -60,12 +62,11 @@ def diff_cmd(
         fmt = plot.suffix.lower().lstrip(".")
         if fmt not in PLOT_FORMATS:
             raise SurgeryError(f"--plot {str(plot)!r}: give a file ending in .png (or .svg, .pdf)")
-        sio.check_outputs([plot], force=force, inputs=[a, b, weights_a, weights_b])
+        sio.check_outputs([plot], force=force, inputs=[a, b, *[w for w in weights or [] if w != '-']])
     wanted = parse_layer_range(layers) if layers else None
     kinds = [k.strip() for k in kind.split(",") if k.strip()] if kind else None
 
-    net_a = _load(a, b, arch, weights_a, trust_pickle)
-    net_b = _load(b, a, arch, weights_b, trust_pickle)
+    net_a, net_b = load_models([a, b], _archs(a, b, arch), weights, trust_pickle, input)
     if err_console.is_terminal:  # a bar drawn into a pipe or log is noise
         with progress() as bar:
             task = bar.add_task("comparing tensors", total=None)
@@ -79,7 +80,7 @@ def diff_cmd(
         from analyzers.diff_plot import plot_diff
 
         sio.atomic_write([plot], lambda tmps: plot_diff(rep, tmps[0], fmt=fmt), force=force,
-                         inputs=[a, b, weights_a, weights_b])
+                         inputs=[a, b, *[w for w in weights or [] if w != '-']])
         wrote(plot)
     if json_out:
         print_json(rep)

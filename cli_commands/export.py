@@ -7,9 +7,10 @@ from typing import Optional
 
 import typer
 
-from cli_commands.base import (ArchOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsOpt, app, examples, fmt_num,
-                               load_model, out, parse_int_list, print_json, table)
-from cli_commands.writing import output_path, print_written, stages
+from cli_commands.base import (ArchOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsCutoffOpt, WeightsOpt, app,
+                               note_random_weights, examples, fmt_num, load_model, out, parse_int_list, print_json,
+                               table, wrote)
+from cli_commands.writing import output_path, stages
 from surgery.core.errors import SurgeryError
 
 
@@ -31,6 +32,7 @@ def export(
     opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: the exporter's)."),
     arch: str = ArchOpt,
     weights: str = WeightsOpt,
+    weights_cutoff: int = WeightsCutoffOpt,
     trust_pickle: bool = TrustOpt,
     input: str = InputOpt,
     force: bool = ForceOpt,
@@ -70,7 +72,8 @@ def export(
     with stages("loading", *(["exporting ONNX and verifying it"] * bool(onnx)),
                 *(["writing Darknet cfg + weights"] * bool(darknet))) as step:
         step("loading")
-        net = load_model(model, arch, weights, trust_pickle, input)
+        net = load_model(model, arch, weights, trust_pickle, input, weights_cutoff)
+        note_random_weights(net)
 
         def write(tmps):
             i = 0
@@ -106,4 +109,5 @@ def export(
         rows.append(("darknet", f"{r.output} + {r.weights}", f"{r.layers} layers ({r.batchnorms} batch-normalised), "
                      f"{r.params:,} params, {r.weights_bytes:,} bytes", "read back: identical tensors"))
     out().print(table(f"exported {model}", ["format", "files", "what", "check"], rows))
-    print_written(outs)
+    for p in outs:
+        wrote(p)

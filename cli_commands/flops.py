@@ -8,9 +8,9 @@ from typing import Optional
 
 import typer
 
-from cli_commands.base import (ArchOpt, CsvOpt, JsonOpt, SurgeryError, TrustOpt, WeightsOpt, app, check_formats,
-                               examples, fmt_ms, human, load_model, out, parse_int_list, parse_shapes, print_csv,
-                               print_json, shape_str, table)
+from cli_commands.base import (ArchOpt, CsvOpt, JsonOpt, SurgeryError, TrustOpt, WeightsCutoffOpt, WeightsOpt, app,
+                               check_formats, examples, fmt_ms, human, load_model, out, parse_int_list, parse_shapes,
+                               print_csv, print_json, shape_str, table)
 from cli_commands.layers import DtypeOpt, StrictOpt, print_uncounted, report_header
 
 from analyzers.conventions import CONVENTIONS  # torch-free: names and descriptions only
@@ -207,6 +207,7 @@ def flops_cmd(
     model: str = typer.Argument(..., help="Model reference: FILE.pt, FILE.cfg, FILE.pt2 or zoo:NAME[:k=v]."),
     arch: Optional[str] = ArchOpt,
     weights: Optional[str] = WeightsOpt,
+    weights_cutoff: int = WeightsCutoffOpt,
     trust_pickle: bool = TrustOpt,
     input: Optional[str] = typer.Option(None, "--input", help="Input shape(s) without batch: 3x416x416, or a sweep "
                                         "3x224x224,3x416x416 (default: the model's)."),
@@ -242,7 +243,7 @@ def flops_cmd(
     shapes = parse_shapes(input)
     batches = parse_int_list(batch, "--batch")
     spec = get_spec(device_spec) if device_spec else None
-    net = load_model(model, arch, weights, trust_pickle, None)
+    net = load_model(model, arch, weights, trust_pickle, None, weights_cutoff)
     reports = sweep(net, shapes, batches, dtype=dtype, strict=strict)
     if len(reports) > 1:
         _sweep(net, reports, conv, spec, precision, backend, json_out, csv_out)

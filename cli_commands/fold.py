@@ -7,9 +7,10 @@ from typing import Optional
 
 import typer
 
-from cli_commands.base import (ArchOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsOpt, app, err_console, examples,
-                               fmt_num, human, load_model, out, print_json, table)
-from cli_commands.writing import output_path, print_written, stages
+from cli_commands.base import (ArchOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsCutoffOpt, WeightsOpt, app,
+                               note_random_weights, err_console, examples, fmt_num, human, load_model, out, print_json,
+                               table, wrote)
+from cli_commands.writing import output_path, stages
 from surgery.core.errors import SurgeryError
 
 _KINDS = "dirac,bn,branches"  # surgery.fold.KINDS (not imported here: the CLI starts without torch)
@@ -33,6 +34,7 @@ def fold_cmd(
     json_out: bool = JsonOpt,
     arch: str = ArchOpt,
     weights: str = WeightsOpt,
+    weights_cutoff: int = WeightsCutoffOpt,
     trust_pickle: bool = TrustOpt,
     input: str = InputOpt,
 ):
@@ -65,7 +67,8 @@ def fold_cmd(
     with stages("loading", "folding and verifying", *(["writing Darknet cfg + weights"] * (darknet is not None)),
                 "writing the checkpoint") as step:
         step("loading")
-        net = load_model(model, arch, weights, trust_pickle, input)
+        net = load_model(model, arch, weights, trust_pickle, input, weights_cutoff)
+        note_random_weights(net)
         step("folding and verifying")
         folded, rep = fold(net, only=kinds, dtype=getattr(torch, dt))
         if rep.nothing_to_fold is None:
@@ -88,7 +91,8 @@ def fold_cmd(
         err_console.print(f"surgery: nothing to fold: {rep.nothing_to_fold}; nothing written", markup=False,
                           soft_wrap=True)
     elif not json_out:
-        print_written(written)
+        for p in written:
+            wrote(p)
 
 
 def render(rep) -> None:

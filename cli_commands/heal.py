@@ -3,12 +3,16 @@ train`` (supervised training with folder labels, e.g. a dense teacher): one loop
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
-from cli_commands.base import (ForceOpt, JsonOpt, app, err_console, examples, out, print_json, progress, table,
+from cli_commands.base import (ArchEachOpt, ArchOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsEachOpt,
+                               WeightsOpt, app, load_models, err_console, examples, out, print_json, progress, table,
                                wrote)
+from cli_commands.training_options import (BatchOpt, BnOpt, CropScaleOpt, DeviceOpt, EpochsOpt, LrOpt, OptimizerOpt,
+                                           ScheduleOpt, StepsOpt, ValOpt, WeightDecayOpt, WorkersOpt, resumed,
+                                           run_rows, train_config)
 
 
 def _fmt_eval(e) -> str:
@@ -39,7 +43,7 @@ def _run(params: dict, *, resume_dir: str | None, json_out: bool, op: str) -> No
     from surgery.heal import HealConfig, heal
     from surgery.train import checkpoint as ckpt
     from surgery.train import dist
-    from surgery.train.loop import Hooks, TrainConfig
+    from surgery.train.loop import Hooks
     from surgery.train.losses import LossSpec
 
     rank = dist.env_rank()
@@ -47,15 +51,9 @@ def _run(params: dict, *, resume_dir: str | None, json_out: bool, op: str) -> No
         p = params
         spec = LossSpec.parse(p["loss"], temperature=p["temperature"], kd_weight=p["kd_weight"], beta=p["beta"],
                               feat_weight=p["feat_weight"], ce_weight=p["ce_weight"])
-        epochs, steps = p["epochs"], p["steps"]
-        if epochs is not None and steps is not None:
+        if p["epochs"] is not None and p["steps"] is not None:
             raise SurgeryError("give --epochs or --steps, not both")
-        if epochs is None and steps is None:
-            epochs = 1
-        tcfg = TrainConfig(batch=p["batch"], epochs=epochs, steps=steps,
-                           lr=p["lr"] if p["lr"] is not None else (0.05 if p["optimizer"] == "sgd" else 1e-3),
-                           optimizer=p["optimizer"], weight_decay=p["weight_decay"], schedule=p["schedule"],
-                           seed=p["seed"], workers=p["workers"] if p["workers"] is not None else _auto_workers(), device=p["device"], bn=p["bn"])
+        tcfg = train_config(p, bn=p["bn"])
         tcfg.validate()
         cfg = HealConfig(data=p["data"], val=p["val"], losses=spec, train=tcfg, match=p["match"], freeze=p["freeze"],
                          crop_scale=p["crop_scale"], flip=p["flip"])
@@ -67,8 +65,9 @@ def _run(params: dict, *, resume_dir: str | None, json_out: bool, op: str) -> No
             sio.check_outputs([output], force=p["force"], inputs=inputs)
             if not resume_dir:
                 ckpt.check_new(run_dir, force=p["force"])
-        student = sio.load(p["model"])
-        teacher = sio.load(p["teacher"]) if p["teacher"] else None
+        refs = [p["model"]] + ([p["teacher"]] if p["teacher"] else [])  # loader options: STUDENT, TEACHER
+        student, teacher = (load_models(refs, p.get("arch"), p.get("weights"), bool(p.get("trust_code")),
+                                        p.get("input")) + [None])[:2]
         bar = progress() if rank == 0 and not json_out else None
         task = None
 
@@ -124,12 +123,7 @@ def _run(params: dict, *, resume_dir: str | None, json_out: bool, op: str) -> No
                                          for p in rep.pairs)))
     if rep.frozen_layers:
         rows.append(("frozen", f"{len(rep.frozen_layers)} layers, {rep.frozen_params:,} params"))
-    rows += [
-        ("steps", f"{rep.steps} ({rep.epochs} epochs of {rep.steps_per_epoch}, batch {rep.batch}, "
-                  f"{rep.world_size} process{'es' if rep.world_size > 1 else ''})"
-                  + (f", resumed at step {rep.resumed_at}" if rep.resumed_at else "")),
-        ("speed", f"{rep.images_per_s:,.0f} images/s ({rep.seconds:.1f} s)"),
-    ]
+    rows += run_rows(rep)
     if rep.teacher_eval.get("accuracy") is not None:
         rows.append(("teacher held-out", _fmt_eval(rep.teacher_eval)))
     rows += [("before", _fmt_eval(rep.before)), ("after", _fmt_eval(rep.after)), ("run", str(rep.run_dir))]
@@ -148,12 +142,6 @@ _HEAL_EXAMPLES = examples(
 )
 
 
-def _auto_workers() -> int:
-    import os
-
-    return max(0, min(4, (os.cpu_count() or 1) - 2))
-
-
 def _opts(**kw):
     return kw
 
@@ -164,15 +152,15 @@ def heal_cmd(
     teacher: Optional[str] = typer.Option(None, "--teacher", help="The model to match (e.g. the one before the edit)."),
     data: Optional[str] = typer.Option(None, "--data", help="Folder of .png/.jpg images, any depth (train/ and val/ "
                                                              "sub-folders are used as the split)."),
-    val: Optional[str] = typer.Option(None, "--val", help="Held-out folder (default: DATA/val, else 10% of DATA)."),
+    val: Optional[str] = ValOpt,
     loss: str = typer.Option("kd", "--loss", help="Comma list of kd, at, feat, ce (ce uses sub-folder labels)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default 1)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps instead of --epochs."),
-    batch: int = typer.Option(64, "--batch", help="Global batch (all processes together)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default 1e-3 adamw, 0.05 sgd)."),
-    optimizer: str = typer.Option("adamw", "--optimizer", help="sgd (momentum 0.9) or adamw."),
-    schedule: str = typer.Option("cosine", "--schedule", help="cosine or constant learning rate."),
-    weight_decay: float = typer.Option(0.0, "--weight-decay", help="Weight decay."),
+    epochs: Optional[int] = EpochsOpt,
+    steps: Optional[int] = StepsOpt,
+    batch: int = BatchOpt,
+    lr: Optional[float] = LrOpt,
+    optimizer: str = OptimizerOpt,
+    schedule: str = ScheduleOpt,
+    weight_decay: float = WeightDecayOpt,
     freeze: Optional[str] = typer.Option(None, "--freeze", help="Layers kept exactly: indices, ranges, names, globs "
                                                                  "(e.g. 0-74 or features.*)."),
     match: Optional[str] = typer.Option(None, "--match", help="at/feat layer pairs STUDENT:TEACHER,... "
@@ -182,11 +170,11 @@ def heal_cmd(
     beta: float = typer.Option(1000.0, "--beta", help="at weight beta (Zagoruyko & Komodakis: 1e3)."),
     feat_weight: float = typer.Option(1.0, "--feat-weight", help="Weight of the feat term."),
     ce_weight: float = typer.Option(1.0, "--ce-weight", help="Weight of the ce term."),
-    bn: str = typer.Option("update", "--bn", help="BatchNorm statistics: update (train mode) or freeze."),
-    crop_scale: float = typer.Option(0.25, "--crop-scale", help="Smallest area fraction of the random resized crop."),
+    bn: str = BnOpt,
+    crop_scale: float = CropScaleOpt,
     flip: bool = typer.Option(True, "--flip/--no-flip", help="Random horizontal flips."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes (default: CPU cores - 2, at most 4)."),
+    device: str = DeviceOpt,
+    workers: Optional[int] = WorkersOpt,
     seed: int = typer.Option(0, "--seed", help="Seed of the data order, augmentation and dropout."),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Output checkpoint (default: STUDENT-healed.pt)."),
     run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Run directory for epoch checkpoints "
@@ -195,32 +183,31 @@ def heal_cmd(
                                                                  "(its own options are used)."),
     force: bool = ForceOpt,
     json_out: bool = JsonOpt,
+    arch: Optional[List[str]] = ArchEachOpt,
+    weights: Optional[List[str]] = WeightsEachOpt,
+    trust_code: bool = TrustOpt,
+    input: Optional[str] = InputOpt,
 ):
     """Train STUDENT until it behaves like TEACHER again (distillation, attention transfer).
 
     Held-out KL to the teacher, top-1 agreement (and accuracy for labelled folders) after every
     epoch; a run directory with a checkpoint per epoch (--resume continues it). Runs under
-    torchrun for more processes (DDP; rank 0 writes).
+    torchrun for more processes (DDP; rank 0 writes). --arch/--weights given twice: STUDENT's,
+    then TEACHER's (once: both).
     """
     params = _opts(model=model, teacher=teacher, data=data, val=val, loss=loss, epochs=epochs, steps=steps,
                    batch=batch, lr=lr, optimizer=optimizer, schedule=schedule, weight_decay=weight_decay,
                    freeze=freeze, match=match, temperature=temperature, kd_weight=kd_weight, beta=beta,
                    feat_weight=feat_weight, ce_weight=ce_weight, bn=bn, crop_scale=crop_scale, flip=flip,
-                   device=device, workers=workers, seed=seed, output=output, run_dir=run_dir, force=force)
+                   device=device, workers=workers, seed=seed, output=output, run_dir=run_dir, force=force,
+                   arch=arch, weights=weights, trust_code=trust_code, input=input)
     _dispatch(params, resume, json_out, "heal")
 
 
 def _dispatch(params: dict, resume: str | None, json_out: bool, op: str) -> None:
     from surgery.core.errors import SurgeryError
 
-    if resume:
-        from surgery.train import checkpoint as ckpt
-
-        saved = ckpt.read_config(resume)
-        if saved.get("op") != op:
-            raise SurgeryError(f"{resume} is a `surgery {saved.get('op')}` run; resume it with that command")
-        params = {k: saved.get(k, v) for k, v in params.items()}
-        params["run_dir"] = resume
+    params = resumed(params, resume, op)
     if not params["model"]:
         raise SurgeryError(f"give the model to {op} (or --resume RUN_DIR)")
     if not params["data"]:
@@ -239,31 +226,36 @@ def train_cmd(
     model: Optional[str] = typer.Argument(None, metavar="MODEL", help="Model to train: FILE.pt, FILE.cfg or zoo:NAME."),
     data: Optional[str] = typer.Option(None, "--data", help="Folder with one sub-folder per class (train/ and val/ "
                                                              "sub-folders are used as the split)."),
-    val: Optional[str] = typer.Option(None, "--val", help="Held-out folder (default: DATA/val, else 10% of DATA)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default 1)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps instead of --epochs."),
-    batch: int = typer.Option(64, "--batch", help="Global batch (all processes together)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default 1e-3 adamw, 0.05 sgd)."),
-    optimizer: str = typer.Option("adamw", "--optimizer", help="sgd (momentum 0.9) or adamw."),
-    schedule: str = typer.Option("cosine", "--schedule", help="cosine or constant learning rate."),
-    weight_decay: float = typer.Option(0.0, "--weight-decay", help="Weight decay."),
+    val: Optional[str] = ValOpt,
+    epochs: Optional[int] = EpochsOpt,
+    steps: Optional[int] = StepsOpt,
+    batch: int = BatchOpt,
+    lr: Optional[float] = LrOpt,
+    optimizer: str = OptimizerOpt,
+    schedule: str = ScheduleOpt,
+    weight_decay: float = WeightDecayOpt,
     freeze: Optional[str] = typer.Option(None, "--freeze", help="Layers kept exactly (indices, ranges, names, globs)."),
-    bn: str = typer.Option("update", "--bn", help="BatchNorm statistics: update (train mode) or freeze."),
-    crop_scale: float = typer.Option(0.25, "--crop-scale", help="Smallest area fraction of the random resized crop."),
+    bn: str = BnOpt,
+    crop_scale: float = CropScaleOpt,
     flip: bool = typer.Option(True, "--flip/--no-flip", help="Random horizontal flips (off for digits and text)."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes (default: CPU cores - 2, at most 4)."),
+    device: str = DeviceOpt,
+    workers: Optional[int] = WorkersOpt,
     seed: int = typer.Option(0, "--seed", help="Seed of the data order, augmentation and dropout."),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Output checkpoint (default: MODEL-trained.pt)."),
     run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Run directory (default: the output with .run)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue the run in this run directory."),
     force: bool = ForceOpt,
     json_out: bool = JsonOpt,
+    arch: Optional[str] = ArchOpt,
+    weights: Optional[str] = WeightsOpt,
+    trust_code: bool = TrustOpt,
+    input: Optional[str] = InputOpt,
 ):
     """Train MODEL with the folder's labels (cross entropy): the same loop as heal, no teacher."""
     params = _opts(model=model, teacher=None, data=data, val=val, loss="ce", epochs=epochs, steps=steps,
                    batch=batch, lr=lr, optimizer=optimizer, schedule=schedule, weight_decay=weight_decay,
                    freeze=freeze, match=None, temperature=4.0, kd_weight=1.0, beta=1000.0, feat_weight=1.0,
                    ce_weight=1.0, bn=bn, crop_scale=crop_scale, flip=flip, device=device, workers=workers,
-                   seed=seed, output=output, run_dir=run_dir, force=force)
+                   seed=seed, output=output, run_dir=run_dir, force=force, arch=arch, weights=weights,
+                   trust_code=trust_code, input=input)
     _dispatch(params, resume, json_out, "train")

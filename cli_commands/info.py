@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from cli_commands.base import (ArchOpt, InputOpt, JsonOpt, TrustOpt, WeightsOpt, app, examples, human, load_model, out,
-                               print_json, shape_str, table)
+from cli_commands.base import (ArchOpt, InputOpt, JsonOpt, TrustOpt, WeightsCutoffOpt, WeightsOpt, app,
+                               describe_weights, examples, human, load_model, out, print_json, shape_str, table)
 
 
 @app.command("info", epilog=examples("surgery info zoo:yolov3", "surgery info model.pt --json"))
@@ -13,6 +13,7 @@ def info(
     model: str = typer.Argument(..., help="Model reference: FILE.pt, FILE.cfg, FILE.pt2 or zoo:NAME[:k=v]."),
     arch: str = ArchOpt,
     weights: str = WeightsOpt,
+    weights_cutoff: int = WeightsCutoffOpt,
     trust_pickle: bool = TrustOpt,
     input: str = InputOpt,
     json_out: bool = JsonOpt,
@@ -20,7 +21,7 @@ def info(
     """Show what a model reference loads: format, arch, recipe, params, input shape, hashes."""
     from surgery.info import describe
 
-    rep = describe(load_model(model, arch, weights, trust_pickle, input))
+    rep = describe(load_model(model, arch, weights, trust_pickle, input, weights_cutoff))
     if json_out:
         print_json(rep)
         return
@@ -36,5 +37,9 @@ def info(
         ("recipe", " → ".join(s["op"] for s in rep.recipe) or "(none)"),
     ]
     rows += [(f"sha256 {p}", h) for p, h in rep.sources.items()]
-    rows += [(k, str(v)) for k, v in rep.metadata.items() if k not in ("sources",)]
+    weights_line = describe_weights(rep.metadata)  # a Darknet net: where its weights came from
+    if weights_line:
+        rows.append(("weights", weights_line))
+    shown = ("sources",) + (("weights", "weights_load", "random_weights", "seed") if weights_line else ())
+    rows += [(k, str(v)) for k, v in rep.metadata.items() if k not in shown]
     out().print(table(None, ["field", "value"], rows, fold=("field", "value")))

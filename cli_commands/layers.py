@@ -6,8 +6,9 @@ from typing import Optional
 
 import typer
 
-from cli_commands.base import (ArchOpt, SurgeryError, CsvOpt, InputOpt, JsonOpt, TrustOpt, WeightsOpt, app, check_formats, examples,
-                               human, load_model, out, parse_int_list, print_csv, print_json, shape_str, table)
+from cli_commands.base import (ArchOpt, SurgeryError, CsvOpt, InputOpt, JsonOpt, TrustOpt, WeightsCutoffOpt, WeightsOpt,
+                               app, check_formats, examples, human, load_model, out, parse_int_list, print_csv,
+                               print_json, shape_str, table)
 
 BatchOpt = typer.Option("1", "--batch", help="Batch size (costs scale with it; shapes are shown without it). flops "
                                              "and profile take a comma list to sweep, e.g. 1,8,32.")
@@ -44,6 +45,7 @@ def layers_cmd(
     model: str = typer.Argument(..., help="Model reference: FILE.pt, FILE.cfg, FILE.pt2 or zoo:NAME[:k=v]."),
     arch: Optional[str] = ArchOpt,
     weights: Optional[str] = WeightsOpt,
+    weights_cutoff: int = WeightsCutoffOpt,
     trust_pickle: bool = TrustOpt,
     input: Optional[str] = InputOpt,
     batch: str = BatchOpt,
@@ -67,7 +69,7 @@ def layers_cmd(
         raise SurgeryError(f"--batch {batch}: layers shows one batch size; sweep with "
                            f"`surgery flops {model} --batch {batch}`")
     b = batches[0]
-    net = load_model(model, arch, weights, trust_pickle, input)
+    net = load_model(model, arch, weights, trust_pickle, input, weights_cutoff)
     rep = analyze(net, batch=b, dtype=dtype, strict=strict)
     t = rep.totals
     if json_out:

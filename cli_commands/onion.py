@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
-from cli_commands.base import (ArchOpt, ForceOpt, JsonOpt, TrustOpt, WeightsOpt, app, console, human, load_model,
-                               print_json, progress, table, to_jsonable)
+from cli_commands.base import (ArchEachOpt, ArchOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsCutoffOpt,
+                               WeightsEachOpt, WeightsOpt, app, console, human, load_model, load_models,
+                               note_random_weights, print_json, progress, table, to_jsonable, wrote)
 
 onion_app = typer.Typer(help="OnionNet cascades: split a chain network into early-rejecting stages, run, curve, export.",
                         no_args_is_help=True)
@@ -28,7 +29,9 @@ def split_cmd(
     json_out: bool = JsonOpt,
     arch: str = ArchOpt,
     weights: str = WeightsOpt,
+    weights_cutoff: int = WeightsCutoffOpt,
     trust_pickle: bool = TrustOpt,
+    input: Optional[str] = InputOpt,
 ):
     """Split a trained chain network into a two-stage OnionNet cascade (S1 filters chosen to drop the least weight energy)."""
     from surgery.core import io as sio
@@ -37,7 +40,8 @@ def split_cmd(
     s1_val = parse_s1(s1)  # bad fractions are refused before loading
     out_path = output or str(sio.default_output([model], "-onion"))
     sio.check_outputs([out_path], force=force, inputs=[model])
-    net = load_model(model, arch, weights, trust_pickle)
+    net = load_model(model, arch, weights, trust_pickle, input, weights_cutoff)
+    note_random_weights(net)
     result, rep = split(net, s1_val, s1_classes=s1_classes, seed=seed)
     path = sio.save(result, out_path, force=force, inputs=[model])
     if json_out:
@@ -61,7 +65,7 @@ def split_cmd(
                   f"top-1 agreement {100 * m['top1_agreement']:.0f}%")
     for n in rep.notes:
         console.print(f"note: {n}")
-    console.print(f"wrote {path}")
+    wrote(path)
 
 
 @onion_app.command("run")
@@ -78,6 +82,10 @@ def run_cmd(
     calibrated: bool = typer.Option(False, "--calibrated", help="Use the thresholds `surgery onion calibrate` stored; "
                                                                 "refuse a cascade that has none."),
     json_out: bool = JsonOpt,
+    arch: Optional[str] = ArchOpt,
+    weights: Optional[str] = WeightsOpt,
+    trust_pickle: bool = TrustOpt,
+    input: Optional[str] = InputOpt,
 ):
     """Run a cascade: S1 on the batch, survivors compacted, S2 on them only, results scattered back."""
     import torch
@@ -91,7 +99,7 @@ def run_cmd(
         raise SurgeryError(f"--batch {batch} must be at least 1")
     if pass_threshold is not None and pass_fraction is not None:
         raise SurgeryError("give --pass-threshold or --pass-fraction, not both")
-    net = load_model(cascade)
+    net = load_model(cascade, arch, weights, trust_pickle, input)
     if not isinstance(net.module, OnionCascade):
         raise SurgeryError(f"{cascade} is not an OnionNet cascade; make one with `surgery onion split`")
     if calibrated:
@@ -148,6 +156,10 @@ def curve_cmd(
     plot: Optional[str] = typer.Option(None, "--plot", help="Write a Figure-3-style PNG here."),
     force: bool = ForceOpt,
     json_out: bool = JsonOpt,
+    arch: Optional[List[str]] = ArchEachOpt,
+    weights: Optional[List[str]] = WeightsEachOpt,
+    trust_pickle: bool = TrustOpt,
+    input: Optional[str] = InputOpt,
 ):
     """t(p), t_NS(p) and t_M: complexity (exact MACs/bytes) and measured CPU time with a forced pass fraction."""
     from analyzers import latency as lat
@@ -157,9 +169,9 @@ def curve_cmd(
     rts = tuple(r.strip() for r in runtimes.split(",") if r.strip())
     if plot:
         sio.check_outputs([plot], force=force, inputs=[cascade])
-    net = load_model(cascade)
+    net, base = (load_models([cascade] + ([baseline] if baseline else []), arch, weights, trust_pickle, input)
+                 + [None])[:2]  # loader options: CASCADE, then --baseline
     cv.require_cascade(net)
-    base = load_model(baseline) if baseline else None
     timing = lat.TimingConfig(warmup=1, warmup_s=0.0, min_runs=3, min_time_s=max(0.0, min_time), max_time_s=10.0)
     with progress() as bar:
         task = bar.add_task("timing t(p), t_NS(p), t_M", total=None)
@@ -193,7 +205,7 @@ def curve_cmd(
     for n in rep.notes:
         console.print(f"note: {n}")
     if path:
-        console.print(f"wrote {path}")
+        wrote(path)
 
 
 @onion_app.command("export")
@@ -203,6 +215,10 @@ def export_cmd(
     s2_out: Optional[str] = typer.Option(None, "--s2-output", help="S2 graph (default: MODEL-s2.onnx)."),
     force: bool = ForceOpt,
     json_out: bool = JsonOpt,
+    arch: Optional[str] = ArchOpt,
+    weights: Optional[str] = WeightsOpt,
+    trust_pickle: bool = TrustOpt,
+    input: Optional[str] = InputOpt,
 ):
     """Export S1 (input -> scores + shared maps) and S2 (shared maps -> output) as two ONNX graphs with a dynamic batch."""
     from surgery.onion.export import default_outputs, export
@@ -212,7 +228,7 @@ def export_cmd(
     from surgery.core import io as sio
 
     sio.check_outputs(outs, force=force, inputs=[cascade])
-    rep = export(load_model(cascade), outs, force=force)
+    rep = export(load_model(cascade, arch, weights, trust_pickle, input), outs, force=force)
     if json_out:
         print_json(to_jsonable(rep))
         return
@@ -221,5 +237,5 @@ def export_cmd(
                   f"batch dynamic, opset {rep.opset}")
     console.print(f"verified in ONNX Runtime (CPU) with compaction at batch {' and '.join(map(str, rep.batches))}: "
                   f"max abs {rep.verify['max_abs']:.3g}, max rel {rep.verify['max_rel']:.3g}")
-    console.print(f"wrote {rep.output[0]} ({human(rep.size_bytes[0], 'B')}) and {rep.output[1]} "
-                  f"({human(rep.size_bytes[1], 'B')})")
+    wrote(rep.output[0], human(rep.size_bytes[0], 'B'))
+    wrote(rep.output[1], human(rep.size_bytes[1], 'B'))

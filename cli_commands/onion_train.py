@@ -4,12 +4,15 @@ through the project's one loop, and S1 pass thresholds at a chosen TPR (onionnet
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
-from cli_commands.base import ForceOpt, JsonOpt, examples, out, print_json, progress, table
+from cli_commands.base import (ArchEachOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsEachOpt, examples,
+                               load_models, out, print_json, progress, table, wrote)
 from cli_commands.onion import onion_app
+from cli_commands.training_options import (BatchOpt, DeviceOpt, EpochsOpt, LrOpt, OptimizerOpt, ScheduleOpt, StepsOpt,
+                                           ValOpt, WeightDecayOpt, resumed, run_rows, train_config)
 
 
 def _pct(v) -> str:
@@ -40,17 +43,11 @@ def _run_train(p: dict, *, resume_dir: str | None, json_out: bool) -> None:
     from surgery.onion.train import JointConfig, joint_train
     from surgery.train import checkpoint as ckpt
     from surgery.train import dist
-    from surgery.train.loop import Hooks, TrainConfig
+    from surgery.train.loop import Hooks
 
     rank = dist.env_rank()
     try:
-        epochs, steps = p["epochs"], p["steps"]
-        if epochs is None and steps is None:
-            epochs = 1
-        tcfg = TrainConfig(batch=p["batch"], epochs=epochs, steps=steps,
-                           lr=p["lr"] if p["lr"] is not None else (0.05 if p["optimizer"] == "sgd" else 1e-3),
-                           optimizer=p["optimizer"], weight_decay=p["weight_decay"], schedule=p["schedule"],
-                           seed=p["seed"], workers=p["workers"], device=p["device"])
+        tcfg = train_config(p)
         cfg = JointConfig(data=p["data"], val=p["val"], alpha=p["alpha"], s2_loss=p["s2_loss"],
                           s1_classes=p["s1_classes"], temperature=p["temperature"], train=tcfg,
                           crop_scale=p["crop_scale"], flip=p["flip"])
@@ -62,8 +59,9 @@ def _run_train(p: dict, *, resume_dir: str | None, json_out: bool) -> None:
             sio.check_outputs([output], force=p["force"], inputs=inputs)
             if not resume_dir:
                 ckpt.check_new(run_dir, force=p["force"])
-        net = sio.load(p["model"])
-        teacher = sio.load(p["teacher"]) if p["teacher"] else None
+        refs = [p["model"]] + ([p["teacher"]] if p["teacher"] else [])  # loader options: CASCADE, then TEACHER
+        net, teacher = (load_models(refs, p.get("arch"), p.get("weights"), bool(p.get("trust_code")), p.get("input"))
+                        + [None])[:2]
         bar = progress() if rank == 0 and not json_out else None
         task = None
 
@@ -104,16 +102,12 @@ def _run_train(p: dict, *, resume_dir: str | None, json_out: bool) -> None:
             f"{1 - rep.alpha:g}*L_S2 ({rep.s2_loss})") if rep.cascade else f"L_S2 ({rep.s2_loss}); monolithic"
     rows = [("model", rep.model)] + ([("teacher", rep.teacher)] if rep.teacher else []) + [
         ("data", f"{rep.data}: {rep.train_images} training, {rep.val_images} held-out images"),
-        ("loss", loss),
-        ("steps", f"{rep.steps} ({rep.epochs} epochs of {rep.steps_per_epoch}, batch {rep.batch}, "
-                  f"{rep.world_size} process{'es' if rep.world_size > 1 else ''})"
-                  + (f", resumed at step {rep.resumed_at}" if rep.resumed_at else "")),
-        ("speed", f"{rep.images_per_s:,.0f} images/s ({rep.seconds:.1f} s)"),
+        ("loss", loss), *run_rows(rep),
         ("before", _fmt_eval(rep.before)), ("after", _fmt_eval(rep.after)), ("run", str(rep.run_dir)),
     ]
     con = out()
     con.print(table(f"onion train {rep.model}", ["", "value"], rows))
-    con.print(f"wrote {rep.output}")
+    wrote(rep.output)
 
 
 @onion_app.command("train", epilog=examples(
@@ -128,7 +122,7 @@ def train_cmd(
                                                                         "a monolithic model trains under L_S2 alone."),
     data: Optional[str] = typer.Option(None, "--data", help="Image folder (class sub-folders for labels; train/ and "
                                                              "val/ used as the split)."),
-    val: Optional[str] = typer.Option(None, "--val", help="Held-out folder (default: DATA/val, else 10% of DATA)."),
+    val: Optional[str] = ValOpt,
     alpha: float = typer.Option(0.5, "--alpha", help="Weight of L_S1 in L = alpha*L_S1 + (1-alpha)*L_S2, in (0, 1)."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="Monolithic source: label-free training (S2 distils "
                                                                    "it, S1 learns its S1-class decision)."),
@@ -137,17 +131,17 @@ def train_cmd(
     s1_classes: str = typer.Option("binary", "--s1-classes", help="binary (first class vs the rest), kmeans (teacher's "
                                                                   "class-mean activations) or a JSON class -> S1-class map."),
     temperature: float = typer.Option(4.0, "--temperature", help="kd temperature T."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default 1)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps instead of --epochs."),
-    batch: int = typer.Option(64, "--batch", help="Global batch (all processes together)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default 1e-3 adamw, 0.05 sgd)."),
-    optimizer: str = typer.Option("adamw", "--optimizer", help="sgd (momentum 0.9) or adamw."),
-    schedule: str = typer.Option("cosine", "--schedule", help="cosine or constant learning rate."),
-    weight_decay: float = typer.Option(0.0, "--weight-decay", help="Weight decay."),
+    epochs: Optional[int] = EpochsOpt,
+    steps: Optional[int] = StepsOpt,
+    batch: int = BatchOpt,
+    lr: Optional[float] = LrOpt,
+    optimizer: str = OptimizerOpt,
+    schedule: str = ScheduleOpt,
+    weight_decay: float = WeightDecayOpt,
     crop_scale: float = typer.Option(1.0, "--crop-scale", help="Smallest area fraction of the random resized crop "
                                                                "(1 = none; patch pairs keep their scale)."),
     flip: bool = typer.Option(True, "--flip/--no-flip", help="Random horizontal flips (the paper's)."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: str = DeviceOpt,
     workers: int = typer.Option(2, "--workers", help="DataLoader worker processes."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data order, augmentation and initialisation order."),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Output checkpoint (default: CASCADE-trained.pt)."),
@@ -155,6 +149,10 @@ def train_cmd(
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue the run in this run directory."),
     force: bool = ForceOpt,
     json_out: bool = JsonOpt,
+    arch: Optional[List[str]] = ArchEachOpt,
+    weights: Optional[List[str]] = WeightsEachOpt,
+    trust_code: bool = TrustOpt,
+    input: Optional[str] = InputOpt,
 ):
     """Train a cascade jointly: S1's classifier on S1-classes, S2 on the task, S1's features on both.
 
@@ -166,15 +164,9 @@ def train_cmd(
     p = dict(model=model, data=data, val=val, alpha=alpha, teacher=teacher, s2_loss=s2_loss, s1_classes=s1_classes,
              temperature=temperature, epochs=epochs, steps=steps, batch=batch, lr=lr, optimizer=optimizer,
              schedule=schedule, weight_decay=weight_decay, crop_scale=crop_scale, flip=flip, device=device,
-             workers=workers, seed=seed, output=output, run_dir=run_dir, force=force)
-    if resume:
-        from surgery.train import checkpoint as ckpt
-
-        saved = ckpt.read_config(resume)
-        if saved.get("op") != "onion-train":
-            raise SurgeryError(f"{resume} is a `surgery {saved.get('op')}` run; resume it with that command")
-        p = {k: saved.get(k, v) for k, v in p.items()}
-        p["run_dir"] = resume
+             workers=workers, seed=seed, output=output, run_dir=run_dir, force=force, arch=arch, weights=weights,
+             trust_code=trust_code, input=input)
+    p = resumed(p, resume, "onion-train")
     if not p["model"]:
         raise SurgeryError("give the cascade to train (or --resume RUN_DIR)")
     if not p["data"]:
@@ -200,6 +192,10 @@ def calibrate_cmd(
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Output (default: CASCADE-calibrated.pt)."),
     force: bool = ForceOpt,
     json_out: bool = JsonOpt,
+    arch: Optional[List[str]] = ArchEachOpt,
+    weights: Optional[List[str]] = WeightsEachOpt,
+    trust_code: bool = TrustOpt,
+    input: Optional[str] = InputOpt,
 ):
     """Per-S1-class ROC on the calibration data; thresholds at the TPR stored in the cascade.
 
@@ -213,8 +209,8 @@ def calibrate_cmd(
     out_path = output or str(sio.default_output([cascade], "-calibrated"))
     inputs = [r for r in (cascade, teacher) if r]
     sio.check_outputs([out_path], force=force, inputs=inputs)
-    net = sio.load(cascade)
-    t = sio.load(teacher) if teacher else None
+    net, t = (load_models([cascade] + ([teacher] if teacher else []), arch, weights, trust_code, input)
+              + [None])[:2]  # loader options: CASCADE, then --teacher
     res, rep = calibrate(net, data, tprs=tprs, val=val, interest=classes, teacher=t, batch=batch)
     path = sio.save(res, out_path, force=force, inputs=inputs)
     import dataclasses
@@ -224,7 +220,7 @@ def calibrate_cmd(
         print_json(rep)
         return
     rows = []
-    for r in rep.rows:
+    for r in rep.operating_points:
         thr = " ".join("-" if v == float("inf") else f"{v:.4g}" for v in r.thresholds)
         c, v = r.calibration, r.val
         rows.append((f"{r.tpr_target:g}", thr, _pct(c.tpr), _pct(c.fpr), _pct(c.pass_fraction),
@@ -235,7 +231,7 @@ def calibrate_cmd(
                     ["TPR asked", "thresholds", "TPR", "FPR", "pass p", "held-out TPR", "held-out FPR",
                      "held-out pass p"], rows,
                     right=["TPR asked", "TPR", "FPR", "pass p", "held-out TPR", "held-out FPR", "held-out pass p"]))
-    n = rep.rows[0].calibration.examples
+    n = rep.operating_points[0].calibration.examples
     con.print(f"calibrated on {n} images of {rep.data}; the checkpoint passes S1 at TPR {rep.active_tpr:g} "
               f"(thresholds: - = never passes)")
-    con.print(f"wrote {rep.output}")
+    wrote(rep.output)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import typer
-from cli_commands.base import (ArchOpt, CsvOpt, ForceOpt, JsonOpt, SurgeryError, TrustOpt, WeightsOpt, app,
-                               check_formats, err_console, examples, fmt_ms, fmt_num, human, load_model, out,
+from cli_commands.base import (ArchEachOpt, CsvOpt, ForceOpt, JsonOpt, SurgeryError, TrustOpt, WeightsCutoffOpt, WeightsEachOpt,
+                               app, check_formats, err_console, examples, fmt_ms, fmt_num, human, load_models, out,
                                parse_int_list, parse_shapes, print_csv, print_json, progress, shape_str, table, wrote)
 from cli_commands.flops import DeviceSpecOpt
 
@@ -115,8 +115,9 @@ def profile_cmd(
     tf32: bool = typer.Option(False, "--tf32", help="Allow TF32 for float32 on CUDA (faster, less exact)."),
     device_spec: str | None = DeviceSpecOpt,
     force: bool = ForceOpt,
-    arch: str = ArchOpt,
-    weights: str = WeightsOpt,
+    arch: list[str] | None = ArchEachOpt,
+    weights: list[str] | None = WeightsEachOpt,
+    weights_cutoff: int = WeightsCutoffOpt,
     trust_pickle: bool = TrustOpt,
     input: str = typer.Option(None, "--input", help="Input shape(s) without batch: 3x416x416, or a sweep "
                                                      "3x224x224,3x416x416 (default: each model's)."),
@@ -144,13 +145,15 @@ def profile_cmd(
         check_outputs([plot], force=force, inputs=inputs)  # before a long sweep, not after
     shapes = parse_shapes(input) or [None]
     entries, labels = [], []
+    for m in models:
+        if not [p for p in m.split("+") if p]:
+            raise SurgeryError(f"bad model entry {m!r}; write MODEL or A.pt+B.pt")
     for shape in shapes:
         text = shape_str(shape) if shape else None
+        # per-model options go to the references in order (A.pt+B.pt counts as two)
+        nets = iter(load_models(inputs, arch, weights, trust_pickle, text, weights_cutoff))
         for m in models:
-            parts = [p for p in m.split("+") if p]
-            if not parts:
-                raise SurgeryError(f"bad model entry {m!r}; write MODEL or A.pt+B.pt")
-            entries.append([load_model(p, arch, weights, trust_pickle, text) for p in parts])
+            entries.append([next(nets) for p in m.split("+") if p])
             labels.append(m if len(shapes) == 1 else f"{m} @{text}")
 
     with progress() as bar:

@@ -7,9 +7,9 @@ from typing import Optional
 
 import typer
 
-from cli_commands.base import (ArchOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsOpt, app, examples, fmt_num,
-                               human, out, print_json, table)
-from cli_commands.writing import output_path, print_written, stages
+from cli_commands.base import (ArchOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsCutoffOpt, WeightsOpt, app,
+                               note_random_weights, examples, fmt_num, human, out, print_json, table, wrote)
+from cli_commands.writing import output_path, stages
 from surgery.core.errors import SurgeryError
 
 
@@ -38,6 +38,7 @@ def regroup_cmd(
     json_out: bool = JsonOpt,
     arch: Optional[str] = ArchOpt,
     weights: Optional[str] = WeightsOpt,
+    weights_cutoff: int = WeightsCutoffOpt,
     trust_pickle: bool = TrustOpt,
     input: Optional[str] = InputOpt,
 ):
@@ -69,7 +70,8 @@ def regroup_cmd(
     written = {}
     with stages("loading the model", "searching permutations, regrouping, measuring", "writing") as step:
         step("loading the model")
-        net = load_model(model, arch, weights, trust_pickle, input)
+        net = load_model(model, arch, weights, trust_pickle, input, weights_cutoff)
+        note_random_weights(net)
         if darknet and (net.arch is None or net.arch.kind != "darknet"):
             raise SurgeryError(f"--darknet: {model} is not a Darknet model; write the checkpoint and export it "
                                f"with `surgery export --onnx` instead")
@@ -97,8 +99,9 @@ def regroup_cmd(
         print_json(d)
         return
     render(rep)
-    print_written([path] + ([f"{darknet} + {Path(darknet).with_suffix('.weights')} (read back: identical tensors)"]
-                            if darknet else []))
+    wrote(path)
+    if darknet:
+        wrote(f"{darknet} + {Path(darknet).with_suffix('.weights')}", "read back: identical tensors")
 
 
 def render(rep) -> None:

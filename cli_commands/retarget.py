@@ -7,9 +7,10 @@ from typing import Optional
 
 import typer
 
-from cli_commands.base import (ArchOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsOpt, app, err_console, examples,
-                               human, load_model, out, print_json, table)
-from cli_commands.writing import output_path, print_written, stages
+from cli_commands.base import (ArchOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsCutoffOpt, WeightsOpt, app,
+                               note_random_weights, err_console, examples, human, load_model, out, print_json, table,
+                               wrote)
+from cli_commands.writing import output_path, stages
 
 
 @app.command("retarget", epilog=examples(
@@ -32,6 +33,7 @@ def retarget_cmd(
     json_out: bool = JsonOpt,
     arch: Optional[str] = ArchOpt,
     weights: Optional[str] = WeightsOpt,
+    weights_cutoff: int = WeightsCutoffOpt,
     trust_pickle: bool = TrustOpt,
     input: Optional[str] = InputOpt,
 ):
@@ -48,7 +50,8 @@ def retarget_cmd(
 
     with stages("loading", "retargeting", "writing the checkpoint") as step:
         step("loading")
-        net = load_model(model, arch, weights, trust_pickle, input)
+        net = load_model(model, arch, weights, trust_pickle, input, weights_cutoff)
+        note_random_weights(net)
         step("retargeting")
         task, rep = retarget(net, at, classes, anchors=anchors, seed=seed)
         step("writing the checkpoint")
@@ -73,4 +76,4 @@ def retarget_cmd(
         ("params", f"{rep.params:,} ({human(rep.params)})"),
     ]
     out().print(table(f"retarget at layer {rep.at}", ["", "value"], rows))
-    print_written([path])
+    wrote(path)

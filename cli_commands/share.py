@@ -7,9 +7,10 @@ from typing import List, Optional
 
 import typer
 
-from cli_commands.base import (ForceOpt, InputOpt, JsonOpt, app, examples, fmt_num, human, load_model, out,
-                               parse_layer_list, print_json, table)
-from cli_commands.writing import output_path, print_written, stages
+from cli_commands.base import (ArchEachOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsEachOpt, app, examples,
+                               fmt_num, human, load_models, note_random_weights, out,
+                               parse_layer_list, print_json, table, wrote)
+from cli_commands.writing import output_path, stages
 from surgery.core.errors import SurgeryError
 
 DEFAULT_RTOL = 1e-5  # surgery.share.DEFAULT_RTOL (not imported here: the CLI starts without torch)
@@ -36,6 +37,9 @@ def share_cmd(
     rtol: float = typer.Option(DEFAULT_RTOL, "--rtol", help="Largest relative output difference a head may show."),
     force: bool = ForceOpt,
     json_out: bool = JsonOpt,
+    arch: Optional[List[str]] = ArchEachOpt,
+    weights: Optional[List[str]] = WeightsEachOpt,
+    trust_pickle: bool = TrustOpt,
     input: Optional[str] = InputOpt,
 ):
     """One network from BASE and TASK models: layers 0..K run once, then every head.
@@ -52,7 +56,7 @@ def share_cmd(
         ats = parse_layer_list(sweep_at, "--sweep")
         from surgery.share import sweep
 
-        nets = [load_model(m, input_shape=input) for m in models]
+        nets = load_models(models, arch, weights, trust_pickle, input)
         rep = sweep(nets[0], nets[1:], ats)
         if json_out:
             print_json(rep)
@@ -85,7 +89,9 @@ def share_cmd(
     steps += ["writing Darknet cfg + weights"] * (darknet is not None) + ["exporting ONNX"] * (onnx is not None)
     with stages(*steps, "writing the checkpoint") as step:
         step("loading models")
-        nets = [load_model(m, input_shape=input) for m in models]
+        nets = load_models(models, arch, weights, trust_pickle, input)
+        for n in nets:
+            note_random_weights(n)
         step("sharing and checking every head")
         try:
             net, rep = share(nets[0], nets[1:], at, allow_diverged=allow_diverged, rtol=rtol,
@@ -124,7 +130,8 @@ def share_cmd(
         print_json(rep)
         return
     render(rep)
-    print_written(written)
+    for p in written:
+        wrote(p)
 
 
 def _g(x) -> str:

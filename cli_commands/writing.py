@@ -1,15 +1,15 @@
 """What the commands that write models share: default output names, a progress line on stderr
-for the slow steps, and the "wrote X" lines (stdout; with --json the JSON's ``output`` says it).
+for the slow steps. The "wrote X" lines go through :func:`cli_commands.base.wrote` (stderr; with
+--json the JSON's ``output`` says it).
 
 Imports nothing heavy at module level (the CLI must start in a blink)."""
 
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from typing import Iterable, Iterator
 
-from cli_commands.base import err_console, out, progress
+from cli_commands.base import err_console, progress
 
 
 def output_path(output: str | None, sources: Iterable[str], tag: str, suffix: str = ".pt") -> str:
@@ -42,8 +42,3 @@ def stages(*names: str) -> Iterator:
 
         yield step
         bar.update(task, completed=len(names))
-
-
-def print_written(paths: Iterable[str | Path]) -> None:
-    for p in paths:
-        out().print(f"wrote {p}", markup=False, soft_wrap=True)

@@ -69,4 +69,6 @@ def zoo_build(
     if json_out:
         print_json(rep)
     else:
-        wrote(path, f"{rep['arch']}, {net.params:,} params, input {shape_str(net.input_shape)}, seed {seed}")
+        out().print(f"{rep['arch']}: {net.params:,} params, input {shape_str(net.input_shape)}, seed {seed}",
+                    markup=False, soft_wrap=True)
+        wrote(path)

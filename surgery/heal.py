@@ -204,9 +204,7 @@ def heal(student: Net, teacher: Net | None, cfg: HealConfig, *, run_dir: str | P
         "data": str(cfg.data), "data_sha256": plan.digest,
         "train_images": len(plan.data.train), "losses": cfg.losses.weights(),
         "pairs": [[p.student.index, p.teacher.index] for p in plan.pairs],
-        "frozen_layers": list(plan.frozen_layers),
-        "steps": result.steps, "batch": cfg.train.batch, "optimizer": cfg.train.optimizer, "lr": cfg.train.lr,
-        "seed": cfg.train.seed, "world_size": result.world_size,
+        "frozen_layers": list(plan.frozen_layers), **result.recipe_fields(cfg.train),
     })
     meta = {**dict(student.metadata), "normalization": plan.data.norm.to_dict()}
     out = student.evolve(result.module, step, metadata=meta)
@@ -216,9 +214,6 @@ def heal(student: Net, teacher: Net | None, cfg: HealConfig, *, run_dir: str | P
         data_sha256=plan.digest, train_images=len(plan.data.train),
         val_images=len(plan.data.val) if plan.data.val is not None else 0,
         skipped_images=len(set(skipped)), skipped=tuple(sorted(set(skipped)))[:5], losses=cfg.losses.weights(),
-        pairs=plan.pairs, frozen_layers=plan.frozen_layers, frozen_params=plan.frozen_params, steps=result.steps,
-        epochs=result.epochs, steps_per_epoch=result.steps_per_epoch, batch=cfg.train.batch,
-        world_size=result.world_size, seconds=result.seconds, images_per_s=result.images_per_s, before=before,
-        after=after, teacher_eval=teacher_eval, history=result.history, resumed_at=result.resumed_at,
-        run_dir=str(run_dir) if run_dir is not None else None)
+        pairs=plan.pairs, frozen_layers=plan.frozen_layers, frozen_params=plan.frozen_params, before=before,
+        after=after, teacher_eval=teacher_eval, **result.report_fields(cfg.train, run_dir))
     return out, rep

@@ -48,7 +48,7 @@ def test_export_refusals_write_nothing(cli, tmp_path):
 def test_export_default_is_onnx_in_the_current_directory(cli, tmp_path):
     res = cli("export", "zoo:resnet18:num_classes=3", "--input", "3x32x32", cwd=tmp_path)
     assert res.code == 0, res.err
-    assert res.out.strip().splitlines()[-1] == "wrote resnet18.onnx"
+    assert res.err.strip().splitlines()[-1] == "wrote resnet18.onnx" and "wrote" not in res.out
     assert [p.name for p in tmp_path.iterdir()] == ["resnet18.onnx"]
     again = cli("export", "zoo:resnet18:num_classes=3", "--input", "3x32x32", cwd=tmp_path)
     assert again.code == 2 and "--force" in again.err

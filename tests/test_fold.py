@@ -437,8 +437,9 @@ def _main(argv: list[str]) -> int:
 def test_cli_in_process(tmp_path, capsys):
     src = tmp_path / "d18.pt"
     assert _main(["fold", "zoo:diracnet18", "--input", "3x32x32", "-o", str(src), "--only", "bn"]) == 0
-    out = " ".join(capsys.readouterr().out.split())  # rich wraps at the terminal width
-    assert "BatchNorm2d" in out and "wrote" in out and src.exists()
+    cap = capsys.readouterr()
+    out = " ".join(cap.out.split())  # rich wraps at the terminal width
+    assert "BatchNorm2d" in out and "wrote" not in out and f"wrote {src}" in " ".join(cap.err.split()) and src.exists()
     assert _main(["fold", str(src), "-o", str(tmp_path / "x.pt"), "--only", "bn,wat"]) == 2
     assert "wat" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
     assert _main(["fold", str(src), "-o", str(src), "--force"]) == 2  # never overwrite the input

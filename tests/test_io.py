@@ -152,9 +152,11 @@ def test_trusted_pickle_with_shape(tmp_path):
     p = tmp_path / "whole.pt"
     torch.save(m, p)
     net = sio.load(str(p), trust_pickle=True)
-    assert net.format == "pickle" and net.input_shape == (3, 8, 8) and not net.editable
-    with pytest.raises(SurgeryError, match="analyse"):
-        sio.save(net, tmp_path / "x.pt")
+    assert net.format == "pickle" and net.input_shape == (3, 8, 8)
+    # its class imports again and rebuilds it: editable, saved pickle-free as a py: arch (issue 16)
+    assert net.editable and net.arch.kind == "py" and net.arch.name.endswith(":Tiny")
+    sio.save(net, tmp_path / "x.pt")
+    assert torch.load(tmp_path / "x.pt", weights_only=True)["arch"]["kind"] == "py"
 
 
 def test_torchscript_is_analysis_only(tmp_path):

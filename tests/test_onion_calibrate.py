@@ -80,11 +80,11 @@ def test_bad_tpr_refused(text):
 def test_calibration_on_real_pairs_and_the_runtime_rule(pairs):
     net = tiny_net()
     out, rep = cal.calibrate(net, str(pairs), tprs=[0.9, 0.5])
-    assert [r.tpr_target for r in rep.rows] == [0.9, 0.5] and rep.interest == (1,) and rep.s1_map == "binary"
+    assert [r.tpr_target for r in rep.operating_points] == [0.9, 0.5] and rep.interest == (1,) and rep.s1_map == "binary"
     train_f, val_f = tdata.folders(pairs, None, labels=True)
     labels = torch.tensor(train_f.labels)
     p = int(labels.sum())
-    row = rep.rows[0]
+    row = rep.operating_points[0]
     assert row.classes[0].positives == p == 32 and row.classes[0].negatives == 32
     assert row.calibration.tpr == math.ceil(0.9 * p) / p  # 29 of 32: within one example of 0.9
     assert math.isinf(row.thresholds[0]) and row.thresholds[1] == row.classes[0].threshold
@@ -129,12 +129,12 @@ def test_cli_calibrate_and_run_calibrated(cli, pairs, tmp_path):
     assert r.code == 0, r.err
     j = r.json()
     assert j["output"] == "onion_p-calibrated.pt" and j["active_tpr"] == 0.99
-    assert [row["tpr_target"] for row in j["rows"]] == [0.99, 0.95]
-    assert j["rows"][0]["thresholds"][0] is None  # S1-class 0 never passes
-    assert j["rows"][0]["calibration"]["tpr"] == 32 / 32  # ceil(0.99 * 32) = 32
-    assert j["rows"][1]["calibration"]["tpr"] == math.ceil(0.95 * 32) / 32
+    assert [row["tpr_target"] for row in j["operating_points"]] == [0.99, 0.95]
+    assert j["operating_points"][0]["thresholds"][0] is None  # S1-class 0 never passes
+    assert j["operating_points"][0]["calibration"]["tpr"] == 32 / 32  # ceil(0.99 * 32) = 32
+    assert j["operating_points"][1]["calibration"]["tpr"] == math.ceil(0.95 * 32) / 32
     net = sio.load(tmp_path / "onion_p-calibrated.pt")
-    assert net.module.thresholds[1].item() == pytest.approx(j["rows"][0]["thresholds"][1])
+    assert net.module.thresholds[1].item() == pytest.approx(j["operating_points"][0]["thresholds"][1])
     r = cli("onion", "run", "onion_p-calibrated.pt", "--calibrated", "--batch", "2", "--json", cwd=tmp_path)
     assert r.code == 0, r.err
 

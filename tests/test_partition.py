@@ -122,6 +122,7 @@ def test_chain_with_onion_mask_and_image_input():
     assert parts[0].in_groups == (0, 0, 0) and parts[0].retained == 1.0  # everyone reads the image
     assert list(np.bincount(parts[0].out_groups, minlength=2)) == [6, 10]
     assert parts[1].retained >= parts[1].baseline
+    assert parts[1].retained == pytest.approx(mask_fraction(es[1], parts[1].out_groups, parts[1].in_groups, ONION))
 
 
 def test_bad_input_is_one_error():

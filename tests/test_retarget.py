@@ -143,7 +143,8 @@ def test_cli_retarget(cli, tmp_path):
 def test_cli_default_output_and_derived_seed(cli, tmp_path):
     res = cli("retarget", TINY, "--at", "13", "--classes", "1", cwd=tmp_path)
     assert res.code == 0, res.err
-    assert res.out.strip().splitlines()[-1] == "wrote yolov3_tiny-1class@13.pt" and "(derived)" in res.out
+    assert res.err.strip().splitlines()[-1] == "wrote yolov3_tiny-1class@13.pt" and "(derived)" in res.out
+    assert "wrote" not in res.out
     assert [p.name for p in tmp_path.iterdir()] == ["yolov3_tiny-1class@13.pt"]
     again = cli("retarget", TINY, "--at", "13", "--classes", "1", cwd=tmp_path)
     assert again.code == 2 and "--force" in again.err

@@ -375,7 +375,7 @@ def test_cli_headline_command_writes_a_named_default_output(cli, tiny_files, tmp
     res = cli("share", "--at", "13", "base.pt", "text.pt", cwd=tmp_path)
     assert res.code == 0, res.err
     assert "every head reproduces its source model" in res.out
-    assert res.out.strip().splitlines()[-1] == "wrote base+text@13.pt"
+    assert res.err.strip().splitlines()[-1] == "wrote base+text@13.pt" and "wrote" not in res.out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base+text@13.pt", "base.pt", "text.pt"]
     stamp = (tmp_path / "base+text@13.pt").stat().st_mtime_ns
     again = cli("share", "--at", "13", "base.pt", "text.pt", cwd=tmp_path)

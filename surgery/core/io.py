@@ -147,12 +147,17 @@ def load(
     trust_pickle: bool = False,
     input_shape: tuple[int, ...] | None = None,
     trust_code: bool = False,
+    weights_cutoff: int | None = None,
 ) -> Net:
     """Load a model reference into a :class:`Net` (eval mode).
 
     ``trust_code`` (alias ``trust_pickle``): allow formats whose loading or running executes
-    code from the file (a whole pickled module, TorchScript, a .pt2 run on real tensors)."""
+    code from the file (a whole pickled module, TorchScript, a .pt2 run on real tensors).
+    ``weights_cutoff``: a Darknet ``.weights`` holds only layers ``0..N-1`` (``darknet53.conv.74``);
+    without it a short file's cutoff is inferred from its size (``metadata["weights_load"]``)."""
     ref = str(ref)
+    if weights_cutoff is not None and not (ref.lower().endswith((".cfg", ".weights"))):
+        raise SurgeryError(f"{ref}: a weights cutoff applies to Darknet .weights files only (a .cfg model)")
     trust_pickle = trust = bool(trust_code or trust_pickle)
     if input_shape is not None:
         input_shape = safety.check_shape(input_shape, "--input")
@@ -167,14 +172,14 @@ def load(
         path = _existing(ref)
         suffix = path.suffix.lower()
         if suffix == ".cfg":
-            net = _load_darknet(path, weights)
+            net = _load_darknet(path, weights, weights_cutoff)
         elif suffix == ".weights":  # bare Darknet weights: the cfg comes from arch=FILE.cfg
             if not (arch and str(arch).lower().endswith(".cfg")):
                 raise SurgeryError(f"{ref}: a .weights file needs its cfg; pass --arch FILE.cfg "
                                    f"(or the .cfg with --weights {ref})")
             if weights:
                 raise SurgeryError(f"{ref} is already a .weights file; drop the extra weights file {weights}")
-            net = _load_darknet(_existing(arch, "cfg file"), str(path))
+            net = _load_darknet(_existing(arch, "cfg file"), str(path), weights_cutoff)
             net = net.evolve(net.module, source=ref)
         elif suffix == ".pt2":
             net = _load_exported(path, trust=trust, input_shape=input_shape)
@@ -189,24 +194,38 @@ def load(
     return net
 
 
-def _load_darknet(path: Path, weights: str | None) -> Net:
-    from zoo.darknet import build_darknet, read_weights
+def _load_darknet(path: Path, weights: str | None, cutoff: int | None = None) -> Net:
+    """A Darknet net built from the fixed seed, then its .weights (whole, the first ``cutoff``
+    layers, or a prefix inferred from the file size). ``metadata``: ``random_weights`` (no
+    .weights at all: every tensor is the seeded init), ``seed``, ``weights_load``."""
+    from zoo.darknet import build_darknet
     from zoo.darknet.cfg import read_cfg_file
+    from zoo.darknet.weights import load_weights
 
     text = read_cfg_file(path)
     meta_module = _check_build(lambda: build_darknet(text, source=str(path)), str(path))
     safety.check_shape(meta_module.input_shape, f"{path}: [net] input size")
-    module = build_darknet(text, source=str(path))
+    with seeded(DEFAULT_SEED):  # what the file does not hold is the same on every load
+        module = build_darknet(text, source=str(path))
     sources = {str(path): sha256(path)}
     wpath = Path(weights) if weights else path.with_suffix(".weights")
     if weights:
         _existing(wpath, "weights file")
+    meta: dict = {"sources": sources, "weights": str(wpath) if wpath.exists() else None}
     if wpath.exists():
         _note_input(wpath)
-        read_weights(module, wpath)
+        rep = load_weights(module, wpath, cutoff="infer" if cutoff is None else cutoff)
         sources[str(wpath)] = sha256(wpath)
+        meta["random_weights"] = False
+        meta["weights_load"] = {"file": str(wpath), "cutoff": rep.cutoff, "cutoff_inferred": rep.inferred,
+                                "layers_from_file": list(rep.from_file), "layers_initialised": list(rep.initialised)}
+        if rep.initialised:
+            meta["seed"] = DEFAULT_SEED
+    elif cutoff is not None:
+        raise SurgeryError(f"{path}: a weights cutoff ({cutoff}) but no .weights file; pass the weights file too")
+    else:
+        meta["random_weights"], meta["seed"] = True, DEFAULT_SEED
     arch = ArchSpec("darknet", path.name, {}, cfg=text)
-    meta = {"sources": sources, "weights": str(wpath) if wpath.exists() else None}
     return Net(module, arch, tuple(module.input_shape), source=str(path), format="darknet", metadata=meta)
 
 

@@ -14,13 +14,11 @@ the native 8x8; the training pipeline resizes to the model's input.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from surgery.core.errors import SurgeryError
+from surgery.datasets.folder import atomic_folder, check_new_folder
 
 VAL_FRACTION = 0.2
 SPLIT_SEED = 0
@@ -45,13 +43,7 @@ def write_digits(out_dir: str | Path, *, per_class: int | None = None, force: bo
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise SurgeryError(f"output {str(out)!r} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise SurgeryError(f"output directory {str(out)!r} exists and is not empty; pass --force to replace it")
-    if not out.parent.resolve().is_dir():
-        raise SurgeryError(f"output directory {str(out.parent)!r} does not exist")
+    out = check_new_folder(out_dir, force=force)
 
     d = load_digits()
     images = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)  # (1797, 8, 8)
@@ -69,24 +61,10 @@ def write_digits(out_dir: str | Path, *, per_class: int | None = None, force: bo
                 kept.append(i)
                 seen[c] = seen.get(c, 0) + 1
         splits[split] = kept
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         for split, idx in splits.items():
             for i in idx:
                 folder = tmp / split / str(int(d.target[i]))
                 folder.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(images[i], mode="L").save(folder / f"{i:04d}.png")
-        os.chmod(tmp, 0o777 & ~_umask())
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return DigitsReport(str(out), len(splits["train"]), len(splits["val"]), tuple(str(c) for c in range(10)), (1, 8, 8))
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -40,15 +40,13 @@ Everything is a function of the seed: the same arguments write the same bytes.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from surgery.core.errors import SurgeryError
+from surgery.datasets.folder import atomic_folder, check_new_folder
 
 PATCH = 64
 HALF = PATCH // 2
@@ -195,32 +193,18 @@ def write_stereo_patches(out_dir: str | Path, *, n_train: int = DEFAULT_TRAIN, n
     renamed into place. A non-empty ``out_dir`` is refused without ``force``."""
     from PIL import Image
 
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise SurgeryError(f"output {str(out)!r} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise SurgeryError(f"output directory {str(out)!r} exists and is not empty; pass --force to replace it")
-    if not out.parent.resolve().is_dir():
-        raise SurgeryError(f"output directory {str(out.parent)!r} does not exist")
+    out = check_new_folder(out_dir, force=force)
     sp = make_pairs(n_train, n_val, seed=seed, test_rows=test_rows)
     manifest = {"source": SOURCE, "patch": PATCH, "seed": seed, "test_rows": list(sp.test_rows),
                 "correspondence": "right = (y, round(x - disparity[y, x])); windows rows y-32..y+31",
                 "train": _rows(sp.train, "train"), "val": _rows(sp.val, "val")}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         for split, ps in (("train", sp.train), ("val", sp.val)):
             for sub in ("neg", "pos"):
                 (tmp / split / sub).mkdir(parents=True)
             for row, pair in zip(manifest[split], ps.pairs):
                 Image.fromarray(np.ascontiguousarray(pair.transpose(1, 2, 0))).save(tmp / row["file"])  # mode LA
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=None, separators=(",", ":")) + "\n")
-        os.chmod(tmp, 0o777 & ~_umask())
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return StereoPatchesReport(str(out), len(sp.train), len(sp.val), int(sp.train.labels.sum()),
                                int(sp.val.labels.sum()), sp.test_rows, (2, PATCH, PATCH), seed)
 
@@ -234,9 +218,3 @@ def read_manifest(root: str | Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise SurgeryError(f"{path}: cannot read it ({e}); write the folder again") from None
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

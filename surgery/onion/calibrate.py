@@ -86,8 +86,8 @@ class CalibrationReport:
     s1_classes: int
     s1_map: str  # binary | map | kmeans
     interest: tuple[int, ...]
-    rows: tuple[TprRow, ...]
-    active_tpr: float  # the row whose thresholds the checkpoint carries
+    operating_points: tuple[TprRow, ...]  # one per requested TPR
+    active_tpr: float  # the operating point whose thresholds the checkpoint carries
     output: str = ""
 
     def to_json(self) -> dict:
@@ -102,10 +102,11 @@ class CalibrationReport:
             "model": self.model, "output": self.output, "data": self.data, "data_sha256": self.data_sha256,
             "s1_classes": self.s1_classes, "s1_map": self.s1_map, "interest": list(self.interest),
             "active_tpr": self.active_tpr,
-            "rows": [{"tpr_target": r.tpr_target, "thresholds": [fin(t) for t in r.thresholds],
-                      "classes": [{"s1_class": c.s1_class, "threshold": c.threshold, "positives": c.positives,
-                                   "negatives": c.negatives, "tpr": c.tpr, "fpr": c.fpr} for c in r.classes],
-                      "calibration": rates(r.calibration), "val": rates(r.val)} for r in self.rows],
+            "operating_points": [
+                {"tpr_target": r.tpr_target, "thresholds": [fin(t) for t in r.thresholds],
+                 "classes": [{"s1_class": c.s1_class, "threshold": c.threshold, "positives": c.positives,
+                              "negatives": c.negatives, "tpr": c.tpr, "fpr": c.fpr} for c in r.classes],
+                 "calibration": rates(r.calibration), "val": rates(r.val)} for r in self.operating_points],
         }
 
 

@@ -315,8 +315,7 @@ def joint_train(net: Net, cfg: JointConfig, *, teacher: Net | None = None, run_d
     step = Step("onion_train", {
         "teacher": teacher.source if teacher is not None else None, "data": str(cfg.data), "data_sha256": digest,
         "alpha": cfg.alpha if is_cascade else None, "s2_loss": kind, "s1_classes": s1.kind if s1 else None,
-        "steps": result.steps, "batch": cfg.train.batch, "optimizer": cfg.train.optimizer, "lr": cfg.train.lr,
-        "seed": cfg.train.seed, "world_size": result.world_size})
+        **result.recipe_fields(cfg.train)})
     meta = {**dict(net.metadata), "normalization": norm.to_dict()}
     if s1 is not None:
         meta[s1classes.META_KEY] = s1.to_dict()
@@ -325,8 +324,6 @@ def joint_train(net: Net, cfg: JointConfig, *, teacher: Net | None = None, run_d
         model=net.source, teacher=teacher.source if teacher is not None else None, cascade=is_cascade,
         data=str(cfg.data), data_sha256=digest, train_images=len(train_f), val_images=len(val_f) if val_f else 0,
         alpha=cfg.alpha if is_cascade else None, s2_loss=kind, s1_map=s1.kind if s1 else None,
-        s1_of_class=s1.of_class if s1 else (), steps=result.steps, epochs=result.epochs,
-        steps_per_epoch=result.steps_per_epoch, batch=cfg.train.batch, world_size=result.world_size,
-        seconds=result.seconds, images_per_s=result.images_per_s, before=before, after=after,
-        history=result.history, resumed_at=result.resumed_at, run_dir=str(run_dir) if run_dir is not None else None)
+        s1_of_class=s1.of_class if s1 else (), before=before, after=after,
+        **result.report_fields(cfg.train, run_dir))
     return out, rep

@@ -138,6 +138,18 @@ class TrainResult:
     resumed_at: int = 0  # the step a resumed run continued from (0: fresh)
     run_dir: str | None = None
 
+    def report_fields(self, cfg: TrainConfig, run_dir) -> dict:
+        """The fields every training report (heal's, onion train's) shares, by their report names."""
+        return dict(steps=self.steps, epochs=self.epochs, steps_per_epoch=self.steps_per_epoch, batch=cfg.batch,
+                    world_size=self.world_size, seconds=self.seconds, images_per_s=self.images_per_s,
+                    history=self.history, resumed_at=self.resumed_at,
+                    run_dir=str(run_dir) if run_dir is not None else None)
+
+    def recipe_fields(self, cfg: TrainConfig) -> dict:
+        """What every training recipe step records about the run (after the step's own fields)."""
+        return {"steps": self.steps, "batch": cfg.batch, "optimizer": cfg.optimizer, "lr": cfg.lr, "seed": cfg.seed,
+                "world_size": self.world_size}
+
 
 def plan(cfg: TrainConfig, n_train: int, world: int) -> tuple[int, int, int]:
     """(steps per epoch, total steps, epochs)."""

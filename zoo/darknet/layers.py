@@ -330,15 +330,30 @@ class UpsampleLayer(DarknetLayer):
 
 class ReorgLayer(DarknetLayer):
     """pjreddie's reorg (YOLOv2's passthrough layer), bit-exact including its well-known
-    quirk: reorg_cpu(forward=0) reads the C x H x W input as C/s^2 x Hs x Ws."""
+    quirk: reorg_cpu(forward=0) reads the C x H x W input as C/s^2 x Hs x Ws.
+
+    reorg_layer.c's two other modes, checked in this order by ``forward_reorg_layer``:
+    ``flatten=1`` transposes the C x (H*W) input to (H*W) x C (``reverse=1``: back) into the
+    reorg's output buffer; ``extra=N`` copies the input as a flat vector and appends N values
+    that stay 0 (the calloc'd buffer). Darknet gives an ``extra`` reorg no C/H/W, only
+    ``outputs = inputs + N``: here its shape is (inputs + N) x 1 x 1, which is what the
+    ``[connected]`` layer that follows it in Darknet reads."""
 
     section = "reorg"
 
     def __init__(self, ctx: "_Ctx"):
         c, h, w = ctx.need_image()
-        ctx.refuse("flatten", "extra")
         s = self.stride = ctx.int("stride", 1)
         self.reverse = bool(ctx.int("reverse", 0))
+        self.flatten = bool(ctx.int("flatten", 0))
+        self.extra = ctx.int("extra", 0)
+        if self.extra < 0:
+            raise ctx.error(f"extra={self.extra} must be at least 0")
+        if self.flatten and self.extra:  # forward_reorg_layer's flatten branch would copy past the input
+            raise ctx.error("flatten=1 with extra= reads past the input in Darknet; use one of them")
+        if self.extra:
+            super().__init__(ctx, (ctx.index - 1,), (c * h * w + self.extra, 1, 1))
+            return
         if s < 1 or c % (s * s) or (not self.reverse and (h % s or w % s)):
             raise ctx.error(f"stride={s} must divide the input ({c}x{h}x{w}): channels by stride^2, height and width by stride")
         out = (c // (s * s), h * s, w * s) if self.reverse else (c * s * s, h // s, w // s)
@@ -346,6 +361,12 @@ class ReorgLayer(DarknetLayer):
 
     def forward(self, x):
         b, c, h, w = x.shape
+        if self.extra:  # the input as a vector, then `extra` zeros
+            flat = x.reshape(b, c * h * w)
+            return torch.cat([flat, flat.new_zeros(b, self.extra)], 1).reshape(b, -1, 1, 1)
+        if self.flatten:  # blas.c flatten(): forward=1 (not reverse) writes out[i*C + k] = in[k*HW + i]
+            y = x.reshape(b, h * w, c) if self.reverse else x.reshape(b, c, h * w)
+            return y.transpose(1, 2).reshape(b, *self.out_shape)
         s, oc = self.stride, c // (self.stride * self.stride)
         if self.reverse:  # out[c2, j*s+dy, i*s+dx] = in[(dy*s+dx)*oc + c2, j, i]
             y = x.reshape(b, s, s, oc, h, w).permute(0, 3, 4, 1, 5, 2)
@@ -448,8 +469,9 @@ class SoftmaxLayer(_PassLayer):
 
     def __init__(self, ctx: "_Ctx"):
         super().__init__(ctx)
-        if "tree" in ctx.opts:
-            raise ctx.error("tree= (hierarchical softmax) is not supported")
+        if "tree" in ctx.opts:  # the groups live in a separate file (9k.tree) a checkpoint's cfg text does not carry
+            raise ctx.error(f"tree={ctx.opts['tree']} (hierarchical softmax, YOLO9000) is not supported: its groups "
+                            "come from the tree file; convert the model another way")
         self.groups, self.temperature = ctx.int("groups", 1), ctx.float("temperature", 1.0)
         self.spatial = bool(ctx.float("spatial", 0.0))
         n = math.prod(ctx.in_shape)

@@ -94,15 +94,86 @@ def _name(f) -> str:
     return str(f) if isinstance(f, (str, os.PathLike)) else str(getattr(f, "name", "<weights>"))
 
 
+@dataclass(frozen=True)
+class WeightsLoad:
+    """What :func:`load_weights` read. Layers ``0..cutoff-1`` came from the file (Darknet's
+    ``load_weights_upto``); ``from_file`` lists those among them that hold weights, ``initialised``
+    the weighted layers at or past the cutoff, which keep the values they were built with."""
+
+    file: str
+    header: WeightsHeader
+    cutoff: int | None  # None: the file holds every layer of the cfg
+    inferred: bool  # the cutoff was found from the file size
+    from_file: tuple[int, ...]
+    initialised: tuple[int, ...]
+
+
+def layer_floats(net: DarknetNet, header: WeightsHeader | None = None) -> list[int]:
+    """``layer_floats(net)[i]``: the float32 values layer ``i`` stores in a ``.weights`` file
+    (0 for layers without weights)."""
+    counts = [0] * len(net.layers)
+    for c in _plan(net, header or net.weights_header, None):
+        counts[c.layer.index] += c.tensor.numel()
+    return counts
+
+
+def infer_cutoff(net: DarknetNet, header: WeightsHeader, size: int, name: str = "<weights>") -> int | None:
+    """The cutoff of a partial ``.weights`` file of ``size`` bytes: the largest N such that the
+    weights of layers ``0..N-1`` fill the file exactly (layers without weights do not change the
+    size, so the largest such prefix is taken); None when the file holds the whole cfg.
+    SurgeryError when no prefix fits."""
+    counts = layer_floats(net, header)
+    total = header.nbytes + 4 * sum(counts)
+    if size == total:
+        return None
+    if size > total:
+        raise SurgeryError(
+            f"{name}: {size - total} bytes left over after the last layer ({total} bytes expected for "
+            f"{net.source}, the file has {size}); the .weights was saved for a different cfg"
+        )
+    prefixes = list(_prefixes(counts, header.nbytes))
+    fits = [n for n, b in prefixes if b == size]
+    if fits:
+        return max(fits)
+    low = max((p for p in prefixes if p[1] < size), key=lambda p: p[0])
+    high = min((p for p in prefixes if p[1] > size), key=lambda p: p[0])
+    raise SurgeryError(
+        f"{name}: {size} bytes are not the weights of any first layers of {net.source} (the first {low[0]} "
+        f"layers take {low[1]} bytes, the first {high[0]} take {high[1]}, all {len(counts)} take {total}); "
+        "the .weights was saved for a different cfg or is cut short"
+    )
+
+
+def _prefixes(counts: list[int], start: int):
+    """(N, bytes of the header and layers 0..N-1) for N = 0..len(counts)."""
+    pos = start
+    yield 0, pos
+    for n, k in enumerate(counts, 1):
+        pos += 4 * k
+        yield n, pos
+
+
 def read_weights(net: DarknetNet, src: str | os.PathLike | BinaryIO, *, cutoff: int | None = None) -> WeightsHeader:
     """Load a Darknet ``.weights`` file (path or binary file object) into ``net``.
 
     ``cutoff``: the file holds only layers ``0..cutoff-1``, as Darknet's ``partial`` writes
     them (e.g. ``darknet53.conv.74`` for yolov3.cfg: cutoff=74). The file must hold exactly
     what the cfg needs, else SurgeryError names the layer where it ran out or the bytes left
-    over. Sets and returns ``net.weights_header``.
+    over. Sets and returns ``net.weights_header``. :func:`load_weights` also finds the cutoff
+    from the file size and reports which layers came from the file.
     """
+    return load_weights(net, src, cutoff=cutoff).header
+
+
+def load_weights(net: DarknetNet, src: str | os.PathLike | BinaryIO, *, cutoff: int | str | None = None) -> WeightsLoad:
+    """:func:`read_weights` with a report. ``cutoff="infer"``: a file holding the whole cfg
+    loads whole; a shorter one loads as the partial file of the largest layer prefix whose
+    weights fill it exactly (:func:`infer_cutoff`), the rest of ``net`` keeping its values."""
     name = _name(src)
+    if cutoff is not None and cutoff != "infer":
+        if isinstance(cutoff, bool) or not isinstance(cutoff, int) or not 0 <= cutoff <= len(net.layers):
+            raise SurgeryError(f"{name}: cutoff {cutoff!r} must be a layer count from 0 to {len(net.layers)} "
+                               f"(the layers of {net.source})")
     data: bytes | None = None
     if isinstance(src, (str, os.PathLike)):
         try:  # the size and header first: a file of the wrong size is refused before it is read
@@ -123,6 +194,10 @@ def read_weights(net: DarknetNet, src: str | os.PathLike | BinaryIO, *, cutoff: 
         raise SurgeryError(f"{name}: {size} bytes is too short for a version {major}.{minor} .weights header (20 bytes)")
     seen = struct.unpack_from("<Q" if seen64 else "<I", head, 12)[0]
     header = WeightsHeader(major, minor, revision, seen)
+    inferred = cutoff == "infer"
+    if inferred:
+        cutoff = infer_cutoff(net, header, size, name)
+        inferred = cutoff is not None
     chunks = _plan(net, header, cutoff)
     total = header.nbytes + 4 * sum(c.tensor.numel() for c in chunks)
     if size < total:  # find the layer where it runs out, before touching any tensor
@@ -134,7 +209,8 @@ def read_weights(net: DarknetNet, src: str | os.PathLike | BinaryIO, *, cutoff: 
                 raise SurgeryError(
                     f"{name}: truncated weights: ran out in layer {L.index} [{L.section}], which needs bytes "
                     f"{pos}..{end} but the file has {size} bytes ({total} expected for {net.source}); "
-                    "the .weights does not match the cfg (pass cutoff= to load only the first layers)"
+                    + ("the .weights does not match the cfg (pass cutoff= to load only the first layers)" if cutoff is None
+                       else f"it does not hold the weights of the first {cutoff} layers")
                 )
             pos = end
     if size > total:
@@ -160,7 +236,10 @@ def read_weights(net: DarknetNet, src: str | os.PathLike | BinaryIO, *, cutoff: 
                 arr = arr.reshape(c.file_rc).T
             t.copy_(torch.from_numpy(np.array(arr, dtype=np.float32)).reshape(t.shape))  # a writable copy
     net.weights_header = header
-    return header
+    end = len(net.layers) if cutoff is None else cutoff
+    weighted = [i for i, k in enumerate(layer_floats(net, header)) if k]
+    return WeightsLoad(name, header, cutoff, inferred, tuple(i for i in weighted if i < end),
+                       tuple(i for i in weighted if i >= end))
 
 
 def _serialize(net: DarknetNet, header: WeightsHeader, cutoff: int | None) -> bytes:

@@ -1,0 +1,74 @@
+"""Darknet parser options beyond the common ones: ``[reorg] extra=`` and ``flatten=`` against
+straight ports of pjreddie's C (reorg_layer.c ``forward_reorg_layer``, blas.c ``flatten``), and
+the refusal of hierarchical softmax ``tree=``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from surgery.core.errors import SurgeryError
+from zoo.darknet import build_darknet, parse_cfg, write_cfg
+
+NET = "[net]\nchannels=4\nheight=2\nwidth=4\n"
+
+
+def _darknet_flatten(x: np.ndarray, size: int, layers: int, batch: int, forward: bool) -> np.ndarray:
+    """blas.c flatten(), loop for loop."""
+    x = x.reshape(-1)
+    swap = np.zeros_like(x)
+    for b in range(batch):
+        for c in range(layers):
+            for i in range(size):
+                i1 = b * layers * size + c * size + i
+                i2 = b * layers * size + i * layers + c
+                if forward:
+                    swap[i2] = x[i1]
+                else:
+                    swap[i1] = x[i2]
+    return swap
+
+
+@pytest.mark.parametrize("reverse", [0, 1])
+def test_reorg_flatten_is_darknets_transpose(reverse):
+    net = build_darknet(NET + f"[reorg]\nstride=2\nflatten=1\nreverse={reverse}\n")
+    lay = net.layers[0]
+    # make_reorg_layer: out = (c*s^2, h/s, w/s), reverse: (c/s^2, h*s, w*s)
+    assert lay.out_shape == ((1, 4, 8) if reverse else (16, 1, 2))
+    x = torch.arange(2 * 4 * 2 * 4, dtype=torch.float32).reshape(2, 4, 2, 4)
+    want = _darknet_flatten(x.numpy(), 2 * 4, 4, 2, forward=not reverse)
+    got = net(x)[0]
+    assert tuple(got.shape[1:]) == lay.out_shape
+    assert np.array_equal(got.reshape(-1).numpy(), want)
+
+
+def test_reorg_extra_appends_zeros_for_a_connected_layer():
+    text = NET + "[reorg]\nextra=5\n[connected]\noutput=3\nactivation=linear\n"
+    net = build_darknet(text)
+    reorg, fc = net.layers
+    inputs = 4 * 2 * 4
+    assert reorg.out_shape == (inputs + 5, 1, 1)  # Darknet: outputs = inputs + extra
+    assert fc.fc.weight.shape == (3, inputs + 5)
+    x = torch.randn(2, 4, 2, 4)
+    with torch.no_grad():
+        y = reorg(x)
+    want = np.zeros((2, inputs + 5), np.float32)  # calloc'd output, copy_cpu of l.inputs values per image
+    for b in range(2):
+        want[b, :inputs] = x[b].reshape(-1).numpy()
+    assert np.array_equal(y.reshape(2, -1).numpy(), want)
+    assert write_cfg(parse_cfg(text)) == write_cfg(net.blocks)  # the options survive the cfg writer
+
+
+def test_reorg_options_refused_clearly():
+    with pytest.raises(SurgeryError, match="flatten=1 with extra="):
+        build_darknet(NET + "[reorg]\nflatten=1\nextra=2\n")
+    with pytest.raises(SurgeryError, match="extra=-1 must be at least 0"):
+        build_darknet(NET + "[reorg]\nextra=-1\n")
+
+
+def test_softmax_tree_refused_with_the_reason():
+    with pytest.raises(SurgeryError) as e:
+        build_darknet(NET + "[softmax]\ntree=data/9k.tree\n")
+    msg = str(e.value)
+    assert "tree=data/9k.tree" in msg and "hierarchical softmax" in msg and "[softmax]" in msg, msg
