@@ -105,17 +105,17 @@ def _csv(rep) -> None:
 def _verdict(rep) -> None:
     o = out()
     if rep.split is None:
-        o.print("suggested split: none (no clear rise in the per-layer weight differences)", markup=False, soft_wrap=True)
+        o.print("suggested split: none (no clear rise in the per-layer weight differences)", markup=False)
     else:
         sp = rep.split
         o.print(f"suggested split: first changed layer {sp.first_changed}, share at {sp.share_at} "
                 f"(share layers 0..{sp.share_at}; median difference {fmt_num(sp.low_mean)} before, "
-                f"{fmt_num(sp.high_mean)} from there on; R² {sp.r2:.2f})", markup=False, soft_wrap=True)
+                f"{fmt_num(sp.high_mean)} from there on; R² {sp.r2:.2f})", markup=False)
         if sp.savings:
             parts = [f"{v:.3f} of the {k}" for k, v in sp.savings.items()]
             o.print(f"sharing layers 0..{sp.share_at} saves {' and '.join(parts)} of model A per extra model",
-                    markup=False, soft_wrap=True)
-    o.print(f"rule: {rep.rule}", markup=False, soft_wrap=True)
+                    markup=False)
+    o.print(f"rule: {rep.rule}", markup=False)
 
 
 def _tables(rep, tensors: bool) -> None:
@@ -144,7 +144,7 @@ def _tables(rep, tensors: bool) -> None:
                                                                                  "q3", "shape")))
     if any(not r.relative for r in rows_src):
         o.print("(abs): mean |A| is 0 for this tensor, so its statistics are absolute differences |B - A|",
-                markup=False, soft_wrap=True)
+                markup=False)
     if rep.skipped:
         srows = [[s.index, s.param, s.reason, shape_str(s.shape_a) if s.shape_a else "-",
                   shape_str(s.shape_b) if s.shape_b else "-"] for s in rep.skipped]

@@ -128,10 +128,10 @@ def _render(rep, conv, by, rows, total, roof, fv) -> None:
                                                              "floor µs", "fvcore MACs", "calls", "layers", "#"),
                       drop=("other MACs", "share", "type", "FLOP/B")))
     for line in _convention_lines(conv):
-        out().print(line, markup=False, soft_wrap=True)
+        out().print(line, markup=False)
     out().print(f"total: {total:,} {conv.unit}" + (f" = {_fmt(conv, total)} {unit}" if conv.display_scale != 1 else "")
                 + f"  |  MACs {rep.totals.macs:,}  FLOPs {rep.totals.flops:,}  other {rep.totals.other_macs:,} "
-                f"MAC-equivalents  bytes {rep.totals.bytes:,}  params {rep.totals.params:,}", markup=False, soft_wrap=True)
+                f"MAC-equivalents  bytes {rep.totals.bytes:,}  params {rep.totals.params:,}", markup=False)
     if roof:
         est = " (an estimate: peaks measured on this machine)" if roof.estimate else ""
         out().print(f"roofline on {roof.device}{est} ({roof.precision} peak {human(roof.peak_flops, 'FLOP/s')}, "
@@ -139,17 +139,17 @@ def _render(rep, conv, by, rows, total, roof, fv) -> None:
                     f"latency floor {fmt_ms(roof.floor_ms)} ms (compute {fmt_ms(roof.compute_s * 1e3)} ms, memory "
                     f"{fmt_ms(roof.memory_s * 1e3)} ms); {sum(l.bound == 'memory' for l in roof.layers)} "
                     f"memory-bound, {sum(l.bound == 'compute' for l in roof.layers)} compute-bound layers",
-                    markup=False, soft_wrap=True)
+                    markup=False)
         for n in roof.notes:
-            out().print(f"  note: {n}", markup=False, soft_wrap=True)
+            out().print(f"  note: {n}", markup=False)
     if fv is not None:
         same = "equal" if fv.matmul_macs == rep.totals.macs else f"differ by {fv.matmul_macs - rep.totals.macs:+,}"
         out().print(f"fvcore ({fv.note}, {fv.seconds:.2f} s): total {fv.total:,}; conv+linear {fv.matmul_macs:,} "
                     f"vs native MACs {rep.totals.macs:,} ({same}); native fvcore convention "
-                    f"{rep.totals.fvcore_macs:,}", markup=False, soft_wrap=True)
+                    f"{rep.totals.fvcore_macs:,}", markup=False)
         if fv.unsupported:
             out().print("  fvcore skipped: " + ", ".join(f"{k} ×{v}" for k, v in sorted(fv.unsupported.items())),
-                        markup=False, soft_wrap=True)
+                        markup=False)
     print_uncounted(rep)
 
 
@@ -197,7 +197,7 @@ def _sweep(net, reports, conv, spec, precision, backend, json_out, csv_out) -> N
     out().print(table(f"{base.model}  sweep  dtype {base.dtype}", cols, body,
                       right=[c for c in cols if c not in ("input",)]))
     for line in _convention_lines(conv):
-        out().print(line, markup=False, soft_wrap=True)
+        out().print(line, markup=False)
 
 
 @app.command("flops", epilog=examples("surgery flops zoo:resnet50:variant=v1", "surgery flops yolov3.cfg --convention darknet",

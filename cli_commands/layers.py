@@ -30,10 +30,10 @@ def report_header(rep) -> str:
 def print_uncounted(rep) -> None:
     if not rep.uncounted:
         return
-    out().print("uncounted ops (no cost formula; --strict makes this an error):", markup=False, soft_wrap=True)
+    out().print("uncounted ops (no cost formula; --strict makes this an error):", markup=False)
     for u in rep.uncounted:
         out().print(f"  {u.op} ×{u.calls} in layer {u.layer} ({u.layer_name}): "
-                    f"{u.input_elements:,} elements in, {u.output_elements:,} out", markup=False, soft_wrap=True)
+                    f"{u.input_elements:,} elements in, {u.output_elements:,} out", markup=False)
 
 
 CSV_SHAPES = {"input_shapes": shapes_str, "output_shape": shape_str}
@@ -108,5 +108,5 @@ def layers_cmd(
     out().print(f"MACs: conv+linear multiply-accumulates ({t.macs:,}); FLOPs = 2 x MACs ({t.flops:,}); "
                 f"other ops (BN, activations, adds, pooling...): {t.other_macs:,} MAC-equivalents "
                 f"(`surgery flops --convention all`); bytes: read {t.bytes_read:,} + written {t.bytes_written:,} "
-                f"at layer boundaries, {rep.dtype}", markup=False, soft_wrap=True)
+                f"at layer boundaries, {rep.dtype}", markup=False)
     print_uncounted(rep)

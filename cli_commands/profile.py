@@ -81,9 +81,9 @@ def _render_table(rep) -> None:
             + (" (≈: the floor is an estimate from peaks measured on this machine)" if estimate else "")
             + "; ×ms, ×MACs: against the first model with the same runtime and batch; "
             "★: Pareto front of (MACs, latency) per batch; A+B: A and B run one after the other.",
-            style="dim", markup=False, soft_wrap=True)
+            style="dim", markup=False)
     for f in footnotes:
-        o.print(f, markup=False, soft_wrap=True)
+        o.print(f, markup=False)
 
 
 @app.command("profile", epilog=examples("surgery profile zoo:resnet18 zoo:resnet18:root=8 --batch 1,8",

@@ -204,7 +204,7 @@ def write_darknet(net: Net, cfg_path, weights_path) -> DarknetExportReport:
             f"a Darknet share or fold) without torch.fx-graph surgeries in its recipe; export it as ONNX instead"
         )
     text = net.module.cfg_text()
-    Path(cfg_path).write_text(text)
+    Path(cfg_path).write_text(net.module.cfg_text(darknet=True))  # e.g. tree= as written, not its inlined groups
     nbytes = write_weights(net.module, weights_path, overwrite=True)
     back = build_darknet(text, source=str(cfg_path))
     read_weights(back, weights_path)

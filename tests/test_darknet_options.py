@@ -1,6 +1,6 @@
 """Darknet parser options beyond the common ones: ``[reorg] extra=`` and ``flatten=`` against
 straight ports of pjreddie's C (reorg_layer.c ``forward_reorg_layer``, blas.c ``flatten``), and
-the refusal of hierarchical softmax ``tree=``."""
+a hierarchical softmax ``tree=`` whose file is missing."""
 
 from __future__ import annotations
 
@@ -67,8 +67,8 @@ def test_reorg_options_refused_clearly():
         build_darknet(NET + "[reorg]\nextra=-1\n")
 
 
-def test_softmax_tree_refused_with_the_reason():
+def test_softmax_tree_without_its_file_refused_with_the_reason():
     with pytest.raises(SurgeryError) as e:
         build_darknet(NET + "[softmax]\ntree=data/9k.tree\n")
     msg = str(e.value)
-    assert "tree=data/9k.tree" in msg and "hierarchical softmax" in msg and "[softmax]" in msg, msg
+    assert "tree=data/9k.tree" in msg and "no such tree file" in msg and "[softmax]" in msg, msg

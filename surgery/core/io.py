@@ -199,7 +199,7 @@ def _load_darknet(path: Path, weights: str | None, cutoff: int | None = None) ->
     layers, or a prefix inferred from the file size). ``metadata``: ``random_weights`` (no
     .weights at all: every tensor is the seeded init), ``seed``, ``weights_load``."""
     from zoo.darknet import build_darknet
-    from zoo.darknet.cfg import read_cfg_file
+    from zoo.darknet.cfg import parse_cfg, read_cfg_file
     from zoo.darknet.weights import load_weights
 
     text = read_cfg_file(path)
@@ -225,7 +225,8 @@ def _load_darknet(path: Path, weights: str | None, cutoff: int | None = None) ->
         raise SurgeryError(f"{path}: a weights cutoff ({cutoff}) but no .weights file; pass the weights file too")
     else:
         meta["random_weights"], meta["seed"] = True, DEFAULT_SEED
-    arch = ArchSpec("darknet", path.name, {}, cfg=text)
+    # a cfg whose layers read side files (a softmax tree) carries them inlined in module.cfg_text()
+    arch = ArchSpec("darknet", path.name, {}, cfg=module.cfg_text() if module.blocks != parse_cfg(text, str(path)) else text)
     return Net(module, arch, tuple(module.input_shape), source=str(path), format="darknet", metadata=meta)
 
 

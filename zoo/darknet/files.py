@@ -29,7 +29,7 @@ def save_darknet(net: DarknetNet, cfg_path: str | os.PathLike, weights_path: str
     paths = [cfg_path] + ([weights_path] if weights_path is not None else [])
 
     def write(tmps):
-        tmps[0].write_text(net.cfg_text())
+        tmps[0].write_text(net.cfg_text(darknet=True))
         if weights_path is not None:
             write_weights(net, tmps[1], overwrite=True)
 

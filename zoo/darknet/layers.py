@@ -460,29 +460,112 @@ class DropoutLayer(_PassLayer):
         return self.drop(x)
 
 
+TREE_GROUPS_OPTION = "surgery_tree_groups"  # a [softmax] tree's group sizes, inlined so the cfg text is self-contained
+
+
+def tree_group_sizes(text: str) -> list[int]:
+    """The group sizes of a Darknet tree file (``9k.tree``), exactly as tree.c ``read_tree``
+    forms them: one node a line (``name parent_index``, read with ``sscanf("%s %d")``; a line
+    without a parent has parent -1), consecutive nodes with the same parent form a group.
+    A first node whose parent is not -1 opens with an empty group, as in Darknet."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # fgetl: no line after the final newline
+    sizes, size, last = [], 0, -1
+    for line in lines:
+        m = _TREE_LINE.match(line.split("\x00", 1)[0])
+        parent = int(m.group(1)) if m and m.group(1) is not None else -1
+        if parent != last:
+            sizes.append(size)
+            size, last = 0, parent
+        size += 1
+    sizes.append(size)
+    return sizes
+
+
+_TREE_LINE = re.compile(r"\s*\S+(?:\s+([+-]?\d+))?")
+
+
 class SoftmaxLayer(_PassLayer):
     """Softmax over ``groups`` contiguous chunks of the flattened C*H*W input (``spatial=1``:
     over channels at each position). Darknet itself gives this layer no C/H/W (only
-    outputs = inputs); ``out_shape`` repeats the input shape."""
+    outputs = inputs); ``out_shape`` repeats the input shape.
+
+    ``tree=FILE`` (YOLO9000's hierarchical softmax, Darknet's ``softmax_tree``): a softmax
+    within each group of the tree file (see :func:`tree_group_sizes`), consecutive in the
+    flattened input; ``groups``/``spatial`` are then ignored, as in Darknet, and inputs past
+    the tree's nodes are 0 (Darknet never writes them). The file is looked up next to the
+    cfg, then in the working directory; its group sizes are inlined into the cfg text as
+    ``surgery_tree_groups=`` (``inline_options``) so a checkpoint rebuilds without the file."""
 
     section = "softmax"
 
     def __init__(self, ctx: "_Ctx"):
         super().__init__(ctx)
-        if "tree" in ctx.opts:  # the groups live in a separate file (9k.tree) a checkpoint's cfg text does not carry
-            raise ctx.error(f"tree={ctx.opts['tree']} (hierarchical softmax, YOLO9000) is not supported: its groups "
-                            "come from the tree file; convert the model another way")
         self.groups, self.temperature = ctx.int("groups", 1), ctx.float("temperature", 1.0)
         self.spatial = bool(ctx.float("spatial", 0.0))
         n = math.prod(ctx.in_shape)
+        self.tree: tuple[int, ...] | None = None
+        self.inline_options: dict[str, str] = {}
+        if "tree" in ctx.opts:
+            self.tree = tuple(self._tree_groups(ctx))
+            if sum(self.tree) > n:
+                raise ctx.error(f"tree={ctx.opts['tree']} has {sum(self.tree)} nodes but the layer has only {n} inputs")
+            return
         if self.groups < 1 or n % self.groups:
             raise ctx.error(f"groups={self.groups} does not divide the {n} inputs")
 
+    def _tree_groups(self, ctx: "_Ctx") -> list[int]:
+        if TREE_GROUPS_OPTION in ctx.opts:  # rebuilt from a cfg text that carries the tree
+            sizes = ctx.ints(TREE_GROUPS_OPTION)
+            if not sizes or min(sizes) < 0:
+                raise ctx.error(f"{TREE_GROUPS_OPTION}= must list the tree's group sizes (integers >= 0)")
+            return sizes
+        from pathlib import Path
+
+        name = ctx.opts["tree"]
+        src = Path(ctx.source)
+        candidates = ([src.parent / name] if ctx.source and not ctx.source.startswith("<") else []) + [Path(name)]
+        for path in candidates:
+            if path.is_file():
+                try:
+                    text = path.read_bytes().decode("latin-1")
+                except OSError as e:
+                    raise ctx.error(f"tree={name}: cannot read {path} ({e.strerror or e})") from None
+                sizes = tree_group_sizes(text)
+                self.inline_options = {TREE_GROUPS_OPTION: ",".join(map(str, sizes))}
+                return sizes
+        where = " or ".join(dict.fromkeys(str(p) for p in candidates))
+        raise ctx.error(f"tree={name}: no such tree file (looked for {where}); put the hierarchical-softmax "
+                        f"tree file (e.g. 9k.tree) there")
+
     def forward(self, x):
         t = x if self.temperature == 1 else x / self.temperature
+        if self.tree is not None:
+            return self._tree_softmax(t).reshape(x.shape)
         if self.spatial:
             return F.softmax(t, dim=1)
         return F.softmax(t.reshape(x.shape[0], self.groups, -1), dim=-1).reshape(x.shape)
+
+    def _tree_softmax(self, t):
+        """Darknet's softmax_tree: a softmax within each contiguous group (segment max, sum)."""
+        b = t.shape[0]
+        flat = t.reshape(b, -1)
+        n = sum(self.tree)
+        seg = torch.repeat_interleave(torch.arange(len(self.tree), device=t.device),
+                                      torch.tensor(self.tree, device=t.device), output_size=n)
+        idx = seg.expand(b, n)
+        v = flat[:, :n]
+        top = v.new_full((b, len(self.tree)), float("-inf")).scatter_reduce(1, idx, v, "amax")
+        e = torch.exp(v - top.gather(1, idx))
+        total = v.new_zeros((b, len(self.tree))).scatter_add(1, idx, e)
+        out = e / total.gather(1, idx)
+        if n < flat.shape[1]:
+            out = torch.cat([out, flat.new_zeros((b, flat.shape[1] - n))], dim=1)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"tree={len(self.tree)} groups" if self.tree is not None else ""
 
 
 class CropLayer(DarknetLayer):

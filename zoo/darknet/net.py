@@ -41,6 +41,8 @@ class DarknetNet(nn.Module):
         layers = []
         for i, block in enumerate(blocks[1:]):
             layer = _LAYERS[block["type"]](_Ctx(i, block, source, shapes, self.input_shape, (h, w)))
+            if getattr(layer, "inline_options", None):  # e.g. a softmax tree file's groups: the cfg text carries them
+                self.blocks = blocks = [*blocks[:i + 1], {**block, **layer.inline_options}, *blocks[i + 2:]]
             layers.append(layer)
             shapes.append(layer.out_shape)
         self.layers = nn.ModuleList(layers)
@@ -60,8 +62,12 @@ class DarknetNet(nn.Module):
                 cache.pop(j, None)
         return tuple(outs) if outs else (cache[len(self.layers) - 1],)
 
-    def cfg_text(self) -> str:
-        return write_cfg(self.blocks)
+    def cfg_text(self, darknet: bool = False) -> str:
+        """The cfg text that rebuilds this network. ``darknet=True``: the text for Darknet itself,
+        without the options surgery inlines (``surgery_tree_groups=``: Darknet reads ``tree=``)."""
+        if not darknet:
+            return write_cfg(self.blocks)
+        return write_cfg([{k: v for k, v in b.items() if not k.startswith("surgery_")} for b in self.blocks])
 
     @torch.no_grad()
     def fuse(self) -> "DarknetNet":
