@@ -51,7 +51,13 @@ def _esc(m: re.Match) -> str:
 def escape(text: object) -> str:
     """``text`` with every control character written as a visible escape (``\\x1b``,
     ``\\n``-as-``\\x0a``...), safe to print on one terminal line."""
-    return _CONTROL.sub(_esc, str(text))
+    text = _CONTROL.sub(_esc, str(text))
+    # anything else a terminal would not print as itself (private-use, unassigned, format
+    # characters): str.isprintable is the test the CLI contract uses
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else (f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}")
+                       for c in text)
+    return text
 
 
 # ------------------------------------------------------------------------ temp files, signals
