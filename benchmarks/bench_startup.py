@@ -31,6 +31,12 @@ def commands() -> dict[str, list[str]]:
     for c in app.registered_commands:
         name = c.name or c.callback.__name__
         runs[f"surgery {name} --help"] = [SURGERY, name, "--help"]
+    for g in app.registered_groups:  # zoo, data, onion and their subcommands
+        sub = g.typer_instance
+        runs[f"surgery {g.name} --help"] = [SURGERY, g.name, "--help"]
+        for c in sub.registered_commands:
+            name = c.name or c.callback.__name__
+            runs[f"surgery {g.name} {name} --help"] = [SURGERY, g.name, name, "--help"]
     runs['python -c "import torch"'] = [sys.executable, "-c", "import torch"]
     return runs
 

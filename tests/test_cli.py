@@ -94,6 +94,20 @@ def test_importing_the_cli_does_not_import_torch():
     assert res.stdout.strip() == "", f"imported at start-up: {res.stdout.strip()}"
 
 
+def test_command_help_imports_nothing_heavy():
+    """`surgery CMD --help` parses the group's options and renders the command's help: neither
+    may pull in torch, numpy or pydantic (typer 0.29 imported pydantic there, ~0.1 s; pinned 0.28)."""
+    code = ("import sys, contextlib, io; from cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    for argv in (['share', '--help'], ['onion', 'split', '--help'], ['flops', '-h']):\n"
+            "        try: main(argv)\n"
+            "        except SystemExit as e: assert e.code in (0, None), e.code\n"
+            "print(','.join(sorted(m for m in ('torch', 'numpy', 'pydantic', 'onnx', 'matplotlib') if m in sys.modules)))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "", f"imported by a command's --help: {res.stdout.strip()}"
+
+
 def test_short_help_and_examples_for_every_command(cli):
     top = cli("-h")
     assert top.code == 0 and "layers" in top.out
