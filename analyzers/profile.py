@@ -254,7 +254,7 @@ def profile(
     :data:`analyzers.latency.RUNTIMES` (``onnxruntime`` expands to the device's providers).
     ``on_progress(done, total, label)`` is called before each job and once at the end.
     """
-    from surgery.core.io import load
+    from surgery.core.io import UntrustedProgram, load
 
     dev = lat.resolve_device(device)
     runtimes = lat.expand_runtimes(runtimes, dev)
@@ -271,6 +271,10 @@ def profile(
     names = list(labels) if labels else [n.source or f"model{i}" for i, n in enumerate(nets)]
     if len(names) != len(nets):
         raise SurgeryError("labels: one per model")
+    for name, net in zip(names, nets):  # refused before any timing, not as a failed row per runtime
+        if any(isinstance(m, UntrustedProgram) for m in net.module.modules()):
+            raise SurgeryError(f"{name}: a .pt2 program loaded without trust; timing runs its graph on real "
+                               "tensors. Pass --trust-code if you trust its source (counting needs no flag)")
 
     # PyTorch convs run in TF32 on tensor cores when asked: the roofline then uses the TF32 peak
     costs = _Costs(lambda dt: "tf32" if (tf32 and dev.type == "cuda" and dt == "float32") else None)

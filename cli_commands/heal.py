@@ -8,11 +8,11 @@ from typing import List, Optional
 import typer
 
 from cli_commands.base import (ArchEachOpt, ArchOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsEachOpt,
-                               WeightsOpt, app, load_models, err_console, examples, out, print_json, progress, table,
-                               wrote)
+                               WeightsOpt, app, examples, out, print_json, table, wrote)
 from cli_commands.training_options import (BatchOpt, BnOpt, CropScaleOpt, DeviceOpt, EpochsOpt, LrOpt, OptimizerOpt,
                                            ScheduleOpt, StepsOpt, ValOpt, WeightDecayOpt, WorkersOpt, resumed,
                                            run_rows, train_config)
+from cli_commands.training_run import run_training
 
 
 def _fmt_eval(e) -> str:
@@ -28,84 +28,29 @@ def _fmt_eval(e) -> str:
     return ", ".join(parts) or "-"
 
 
-def _terms(terms) -> str:
-    return " ".join(f"{k} {v:.4g}" for k, v in terms.items())
-
-
 def _run(params: dict, *, resume_dir: str | None, json_out: bool, op: str) -> None:
     """Check everything, train (under torchrun too), write the output on rank 0, render."""
-    from pathlib import Path
-
-    import torch
-
-    from surgery.core import io as sio
-    from surgery.core.errors import SurgeryError
     from surgery.heal import HealConfig, heal
-    from surgery.train import checkpoint as ckpt
-    from surgery.train import dist
-    from surgery.train.loop import Hooks
     from surgery.train.losses import LossSpec
 
-    rank = dist.env_rank()
-    try:
-        p = params
+    p = params
+
+    def configure():
         spec = LossSpec.parse(p["loss"], temperature=p["temperature"], kd_weight=p["kd_weight"], beta=p["beta"],
                               feat_weight=p["feat_weight"], ce_weight=p["ce_weight"])
-        if p["epochs"] is not None and p["steps"] is not None:
-            raise SurgeryError("give --epochs or --steps, not both")
         tcfg = train_config(p, bn=p["bn"])
         tcfg.validate()
-        cfg = HealConfig(data=p["data"], val=p["val"], losses=spec, train=tcfg, match=p["match"], freeze=p["freeze"],
-                         crop_scale=p["crop_scale"], flip=p["flip"])
-        tag = "-healed" if op == "heal" else "-trained"
-        output = Path(p["output"]) if p["output"] else sio.default_output([p["model"]], tag)
-        inputs = [r for r in (p["model"], p["teacher"]) if r]
-        run_dir = Path(resume_dir) if resume_dir else Path(p["run_dir"]) if p["run_dir"] else output.with_suffix(".run")
-        if rank == 0:
-            sio.check_outputs([output], force=p["force"], inputs=inputs)
-            if not resume_dir:
-                ckpt.check_new(run_dir, force=p["force"])
-        refs = [p["model"]] + ([p["teacher"]] if p["teacher"] else [])  # loader options: STUDENT, TEACHER
-        student, teacher = (load_models(refs, p.get("arch"), p.get("weights"), bool(p.get("trust_code")),
-                                        p.get("input")) + [None])[:2]
-        bar = progress() if rank == 0 and not json_out else None
-        task = None
+        return HealConfig(data=p["data"], val=p["val"], losses=spec, train=tcfg, match=p["match"], freeze=p["freeze"],
+                          crop_scale=p["crop_scale"], flip=p["flip"])
 
-        def start(first, total):  # after every input check: a failure prints one line only
-            nonlocal task
-            if bar is not None:
-                bar.start()
-                task = bar.add_task(op, total=total, completed=first)
+    def train(cfg, student, teacher, *, run_dir, hooks):
+        return heal(student, teacher, cfg, run_dir=run_dir, run_config={"op": op, **p}, resume=bool(resume_dir),
+                    force=p["force"], hooks=hooks)
 
-        def step(i, terms, ips):
-            if bar is not None:
-                bar.update(task, completed=i, description=f"{op}  {_terms(terms)}  {ips:,.0f} img/s")
-
-        def epoch(record):
-            if rank == 0 and not json_out:
-                err_console.print(f"epoch {record['epoch']} (step {record['step']}): {_terms(record['loss'])} | "
-                                  f"held-out: {_fmt_eval(record.get('eval', {}))}", markup=False)
-
-        hooks = Hooks(start=start, step=step, epoch=epoch)
-        try:
-            net, rep = heal(student, teacher, cfg, run_dir=run_dir, run_config={"op": op, **p}, resume=bool(resume_dir),
-                            force=p["force"], hooks=hooks)
-        finally:
-            if bar is not None and task is not None:
-                bar.stop()
-        if rank == 0:
-            path = sio.save(net, output, force=p["force"], inputs=inputs)
-            import dataclasses
-
-            rep = dataclasses.replace(rep, output=str(path))
-    except SurgeryError:
-        if rank != 0:  # rank 0 alone prints
-            raise typer.Exit(2)
-        raise
-    finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-    if rank != 0:
+    rep = run_training(p, resume_dir=resume_dir, json_out=json_out, label=op,
+                       output_tag="-healed" if op == "heal" else "-trained", configure=configure, train=train,
+                       fmt_eval=_fmt_eval)
+    if rep is None:  # not rank 0
         return
     if json_out:
         print_json(rep)

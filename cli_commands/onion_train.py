@@ -9,10 +9,11 @@ from typing import List, Optional
 import typer
 
 from cli_commands.base import (ArchEachOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsEachOpt, examples,
-                               load_models, out, print_json, progress, table, wrote)
+                               load_models, out, print_json, table, wrote)
 from cli_commands.onion import onion_app
 from cli_commands.training_options import (BatchOpt, DeviceOpt, EpochsOpt, LrOpt, OptimizerOpt, ScheduleOpt, StepsOpt,
                                            ValOpt, WeightDecayOpt, resumed, run_rows, train_config)
+from cli_commands.training_run import run_training
 
 
 def _pct(v) -> str:
@@ -33,67 +34,22 @@ def _fmt_eval(e) -> str:
 
 
 def _run_train(p: dict, *, resume_dir: str | None, json_out: bool) -> None:
-    import dataclasses
-    from pathlib import Path
-
-    import torch
-
-    from surgery.core import io as sio
-    from surgery.core.errors import SurgeryError
     from surgery.onion.train import JointConfig, joint_train
-    from surgery.train import checkpoint as ckpt
-    from surgery.train import dist
-    from surgery.train.loop import Hooks
 
-    rank = dist.env_rank()
-    try:
-        tcfg = train_config(p)
+    def configure():
         cfg = JointConfig(data=p["data"], val=p["val"], alpha=p["alpha"], s2_loss=p["s2_loss"],
-                          s1_classes=p["s1_classes"], temperature=p["temperature"], train=tcfg,
+                          s1_classes=p["s1_classes"], temperature=p["temperature"], train=train_config(p),
                           crop_scale=p["crop_scale"], flip=p["flip"])
         cfg.validate()  # bad alpha, loss names, steps: before anything loads
-        output = Path(p["output"]) if p["output"] else sio.default_output([p["model"]], "-trained")
-        inputs = [r for r in (p["model"], p["teacher"]) if r]
-        run_dir = Path(resume_dir) if resume_dir else Path(p["run_dir"]) if p["run_dir"] else output.with_suffix(".run")
-        if rank == 0:
-            sio.check_outputs([output], force=p["force"], inputs=inputs)
-            if not resume_dir:
-                ckpt.check_new(run_dir, force=p["force"])
-        refs = [p["model"]] + ([p["teacher"]] if p["teacher"] else [])  # loader options: CASCADE, then TEACHER
-        net, teacher = (load_models(refs, p.get("arch"), p.get("weights"), bool(p.get("trust_code")), p.get("input"))
-                        + [None])[:2]
-        bar = progress() if rank == 0 and not json_out else None
-        task = None
+        return cfg
 
-        def start(first, total):
-            nonlocal task
-            if bar is not None:
-                task = bar.add_task("onion train", total=total, completed=first)
+    def train(cfg, net, teacher, *, run_dir, hooks):
+        return joint_train(net, cfg, teacher=teacher, run_dir=run_dir, run_config={"op": "onion-train", **p},
+                           resume=bool(resume_dir), force=p["force"], hooks=hooks)
 
-        def step(i, terms, ips):
-            if bar is not None:
-                text = " ".join(f"{k} {v:.4g}" for k, v in terms.items())
-                bar.update(task, completed=i, description=f"onion train  {text}  {ips:,.0f} img/s")
-
-        if bar is not None:
-            bar.start()
-        try:
-            res, rep = joint_train(net, cfg, teacher=teacher, run_dir=run_dir, run_config={"op": "onion-train", **p},
-                                   resume=bool(resume_dir), force=p["force"], hooks=Hooks(start=start, step=step))
-        finally:
-            if bar is not None:
-                bar.stop()
-        if rank == 0:
-            path = sio.save(res, output, force=p["force"], inputs=inputs)
-            rep = dataclasses.replace(rep, output=str(path))
-    except SurgeryError:
-        if rank != 0:
-            raise typer.Exit(2)
-        raise
-    finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-    if rank != 0:
+    rep = run_training(p, resume_dir=resume_dir, json_out=json_out, label="onion train", output_tag="-trained",
+                       configure=configure, train=train, fmt_eval=_fmt_eval)
+    if rep is None:  # not rank 0
         return
     if json_out:
         print_json(rep)

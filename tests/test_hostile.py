@@ -121,6 +121,14 @@ def test_pt2_counts_on_meta_but_runs_real_tensors_only_with_trust(pt2):
     assert tuple(trusted.module(torch.randn(1, 3, 8, 8)).shape) == (1, 4, 6, 6)
 
 
+def test_profile_refuses_untrusted_pt2_before_timing(pt2, capsys):
+    """Timing runs the graph on real tensors: one line and exit 2, not a 'failed' row and exit 0."""
+    code, err = run_main(["profile", pt2, "--min-runs", "1", "--max-runs", "1"], capsys)
+    assert code == 2 and len(err) == 1 and "without trust" in err[0] and "--trust-code" in err[0]
+    code, _ = run_main(["profile", pt2, "--trust-code", "--min-runs", "1", "--max-runs", "1", "--warmup", "0"], capsys)
+    assert code == 0
+
+
 def test_bad_pt2_prints_one_line_without_torch_log(tmp_path, capsys):
     path = tmp_path / "bad.pt2"
     with zipfile.ZipFile(path, "w") as z:

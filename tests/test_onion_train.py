@@ -136,6 +136,13 @@ def test_cli_bad_alpha_writes_nothing(cli, pairs, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_cli_epochs_and_steps_together_refused(cli, pairs, tmp_path):
+    """onion train follows heal's rule (one training run module, cli_commands/training_run.py)."""
+    r = cli("onion", "train", "zoo:onion_p", "--data", str(pairs), "--epochs", "1", "--steps", "2", cwd=tmp_path)
+    assert r.code == 2 and r.err.count("\n") == 1 and "--epochs or --steps, not both" in r.err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_hinge_refused_for_many_outputs(pairs):
     net = tiny_net(tiny_cascade(outputs=3))
     cfg = JointConfig(data=str(pairs), s2_loss="hinge", train=TrainConfig(batch=8, epochs=None, steps=1, workers=0))
