@@ -279,9 +279,13 @@ class CostCounter:
         else:
             raise SurgeryError(f"cannot analyse a {type(net_or_module).__name__}; pass a Net or an nn.Module")
         self.strict = strict
+        self.batch_unit = int(getattr(module, "batch_unit", 1))  # e.g. a Darknet recurrent net's time_steps
         self.prep = counting.prepare(module, torch_dtype(dtype))
 
-    def run(self, input_shape: Sequence[int] | None = None, batch: int = 1) -> CostReport:
+    def run(self, input_shape: Sequence[int] | None = None, batch: int | None = None) -> CostReport:
+        """Count at ``(batch, *input_shape)``; ``batch`` defaults to the model's batch unit (1,
+        or T rows for a Darknet recurrent net with ``[net] time_steps=T``)."""
+        batch = self.batch_unit if batch is None else batch
         shape = tuple(int(s) for s in (input_shape if input_shape is not None else self.default_shape))
         if not shape:
             raise SurgeryError(f"{self.model}: no input shape known; pass one, e.g. --input 3x224x224")
@@ -306,9 +310,10 @@ class CostCounter:
         )
 
 
-def analyze(net_or_module: Net | nn.Module, input_shape: Sequence[int] | None = None, *, batch: int = 1,
+def analyze(net_or_module: Net | nn.Module, input_shape: Sequence[int] | None = None, *, batch: int | None = None,
             dtype=None, strict: bool = False) -> CostReport:
-    """Per-layer and total costs of one forward pass at ``(batch, *input_shape)``.
+    """Per-layer and total costs of one forward pass at ``(batch, *input_shape)`` (``batch``
+    default: the model's batch unit, see :meth:`CostCounter.run`).
 
     ``input_shape`` defaults to the Net's (or the module's ``input_shape`` attribute);
     ``dtype`` (e.g. ``"float16"``) defaults to the model's; ``strict`` turns ops without a
@@ -318,10 +323,12 @@ def analyze(net_or_module: Net | nn.Module, input_shape: Sequence[int] | None = 
 
 
 def sweep(net_or_module: Net | nn.Module, input_shapes: Sequence[Sequence[int]] | None = None,
-          batches: Sequence[int] = (1,), *, dtype=None, strict: bool = False) -> tuple[CostReport, ...]:
-    """One report per (input shape, batch) pair, input shapes outermost; traced once."""
+          batches: Sequence[int] | None = None, *, dtype=None, strict: bool = False) -> tuple[CostReport, ...]:
+    """One report per (input shape, batch) pair, input shapes outermost; traced once. No
+    ``batches``: the model's batch unit alone."""
     counter = CostCounter(net_or_module, dtype=dtype, strict=strict)
     shapes = list(input_shapes) if input_shapes else [None]
+    batches = list(batches) if batches else [None]
     return tuple(counter.run(s, b) for s in shapes for b in batches)
 
 

@@ -234,6 +234,7 @@ class _DispatchMode(TorchDispatchMode):
 class _Interpreter(fx.Interpreter):
     def __init__(self, gm: fx.GraphModule, lg: LayerGraph, rec: Recorder, parents: dict[str, str]):
         super().__init__(gm, garbage_collect_values=True)
+        self.extra_traceback = False  # a layer's SurgeryError stays one line (fx would append the node and a traceback)
         self.lg, self.rec, self.parents = lg, rec, parents
 
     def run_node(self, n: fx.Node):

@@ -28,6 +28,7 @@ element-wise add/sub/mul/div/...      1·N   (addcmul/addcdiv 2·N)
 max/avg pooling                       kernel area · N
 adaptive pooling, reductions (mean)   input elements (var/std: 2 × input elements)
 softmax / log-softmax                 3·N   (exp, sum, divide)
+scatter-add / scatter-reduce          1 per source element (index_add/index_reduce too)
 upsample nearest                      0     (a gather: movement)
 upsample (bi/tri)linear / bicubic     4·N / 8·N / 16·N
 ====================================  =========================================
@@ -106,6 +107,9 @@ _REDUCE = _packets("mean", "sum", "amax", "amin", "max", "min", "prod", "argmax"
                    "linalg_vector_norm", "all", "any", "count_nonzero")
 _REDUCE_2 = _packets("var", "std", "var_mean", "std_mean")
 _SOFTMAX = _packets("_softmax", "_log_softmax", "softmax", "log_softmax", "_safe_softmax")
+# (self, dim, index, src, ...): each source element is combined into self (add, max, mean...)
+_SCATTER_REDUCE = _packets("scatter_add", "scatter_add_", "scatter_reduce", "scatter_reduce_", "index_add",
+                           "index_add_", "index_reduce", "index_reduce_")
 _UPSAMPLE_NEAREST = _packets("upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d",
                              "_upsample_nearest_exact1d", "_upsample_nearest_exact2d", "_upsample_nearest_exact3d")
 _UPSAMPLE_LINEAR = {p: k for names, k in ((("upsample_linear1d",), 2), (("upsample_bilinear2d",
@@ -114,7 +118,7 @@ _UPSAMPLE_LINEAR = {p: k for names, k in ((("upsample_linear1d",), 2), (("upsamp
 _MOVEMENT = _packets(
     "cat", "stack", "clone", "_to_copy", "copy", "copy_", "contiguous", "repeat", "repeat_interleave", "tile",
     "constant_pad_nd", "reflection_pad1d", "reflection_pad2d", "replication_pad1d", "replication_pad2d", "pad",
-    "index", "index_select", "gather", "scatter", "scatter_add", "index_put", "index_put_", "index_copy",
+    "index", "index_select", "gather", "scatter", "index_put", "index_put_", "index_copy",
     "masked_select", "flip", "roll", "pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "native_channel_shuffle",
     "slice_scatter", "select_scatter", "expand_copy", "permute_copy", "view_copy", "transpose_copy", "_unsafe_index",
     "fill", "fill_", "zero_", "zeros", "zeros_like", "ones", "ones_like", "full", "full_like", "arange",
@@ -141,7 +145,7 @@ QUERIES = {getattr(aten, n).default for n in (
     "is_non_overlapping_and_dense") if hasattr(aten, n) and hasattr(getattr(aten, n), "default")}
 
 KNOWN = (_CONV | _MATMUL | _BATCH_NORM | _NORMS | _ACTIVATIONS | _ELEMENTWISE | _ELEMENTWISE_2 | _POOL
-         | _ADAPTIVE_POOL | _REDUCE | _REDUCE_2 | _SOFTMAX | _UPSAMPLE_NEAREST | set(_UPSAMPLE_LINEAR)
+         | _ADAPTIVE_POOL | _REDUCE | _REDUCE_2 | _SOFTMAX | _SCATTER_REDUCE | _UPSAMPLE_NEAREST | set(_UPSAMPLE_LINEAR)
          | _MOVEMENT | _ALLOC | _VIEWS | set(flop_registry))
 
 # Output-shape shortcuts (counting.py): ops whose meta kernels are slow Python decompositions
@@ -257,6 +261,12 @@ def _reduce(args, kwargs, out, c: _Ctx) -> Formula:
 @register_formula(_SOFTMAX)
 def _softmax(args, kwargs, out, c: _Ctx) -> Formula:
     return Formula("other", "softmax", other_macs=3 * c.n_out, fvcore_macs=c.fv)
+
+
+@register_formula(_SCATTER_REDUCE)
+def _scatter_reduce(args, kwargs, out, c: _Ctx) -> Formula:
+    src = args[3] if len(args) > 3 else kwargs.get("src", kwargs.get("source"))
+    return Formula("other", "reduction", other_macs=_numel(src), fvcore_macs=c.fv)
 
 
 @register_formula(_UPSAMPLE_NEAREST)

@@ -211,7 +211,8 @@ def flops_cmd(
     trust_pickle: bool = TrustOpt,
     input: Optional[str] = typer.Option(None, "--input", help="Input shape(s) without batch: 3x416x416, or a sweep "
                                         "3x224x224,3x416x416 (default: the model's)."),
-    batch: str = typer.Option("1", "--batch", help="Batch size, or a comma list to sweep: 1,8,64."),
+    batch: Optional[str] = typer.Option(None, "--batch", help="Batch size, or a comma list to sweep: 1,8,64 "
+                                        "(default 1; T for a Darknet recurrent net with [net] time_steps=T)."),
     by: str = typer.Option("layer", "--by", help="Group rows by layer, module or operator."),
     depth: int = typer.Option(2, "--depth", help="--by module: module path depth (2: layer1.0, layers.5)."),
     convention: str = typer.Option("macs", "--convention", help=f"What to count: {', '.join(CONVENTION_NAMES)}."),
@@ -241,7 +242,7 @@ def flops_cmd(
     check_formats(json_out, csv_out)
     conv = get_convention(convention)
     shapes = parse_shapes(input)
-    batches = parse_int_list(batch, "--batch")
+    batches = parse_int_list(batch, "--batch") if batch is not None else None  # None: the model's batch unit
     spec = get_spec(device_spec) if device_spec else None
     net = load_model(model, arch, weights, trust_pickle, None, weights_cutoff)
     reports = sweep(net, shapes, batches, dtype=dtype, strict=strict)

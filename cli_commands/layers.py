@@ -10,8 +10,9 @@ from cli_commands.base import (ArchOpt, SurgeryError, CsvOpt, InputOpt, JsonOpt,
                                app, check_formats, examples, human, load_model, out, parse_int_list, print_csv,
                                print_json, shape_str, table)
 
-BatchOpt = typer.Option("1", "--batch", help="Batch size (costs scale with it; shapes are shown without it). flops "
-                                             "and profile take a comma list to sweep, e.g. 1,8,32.")
+BatchOpt = typer.Option(None, "--batch", help="Batch size (costs scale with it; shapes are shown without it; default "
+                                              "1, or T for a Darknet recurrent net with [net] time_steps=T). flops "
+                                              "and profile take a comma list to sweep, e.g. 1,8,32.")
 DtypeOpt = typer.Option(None, "--dtype", help="The model's precision for counting bytes: float32, float16, bfloat16 "
                                               "(default: the model's own).")
 StrictOpt = typer.Option(False, "--strict", help="Fail (exit 2) if any op has no cost formula instead of listing it.")
@@ -48,7 +49,7 @@ def layers_cmd(
     weights_cutoff: int = WeightsCutoffOpt,
     trust_pickle: bool = TrustOpt,
     input: Optional[str] = InputOpt,
-    batch: str = BatchOpt,
+    batch: Optional[str] = BatchOpt,
     dtype: Optional[str] = DtypeOpt,
     strict: bool = StrictOpt,
     flops: bool = FlopsOpt,
@@ -64,7 +65,7 @@ def layers_cmd(
     from analyzers.cost import analyze
 
     check_formats(json_out, csv_out)
-    batches = parse_int_list(batch, "--batch")
+    batches = parse_int_list(batch, "--batch") if batch is not None else [None]  # None: the model's batch unit
     if len(batches) > 1:
         raise SurgeryError(f"--batch {batch}: layers shows one batch size; sweep with "
                            f"`surgery flops {model} --batch {batch}`")

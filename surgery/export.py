@@ -123,7 +123,8 @@ def export_onnx(
     rtol = DEFAULT_RTOL.get(dtype, 1e-2) if rtol is None else rtol
     module = net.module.eval() if dtype == torch.float32 else _cast(net.module, dtype)
     dynamic = batch is None
-    trace_batch = 2 if dynamic else batch  # torch.export specialises a size-1 dimension
+    # torch.export specialises a size-1 dimension; a recurrent Darknet net needs a multiple of its time_steps
+    trace_batch = 2 * net.batch_unit if dynamic else batch
     x = net.example_input(trace_batch, dtype=dtype)
     with torch.no_grad():
         names = head_output_names(net, len(output_tensors(module(x))))
@@ -135,8 +136,9 @@ def export_onnx(
         sess = ort_cpu_session(data)
         rep = verify_session(sess, net.module, net.input_shape, batch=trace_batch, dtype=dtype, probes=probes,
                              rtol=rtol)
-        if dynamic:  # the batch axis really is free: batch 1 too
-            one = verify_session(sess, net.module, net.input_shape, batch=1, dtype=dtype, probes=1, rtol=rtol)
+        if dynamic:  # the batch axis really is free: batch 1 (one batch unit) too
+            one = verify_session(sess, net.module, net.input_shape, batch=net.batch_unit, dtype=dtype, probes=1,
+                                 rtol=rtol)
             rep = (rep.max_abs if rep.max_abs >= one.max_abs else one.max_abs, max(rep.max_rel, one.max_rel))
         else:
             rep = (rep.max_abs, rep.max_rel)
@@ -203,6 +205,12 @@ def write_darknet(net: Net, cfg_path, weights_path) -> DarknetExportReport:
             f"{net.source or 'this model'}: Darknet export needs a Darknet-built network (a .cfg, zoo:yolov3, "
             f"a Darknet share or fold) without torch.fx-graph surgeries in its recipe; export it as ONNX instead"
         )
+    from zoo.darknet.weights import weights_io_problem
+
+    problem = weights_io_problem(net.module)
+    if problem:  # dontload=/dontsave=/numload=/dontloadscales= steer one load or save, not the network
+        raise SurgeryError(f"{net.source or 'this model'}: Darknet export: {problem}, so Darknet could not read the "
+                           f"written files back; remove that option from the cfg to export it")
     text = net.module.cfg_text()
     Path(cfg_path).write_text(net.module.cfg_text(darknet=True))  # e.g. tree= as written, not its inlined groups
     nbytes = write_weights(net.module, weights_path, overwrite=True)
@@ -214,6 +222,7 @@ def write_darknet(net: Net, cfg_path, weights_path) -> DarknetExportReport:
     if bad:
         raise SurgeryError(f"Darknet export: the written files do not read back to the same weights ({bad[:3]}); "
                            "nothing written (a bug: please report)")
-    bns = sum(1 for l in back.layers if getattr(l, "bn", None) is not None)
+    # recurrent layers (zoo/darknet/recurrent.py) hold their BatchNorms in sublayers: they say batch_normalize
+    bns = sum(1 for l in back.layers if getattr(l, "bn", None) is not None or getattr(l, "batch_normalize", False))
     return DarknetExportReport(str(cfg_path), str(weights_path), len(net.module.layers), net.params, nbytes, bns, True,
                                model=net.source)

@@ -54,9 +54,9 @@ def _output_shapes(net: Net, dtype) -> tuple[tuple[int, ...], ...]:
     try:
         m = meta_copy(net.module)
         with torch.no_grad():
-            out = m(torch.empty((1, *net.input_shape), device="meta", dtype=dtype))
+            out = m(torch.empty((net.batch_unit, *net.input_shape), device="meta", dtype=dtype))
         return tuple(tuple(t.shape[1:]) for t in output_tensors(out))
     except Exception:  # TorchScript / exported modules may not run on meta; shapes are optional
         with torch.no_grad():
-            out = net.module(net.example_input(1, dtype=dtype))
+            out = net.module(net.example_input(dtype=dtype))
         return tuple(tuple(t.shape[1:]) for t in output_tensors(out))

@@ -141,6 +141,25 @@ def test_other_class_formulas_and_fvcore_mirror():
     assert rep.totals.macs == 0 and not rep.uncounted
 
 
+def test_scatter_reductions_count_one_per_source_element():
+    """scatter_add / scatter_reduce (Darknet's hierarchical softmax uses both) and index_add:
+    one combine per source element, whatever the size of the destination."""
+
+    class M(nn.Module):
+        def forward(self, x):  # x: (2, 9)
+            b = x.shape[0]
+            idx = torch.tensor([0, 0, 1, 1, 1, 2, 2, 3, 3], device=x.device).expand(b, 9)
+            top = x.new_full((b, 4), float("-inf")).scatter_reduce(1, idx, x, "amax")
+            total = x.new_zeros((b, 4)).scatter_add(1, idx, x)
+            return top, total, x.new_zeros((b, 5)).index_add(1, torch.tensor([0, 4], device=x.device), x[:, :2])
+
+    rep = analyze(M(), (9,), batch=2, strict=True)
+    ops = {o.op: o for l in rep.layers for o in l.ops}
+    assert ops["aten.scatter_reduce"].other_macs == ops["aten.scatter_add"].other_macs == 2 * 9
+    assert ops["aten.index_add"].other_macs == 2 * 2
+    assert rep.totals.macs == 0 and not rep.uncounted
+
+
 def test_uncounted_ops_listed_with_elements_and_strict_fails():
     class M(nn.Module):
         def forward(self, x):

@@ -234,7 +234,7 @@ CONV = "[convolutional]\nfilters=8\nsize=3\npad=1\nactivation=leaky\n"
 
 @pytest.mark.parametrize("text, words", [
     (NET + CONV + "[lstmx]\noutput=3\n", ["[lstmx]", "mycfg.cfg:10", "not a Darknet section"]),
-    (NET + CONV + "[lstm]\noutput=3\n", ["[lstm]", "mycfg.cfg:10", "not supported"]),
+    (NET + CONV + "[conv_lstm]\noutput=3\n", ["[conv_lstm]", "mycfg.cfg:10", "not supported"]),  # AlexeyAB only
     (NET + CONV + "[route]\nlayers=-5\n", ["layer 1 [route]", "layers=-5", "-4"]),
     (NET + CONV + "[route]\nlayers=3\n", ["layer 1 [route]", "layers=3", "not an earlier layer"]),
     (NET + CONV + "[route]\n", ["layer 1 [route]", "layers="]),

@@ -72,3 +72,33 @@ def test_softmax_tree_without_its_file_refused_with_the_reason():
         build_darknet(NET + "[softmax]\ntree=data/9k.tree\n")
     msg = str(e.value)
     assert "tree=data/9k.tree" in msg and "no such tree file" in msg and "[softmax]" in msg, msg
+
+
+def test_pjreddie_sections_and_aliases_build_and_write_back():
+    text = NET + ("[deconv]\nfilters=4\nsize=2\nstride=2\n[lrn]\n[l2norm]\n[batchnorm]\n[logistic]\n"
+                  "[convolutional]\nfilters=4\nsize=1\nbinary=1\n[convolutional]\nfilters=4\nsize=1\nxnor=1\n"
+                  "[iseg]\nclasses=1\nids=3\n")
+    net = build_darknet(text)
+    assert [l.section for l in net.layers] == ["deconvolutional", "normalization", "l2norm", "batchnorm", "logistic",
+                                               "convolutional", "convolutional", "iseg"]
+    assert net.layers[-1].out_shape == (4, 4, 8)  # deconv: (2 - 1) * 2 + 2 by (4 - 1) * 2 + 2
+    back = build_darknet(net.cfg_text(darknet=True))  # written as [deconvolutional], [normalization]
+    assert "[deconvolutional]" in net.cfg_text() and "[normalization]" in net.cfg_text()
+    assert [l.section for l in back.layers] == [l.section for l in net.layers]
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[convolutional]\nfilters=4\nantialiasing=1\n", ["antialiasing=1 is not supported"]),
+    ("[convolutional]\nfilters=4\ndilation=2\n", ["dilation=2 is not supported"]),
+    ("[convolutional]\nfilters=4\ncoordconv=1\n", ["coordconv=1 is not supported"]),
+    ("[maxpool]\nmaxpool_depth=1\n", ["maxpool_depth=1 is not supported"]),
+    ("[scale_channels]\nfrom=-1\n", ["[scale_channels] is not supported by surgery"]),
+    ("[conv_lstm]\noutput=4\n", ["[conv_lstm] is not supported by surgery"]),
+])
+def test_alexeyab_only_options_and_sections_stay_refused(text, words):
+    with pytest.raises(SurgeryError) as e:
+        build_darknet(NET + text, source="ab.cfg")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("ab.cfg")
+    for w in words:
+        assert w in msg, (w, msg)

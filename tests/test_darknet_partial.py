@@ -9,6 +9,7 @@ bytes), and fresh builds seeded with ``torch.manual_seed(0)``.
 
 from __future__ import annotations
 
+import io
 import shutil
 
 import pytest
@@ -159,3 +160,23 @@ def test_darknet53_conv74_into_yolov3(tmp_path):
     ref = _seeded((DATA / "yolov3.cfg").read_text())
     for i in range(len(ref.layers)):
         _assert_layer_equal(net.module, i, d53 if i < 75 else ref)
+
+
+def test_dontload_layer_takes_no_bytes_of_a_partial_file(tiny):
+    """A dontload=1 layer is skipped by load_weights_upto: a partial file for a cfg whose layer 0
+    says dontload=1 holds layer 2 alone, and the cutoff is still inferred from its size."""
+    d = tiny
+    text = (d / "tiny.cfg").read_text().replace("[convolutional]\n", "[convolutional]\ndontload=1\n", 1)
+    assert parse_cfg(text)[1]["dontload"] == "1"
+    data = (d / "full.weights").read_bytes()
+    part = data[:HEADER] + data[HEADER + 4 * (4 * 16 + 16 * 3 * 9):TINY_CUT_BYTES]  # header, layer 2's values
+    assert len(part) == HEADER + 4 * (4 * 32 + 32 * 16 * 9)
+    net = _seeded(text, seed=3)
+    before = _layer_state(net, 0)
+    rep = load_weights(net, io.BytesIO(part), cutoff="infer")
+    assert rep.cutoff == TINY_CUT and rep.inferred and rep.from_file == (2,)
+    assert 0 in rep.initialised  # the dontload layer keeps its values: reported with the layers past the cutoff
+    full = build_darknet((d / "tiny.cfg").read_text())
+    load_weights(full, d / "full.weights")
+    _assert_layer_equal(net, 2, full)
+    assert all(torch.equal(before[k], v) for k, v in _layer_state(net, 0).items())  # layer 0 as built

@@ -152,7 +152,16 @@ class Net:
     def clone_module(self) -> nn.Module:
         return copy.deepcopy(self.module)
 
-    def example_input(self, batch: int = 1, *, device="cpu", dtype=torch.float32, seed: int = 0) -> torch.Tensor:
+    @property
+    def batch_unit(self) -> int:
+        """The batch a forward needs a multiple of (the module's ``batch_unit``, else 1): a Darknet
+        recurrent net with ``[net] time_steps=T`` takes T rows per sequence."""
+        return int(getattr(self.module, "batch_unit", 1))
+
+    def example_input(self, batch: int | None = None, *, device="cpu", dtype=torch.float32,
+                      seed: int = 0) -> torch.Tensor:
+        """A seeded random input of ``batch`` rows (default :attr:`batch_unit`)."""
+        batch = self.batch_unit if batch is None else batch
         g = torch.Generator().manual_seed(seed)
         x = torch.randn((batch, *self.input_shape), generator=g, dtype=torch.float32)
         return x.to(device=device, dtype=dtype)

@@ -40,6 +40,8 @@ from zoo.darknet.layers import (
     CostLayer,
     ActivationLayer,
 )
+from zoo.darknet.norm_layers import BatchnormLayer, L2normLayer, NormalizationLayer
+from zoo.darknet.seg_layers import DeconvolutionalLayer, IsegLayer, LogisticLayer
 from zoo.darknet.net import DarknetNet, build_darknet
 from zoo.darknet.weights import WeightsHeader, read_weights, weights_nbytes, write_weights
 
@@ -79,4 +81,10 @@ __all__ = [
     "CropLayer",
     "CostLayer",
     "ActivationLayer",
+    "NormalizationLayer",
+    "L2normLayer",
+    "BatchnormLayer",
+    "DeconvolutionalLayer",
+    "LogisticLayer",
+    "IsegLayer",
 ]

@@ -25,13 +25,15 @@ BN_MOMENTUM = 0.01  # Darknet: rolling = .99 * rolling + .01 * batch statistic
 # ------------------------------------------------------------------------------------
 
 _ALIASES = {"network": "net", "conv": "convolutional", "conn": "connected", "max": "maxpool",
-            "avg": "avgpool", "soft": "softmax"}
-SECTIONS = ("net", "convolutional", "connected", "maxpool", "avgpool", "route", "shortcut",
+            "avg": "avgpool", "soft": "softmax", "deconv": "deconvolutional", "lrn": "normalization"}
+SECTIONS = ("net", "convolutional", "connected", "maxpool", "avgpool", "route", "shortcut",  # layers.py
             "upsample", "reorg", "yolo", "region", "detection", "dropout", "softmax", "crop",
-            "local", "cost", "activation")
-# Sections Darknet (pjreddie or AlexeyAB) knows but this builder does not implement.
-_UNSUPPORTED = set("deconvolutional deconv logistic l2norm crnn gru lstm rnn conv_lstm normalization lrn batchnorm "
-                   "iseg scale_channels sam gaussian_yolo reorg3d implicit_add implicit_mul empty silence "
+            "local", "cost", "activation",
+            "rnn", "gru", "lstm", "crnn",  # recurrent.py
+            "normalization", "l2norm", "batchnorm",  # norm_layers.py
+            "deconvolutional", "logistic", "iseg")  # seg_layers.py
+# Sections AlexeyAB's darknet adds that this builder does not implement (every pjreddie section is built).
+_UNSUPPORTED = set("conv_lstm scale_channels sam gaussian_yolo reorg3d implicit_add implicit_mul empty silence "
                    "contrastive local_avgpool history".split())
 OUTPUT_SECTIONS = ("yolo", "region", "detection")  # layers whose outputs a DarknetNet returns
 TYPE_OPTION = "@type"  # where an option named `type` (e.g. [cost] type=sse) is kept; "type" is the section

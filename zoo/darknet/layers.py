@@ -96,6 +96,14 @@ class DarknetLayer(nn.Module):
         self.out_shape: Shape = tuple(int(v) for v in out_shape)
         if min(self.out_shape) <= 0:
             raise ctx.error(f"output shape {self.out_shape} is empty (input {self.in_shapes}); check size/stride/padding")
+        # parse_network_cfg reads these for every section; they steer .weights I/O only (weights.py):
+        # load_weights_upto skips a dontload layer, save_weights_upto a dontsave one, numload= makes
+        # load_convolutional_weights read only the first filters, dontloadscales= skips BN statistics.
+        # The other per-section options it reads (truth, onlyforward, stopbackward, learning_rate, smooth)
+        # and [convolutional] dot= only steer training: accepted and ignored, like any option a section
+        # does not read.
+        self.dontload, self.dontsave = bool(ctx.int("dontload", 0)), bool(ctx.int("dontsave", 0))
+        self.dontloadscales, self.numload = bool(ctx.int("dontloadscales", 0)), ctx.int("numload", 0)
 
     @property
     def in_shape(self) -> Shape:
@@ -110,7 +118,7 @@ class ConvolutionalLayer(DarknetLayer):
 
     def __init__(self, ctx: "_Ctx"):
         c, h, w = ctx.need_image()
-        ctx.refuse("binary", "xnor", "antialiasing", "share_index", "deform", "numload", "dilation", "coordconv")
+        ctx.refuse("antialiasing", "share_index", "deform", "dilation", "coordconv")  # AlexeyAB-only
         filters, size = ctx.int("filters", 1), ctx.int("size", 1)
         stride = ctx.int("stride", 1)
         sy, sx = ctx.int("stride_y", stride), ctx.int("stride_x", stride)
@@ -127,15 +135,52 @@ class ConvolutionalLayer(DarknetLayer):
         self.flipped = bool(ctx.int("flipped", 0))
         if self.flipped and groups != 1:
             raise ctx.error("flipped=1 with groups>1 is not supported")
+        check_numload(ctx, filters)
+        self.binary, self.xnor = bool(ctx.int("binary", 0)), bool(ctx.int("xnor", 0))
+        self.bn_foldable = not (self.binary or self.xnor)  # folding a BN would change the weights it binarizes
         self.conv = nn.Conv2d(c, filters, size, (sy, sx), padding, groups=groups, bias=not self.batch_normalize)
         self.bn = nn.BatchNorm2d(filters, eps=BN_EPS, momentum=BN_MOMENTUM) if self.batch_normalize else None
         self.act = make_activation(ctx.str("activation", "logistic"), ctx.where)
 
     def forward(self, x):
-        x = self.conv(x)
+        if self.binary or self.xnor:
+            x = self._binary_conv(x)
+        else:
+            x = self.conv(x)
         if self.bn is not None:
             x = self.bn(x)
         return self.act(x)
+
+    def _binary_conv(self, x):
+        """``binary=1``: the convolution with :func:`binarize_weights`; ``xnor=1``: also with the
+        input binarized to +1 where it is > 0 and -1 elsewhere (convolutional_layer.c binarize_cpu).
+        The stored weights stay real-valued, as Darknet keeps and saves them.
+
+        Deviation: pjreddie's CPU forward_convolutional_layer binarizes the weights only for
+        xnor=1 and leaves binary=1 a plain convolution; its GPU forward, which trains and runs
+        these nets, binarizes them for binary=1 too. We follow the GPU forward there, and the CPU
+        for the input sign (the GPU's binarize_kernel sends an exact 0 to +1, the CPU to -1)."""
+        if self.xnor:
+            x = (x > 0).to(x.dtype) * 2 - 1
+        return self.conv._conv_forward(x, binarize_weights(self.conv.weight), self.conv.bias)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", xnor=1" if self.xnor else ", binary=1" if self.binary else "")
+
+
+def binarize_weights(w: torch.Tensor) -> torch.Tensor:
+    """convolutional_layer.c ``binarize_weights``: each filter becomes sign(w) times the mean |w|
+    over its c/groups x size x size values (a weight <= 0 gets -mean)."""
+    mean = w.abs().mean(dim=tuple(range(1, w.dim())), keepdim=True)  # (n, 1, 1, 1)
+    return torch.where(w > 0, mean, -mean)
+
+
+def check_numload(ctx: "_Ctx", filters: int) -> None:
+    """``numload=N`` makes load_convolutional_weights read N filters' tensors (l.n = numload); more
+    than the layer has would read past its arrays, a negative count makes fread fail."""
+    if not 0 <= ctx.int("numload", 0) <= filters:
+        raise ctx.error(f"numload={ctx.opts['numload']} must be between 0 and filters={filters} "
+                        f"(the filters load_convolutional_weights reads from the .weights)")
 
 
 class ConnectedLayer(DarknetLayer):
@@ -414,7 +459,16 @@ class YoloLayer(DarknetLayer):
 
 
 class RegionLayer(DarknetLayer):
-    section = "region"  # YOLOv2 detection head; identity in forward (raw predictions)
+    """YOLOv2 detection head; identity in forward (raw predictions).
+
+    YOLO9000's ``tree=FILE`` (a hierarchical softmax over the classes) and ``map=FILE`` (dataset
+    class -> tree node, used by Darknet's loss and detection decoding) change no tensor here. Both
+    files are read as parse_region reads them, next to the cfg, then in the working directory:
+    the tree must have one node per class, the map name classes that exist. Their contents are
+    inlined into the cfg text (``surgery_tree_groups=``, ``surgery_map=``) so a checkpoint
+    rebuilds without the files; a Darknet export writes the ``tree=``/``map=`` lines as they were."""
+
+    section = "region"
 
     def __init__(self, ctx: "_Ctx"):
         c, h, w = ctx.need_image()
@@ -424,6 +478,22 @@ class RegionLayer(DarknetLayer):
             raise ctx.error(f"input has {c} channels but num x (classes + coords + 1) = {want}; set the previous filters={want}")
         super().__init__(ctx, (ctx.index - 1,), (want, h, w))
         self.anchors = tuple(ctx.floats("anchors"))
+        self.tree: tuple[int, ...] | None = None
+        self.map: tuple[int, ...] | None = None
+        self.inline_options: dict[str, str] = {}
+        if "tree" in ctx.opts:
+            sizes, inline = tree_option(ctx)
+            if sum(sizes) != self.classes:  # forward_region_layer's softmax_tree walks tree nodes as class entries
+                raise ctx.error(f"tree={ctx.opts['tree']} has {sum(sizes)} nodes but classes={self.classes}; "
+                                f"a region tree needs one node per class")
+            self.tree, self.inline_options = tuple(sizes), {**self.inline_options, **inline}
+        if "map" in ctx.opts:
+            entries, inline = map_option(ctx)
+            bad = next((v for v in entries if not 0 <= v < self.classes), None)
+            if bad is not None:
+                raise ctx.error(f"map={ctx.opts['map']} maps a class to {bad}, outside the {self.classes} classes "
+                                f"(Darknet would read another anchor's values)")
+            self.map, self.inline_options = tuple(entries), {**self.inline_options, **inline}
 
     forward = _identity
 
@@ -460,7 +530,7 @@ class DropoutLayer(_PassLayer):
         return self.drop(x)
 
 
-TREE_GROUPS_OPTION = "surgery_tree_groups"  # a [softmax] tree's group sizes, inlined so the cfg text is self-contained
+TREE_GROUPS_OPTION = "surgery_tree_groups"  # a [softmax]/[region] tree's group sizes, inlined so the cfg text is self-contained
 
 
 def tree_group_sizes(text: str) -> list[int]:
@@ -484,6 +554,61 @@ def tree_group_sizes(text: str) -> list[int]:
 
 
 _TREE_LINE = re.compile(r"\s*\S+(?:\s+([+-]?\d+))?")
+MAP_OPTION = "surgery_map"  # a [region] map file's entries, inlined like the tree's groups
+
+
+def map_entries(text: str) -> list[int]:
+    """The entries of a Darknet class map file (``coco9k.map``) as utils.c ``read_map`` reads them:
+    one ``atoi`` per line (a line without a leading integer reads 0)."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # fgetl: no line after the final newline
+    return [int(m.group(0)) if (m := _INT.match(line)) else 0 for line in lines]
+
+
+def _side_file(ctx: "_Ctx", key: str, what: str) -> str:
+    """The text of the file an option names (``tree=``, ``map=``), looked up next to the cfg, then
+    in the working directory (Darknet opens it relative to where it runs)."""
+    from pathlib import Path
+
+    name = ctx.opts[key]
+    src = Path(ctx.source)
+    candidates = ([src.parent / name] if ctx.source and not ctx.source.startswith("<") else []) + [Path(name)]
+    for path in candidates:
+        if path.is_file():
+            try:
+                return path.read_bytes().decode("latin-1")
+            except OSError as e:
+                raise ctx.error(f"{key}={name}: cannot read {path} ({e.strerror or e})") from None
+    where = " or ".join(dict.fromkeys(str(p) for p in candidates))
+    raise ctx.error(f"{key}={name}: no such {key} file (looked for {where}); put the {what} there")
+
+
+def _inlined(ctx: "_Ctx", option: str, what: str) -> list[int]:
+    """The integers a checkpoint's cfg text carries in place of a file (``surgery_...=``)."""
+    values = ctx.ints(option)
+    if not values or min(values) < 0:
+        raise ctx.error(f"{option}= must list the {what} (integers >= 0)")
+    return values
+
+
+def tree_option(ctx: "_Ctx") -> tuple[list[int], dict[str, str]]:
+    """(group sizes of the ``tree=`` file, the options that inline them into the cfg text); a cfg
+    text that already carries them (a checkpoint) needs no file."""
+    if TREE_GROUPS_OPTION in ctx.opts:
+        return _inlined(ctx, TREE_GROUPS_OPTION, "tree's group sizes"), {}
+    sizes = tree_group_sizes(_side_file(ctx, "tree", "hierarchical-softmax tree file (e.g. 9k.tree)"))
+    return sizes, {TREE_GROUPS_OPTION: ",".join(map(str, sizes))}
+
+
+def map_option(ctx: "_Ctx") -> tuple[list[int], dict[str, str]]:
+    """(entries of the ``map=`` file, the options that inline them), as :func:`tree_option`."""
+    if MAP_OPTION in ctx.opts:
+        return _inlined(ctx, MAP_OPTION, "map's class indices"), {}
+    entries = map_entries(_side_file(ctx, "map", "class map file (e.g. coco9k.map)"))
+    if not entries:
+        raise ctx.error(f"map={ctx.opts['map']}: the map file is empty; it lists one class index a line")
+    return entries, {MAP_OPTION: ",".join(map(str, entries))}
 
 
 class SoftmaxLayer(_PassLayer):
@@ -508,36 +633,13 @@ class SoftmaxLayer(_PassLayer):
         self.tree: tuple[int, ...] | None = None
         self.inline_options: dict[str, str] = {}
         if "tree" in ctx.opts:
-            self.tree = tuple(self._tree_groups(ctx))
+            sizes, self.inline_options = tree_option(ctx)
+            self.tree = tuple(sizes)
             if sum(self.tree) > n:
                 raise ctx.error(f"tree={ctx.opts['tree']} has {sum(self.tree)} nodes but the layer has only {n} inputs")
             return
         if self.groups < 1 or n % self.groups:
             raise ctx.error(f"groups={self.groups} does not divide the {n} inputs")
-
-    def _tree_groups(self, ctx: "_Ctx") -> list[int]:
-        if TREE_GROUPS_OPTION in ctx.opts:  # rebuilt from a cfg text that carries the tree
-            sizes = ctx.ints(TREE_GROUPS_OPTION)
-            if not sizes or min(sizes) < 0:
-                raise ctx.error(f"{TREE_GROUPS_OPTION}= must list the tree's group sizes (integers >= 0)")
-            return sizes
-        from pathlib import Path
-
-        name = ctx.opts["tree"]
-        src = Path(ctx.source)
-        candidates = ([src.parent / name] if ctx.source and not ctx.source.startswith("<") else []) + [Path(name)]
-        for path in candidates:
-            if path.is_file():
-                try:
-                    text = path.read_bytes().decode("latin-1")
-                except OSError as e:
-                    raise ctx.error(f"tree={name}: cannot read {path} ({e.strerror or e})") from None
-                sizes = tree_group_sizes(text)
-                self.inline_options = {TREE_GROUPS_OPTION: ",".join(map(str, sizes))}
-                return sizes
-        where = " or ".join(dict.fromkeys(str(p) for p in candidates))
-        raise ctx.error(f"tree={name}: no such tree file (looked for {where}); put the hierarchical-softmax "
-                        f"tree file (e.g. 9k.tree) there")
 
     def forward(self, x):
         t = x if self.temperature == 1 else x / self.temperature

@@ -10,6 +10,9 @@ from torch import nn
 from surgery.core.errors import SurgeryError
 from zoo.darknet.cfg import OUTPUT_SECTIONS, Shape, parse_cfg, write_cfg
 from zoo.darknet.layers import _LAYERS, _Ctx
+from zoo.darknet.norm_layers import NORM_LAYERS
+from zoo.darknet.recurrent import RECURRENT_LAYERS
+from zoo.darknet.seg_layers import SEG_LAYERS
 from zoo.darknet.weights import WeightsHeader
 
 
@@ -40,7 +43,9 @@ class DarknetNet(nn.Module):
         shapes: list[Shape] = []
         layers = []
         for i, block in enumerate(blocks[1:]):
-            layer = _LAYERS[block["type"]](_Ctx(i, block, source, shapes, self.input_shape, (h, w)))
+            ctx = _Ctx(i, block, source, shapes, self.input_shape, (h, w))
+            ctx.net = net  # the [net] options a layer may read (the recurrent layers' time_steps)
+            layer = _BUILDERS[block["type"]](ctx)
             if getattr(layer, "inline_options", None):  # e.g. a softmax tree file's groups: the cfg text carries them
                 self.blocks = blocks = [*blocks[:i + 1], {**block, **layer.inline_options}, *blocks[i + 2:]]
             layers.append(layer)
@@ -49,6 +54,9 @@ class DarknetNet(nn.Module):
         self.output_indices = tuple(l.index for l in layers if l.section in OUTPUT_SECTIONS) or (len(layers) - 1,)
         self.weights_header = WeightsHeader()
         self._free_after = free_after([l.inputs for l in layers])
+        # the rows a forward needs a multiple of: [net] time_steps when a recurrent layer unrolls
+        # them (zoo/darknet/recurrent.py), else 1; the cost analyzer and probes default to it
+        self.batch_unit = max((getattr(l, "steps", 1) for l in layers), default=1)
 
     def forward(self, x):
         cache = {-1: x}
@@ -71,15 +79,17 @@ class DarknetNet(nn.Module):
 
     @torch.no_grad()
     def fuse(self) -> "DarknetNet":
-        """A new network, this one untouched: every ``batch_normalize=1`` convolutional/connected
-        layer becomes ``batch_normalize=0`` with the BatchNorm folded into its weights and bias
+        """A new network, this one untouched: every ``batch_normalize=1`` convolutional/connected/
+        deconvolutional layer (not a binary=1 or xnor=1 one: its forward binarizes the weights, so
+        a BatchNorm folded into them would not survive) becomes ``batch_normalize=0`` with the
+        BatchNorm folded into its weights and bias
         (eval semantics: running statistics and this builder's eps :data:`BN_EPS`;
         ``torch.nn.utils.fusion``'s maths in float64). It reads and writes ``.weights`` like any
         Darknet net without BatchNorm (biases, then weights). The fold protocol of
         ``surgery fold``; ``self`` when there is nothing to fold."""
         from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
-        fused = [l.index for l in self.layers if getattr(l, "bn", None) is not None]
+        fused = [l.index for l in self.layers if getattr(l, "bn", None) is not None and getattr(l, "bn_foldable", True)]
         if not fused:
             return self
         blocks = [dict(b) for b in self.blocks]
@@ -97,7 +107,8 @@ class DarknetNet(nn.Module):
             bn = old.bn
             args = (unit.weight.double(), None, bn.running_mean.double(), bn.running_var.double(), bn.eps,
                     bn.weight.double(), bn.bias.double())
-            w, b = fuse_linear_bn_weights(*args) if hasattr(old, "fc") else fuse_conv_bn_weights(*args)
+            w, b = fuse_linear_bn_weights(*args) if hasattr(old, "fc") else \
+                fuse_conv_bn_weights(*args, transpose=isinstance(unit, nn.ConvTranspose2d))  # a deconv: out channels on dim 1
             target = lay.conv if hasattr(lay, "conv") else lay.fc
             target.weight.copy_(w.to(unit.weight.dtype))
             target.bias.copy_(b.to(unit.weight.dtype))
@@ -106,6 +117,10 @@ class DarknetNet(nn.Module):
 
     def extra_repr(self) -> str:
         return f"source={self.source!r}, input_shape={self.input_shape}"
+
+
+# section name -> layer class; cfg.SECTIONS lists the same names (a test checks they agree)
+_BUILDERS = {**_LAYERS, **RECURRENT_LAYERS, **NORM_LAYERS, **SEG_LAYERS}
 
 
 def free_after(inputs: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...]:

@@ -16,6 +16,8 @@ from surgery.core.errors import SurgeryError
 from typing import TYPE_CHECKING
 
 from zoo.darknet.layers import ConnectedLayer, ConvolutionalLayer, DarknetLayer, LocalLayer
+from zoo.darknet.norm_layers import BatchnormLayer
+from zoo.darknet.seg_layers import DeconvolutionalLayer
 
 if TYPE_CHECKING:
     from zoo.darknet.net import DarknetNet
@@ -58,21 +60,22 @@ class _Chunk:
     file_rc: tuple[int, int] | None = None  # stored as a rows x cols matrix, transposed in memory
 
 
-def _plan(net: DarknetNet, header: WeightsHeader, cutoff: int | None) -> list[_Chunk]:
-    """The tensors a .weights file holds, in file order (parser.c load_weights_upto)."""
+def _plan(net: DarknetNet, header: WeightsHeader, cutoff: int | None, *, save: bool = False) -> list[_Chunk]:
+    """The tensors a .weights file holds, in file order: what parser.c ``load_weights_upto``
+    reads, or with ``save=True`` what ``save_weights_upto`` writes. The two differ only where
+    the cfg says so: a ``dontload=1`` layer is not read and a ``dontsave=1`` layer not written
+    (no bytes at all), ``numload=N`` reads a convolutional/deconvolutional layer's first N filters
+    only and ``dontloadscales=1`` reads no BatchNorm statistics, while saving writes them all."""
     chunks: list[_Chunk] = []
     for layer in list(net.layers)[:cutoff]:
-        for key in ("dontload", "dontsave", "numload"):
-            if layer.options.get(key, "0") not in ("0", ""):
-                raise SurgeryError(f"{net.source}: layer {layer.index} [{layer.section}]: {key}= is not supported for .weights I/O; remove it")
-        scales = layer.options.get("dontloadscales", "0") in ("0", "")
-        if isinstance(layer, ConvolutionalLayer):
-            bn, conv = layer.bn, layer.conv
-            chunks.append(_Chunk(layer, bn.bias if bn is not None else conv.bias))
-            if bn is not None and scales:
-                chunks += [_Chunk(layer, t) for t in (bn.weight, bn.running_mean, bn.running_var)]
-            n, k = conv.weight.shape[0], conv.weight[0].numel()
-            chunks.append(_Chunk(layer, conv.weight, (k, n) if layer.flipped else None))
+        if layer.dontsave if save else layer.dontload:
+            continue
+        scales = save or not layer.dontloadscales
+        if isinstance(layer, (ConvolutionalLayer, DeconvolutionalLayer)):
+            chunks += _conv_chunks(layer, scales, None if save else layer.numload or None)
+        elif isinstance(layer, BatchnormLayer):  # load_batchnorm_weights: no biases, dontloadscales ignored
+            norm = layer.norm
+            chunks += [_Chunk(layer, t) for t in (norm.weight, norm.running_mean, norm.running_var)]
         elif isinstance(layer, ConnectedLayer):
             bn, fc = layer.bn, layer.fc
             chunks.append(_Chunk(layer, bn.bias if bn is not None else fc.bias))
@@ -81,13 +84,48 @@ def _plan(net: DarknetNet, header: WeightsHeader, cutoff: int | None) -> list[_C
                 chunks += [_Chunk(layer, t) for t in (bn.weight, bn.running_mean, bn.running_var)]
         elif isinstance(layer, LocalLayer):
             chunks += [_Chunk(layer, layer.bias), _Chunk(layer, layer.weight)]
+        elif hasattr(layer, "darknet_tensors"):  # rnn/gru/lstm/crnn (recurrent.py): sublayers in file order
+            chunks += [_Chunk(layer, t, rc) for t, rc in layer.darknet_tensors(header.transpose)]
     return chunks
 
 
-def weights_nbytes(net: DarknetNet, header: WeightsHeader | None = None, cutoff: int | None = None) -> int:
-    """Size in bytes of the .weights file ``net`` reads and writes."""
+def _conv_chunks(layer, scales: bool, numload: int | None) -> list[_Chunk]:
+    """load_convolutional_weights / save_convolutional_weights: biases, [scales, rolling mean,
+    rolling variance], weights. ``numload``: only the first N biases and statistics and the
+    first c/groups*N*size*size weights (a flat prefix: N whole filters of a convolution,
+    ConvTranspose2d's c x filters x size x size layout for a deconvolution); the rest keep their
+    values."""
+    bn, conv = layer.bn, layer.conv
+    n = conv.out_channels if numload is None else numload
+    chunks = [_Chunk(layer, (bn.bias if bn is not None else conv.bias)[:n])]
+    if bn is not None and scales:
+        chunks += [_Chunk(layer, t[:n]) for t in (bn.weight, bn.running_mean, bn.running_var)]
+    k = conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]
+    if isinstance(layer, DeconvolutionalLayer):
+        chunks.append(_Chunk(layer, conv.weight.reshape(-1)[:k * n]))
+    else:  # flipped=1: stored as a (c*size*size) x n matrix, transposed on load
+        chunks.append(_Chunk(layer, conv.weight[:n], (k, n) if layer.flipped else None))
+    return chunks
+
+
+def weights_nbytes(net: DarknetNet, header: WeightsHeader | None = None, cutoff: int | None = None, *,
+                   save: bool = False) -> int:
+    """Size in bytes of the .weights file ``net`` reads (``save=True``: writes; they differ only
+    for dontload=/dontsave=/numload=/dontloadscales=, see :func:`_plan`)."""
     header = header or net.weights_header
-    return header.nbytes + 4 * sum(c.tensor.numel() for c in _plan(net, header, cutoff))
+    return header.nbytes + 4 * sum(c.tensor.numel() for c in _plan(net, header, cutoff, save=save))
+
+
+def weights_io_problem(net: DarknetNet) -> str | None:
+    """Why Darknet would not read back, with this cfg, the ``.weights`` it writes for it: the first
+    layer whose dontload=/dontsave=/numload=/dontloadscales= makes reading and writing differ
+    (they steer one load or one save, not the network); None when the two agree."""
+    for layer, read, saved in zip(net.layers, layer_floats(net), layer_floats(net, save=True)):
+        if read != saved:
+            key = next(k for k in ("dontload", "dontsave", "numload", "dontloadscales") if getattr(layer, k))
+            return (f"layer {layer.index} [{layer.section}] has {key}={layer.options.get(key)}: Darknet's load_weights "
+                    f"reads {read} values for it but save_weights writes {saved}")
+    return None
 
 
 def _name(f) -> str:
@@ -98,7 +136,8 @@ def _name(f) -> str:
 class WeightsLoad:
     """What :func:`load_weights` read. Layers ``0..cutoff-1`` came from the file (Darknet's
     ``load_weights_upto``); ``from_file`` lists those among them that hold weights, ``initialised``
-    the weighted layers at or past the cutoff, which keep the values they were built with."""
+    the weighted layers the file did not fill (at or past the cutoff, or ``dontload=1``), which
+    keep the values they were built with."""
 
     file: str
     header: WeightsHeader
@@ -108,11 +147,11 @@ class WeightsLoad:
     initialised: tuple[int, ...]
 
 
-def layer_floats(net: DarknetNet, header: WeightsHeader | None = None) -> list[int]:
-    """``layer_floats(net)[i]``: the float32 values layer ``i`` stores in a ``.weights`` file
-    (0 for layers without weights)."""
+def layer_floats(net: DarknetNet, header: WeightsHeader | None = None, *, save: bool = False) -> list[int]:
+    """``layer_floats(net)[i]``: the float32 values layer ``i`` takes in the ``.weights`` file
+    ``net`` reads (``save=True``: writes), 0 for layers without weights."""
     counts = [0] * len(net.layers)
-    for c in _plan(net, header or net.weights_header, None):
+    for c in _plan(net, header or net.weights_header, None, save=save):
         counts[c.layer.index] += c.tensor.numel()
     return counts
 
@@ -237,14 +276,16 @@ def load_weights(net: DarknetNet, src: str | os.PathLike | BinaryIO, *, cutoff: 
             t.copy_(torch.from_numpy(np.array(arr, dtype=np.float32)).reshape(t.shape))  # a writable copy
     net.weights_header = header
     end = len(net.layers) if cutoff is None else cutoff
-    weighted = [i for i, k in enumerate(layer_floats(net, header)) if k]
-    return WeightsLoad(name, header, cutoff, inferred, tuple(i for i in weighted if i < end),
-                       tuple(i for i in weighted if i >= end))
+    read = layer_floats(net, header)
+    # a layer past the cutoff, or with dontload=1, keeps the values it was built with
+    weighted = [l.index for l in net.layers if any(t.numel() for t in l.state_dict().values())]
+    from_file = tuple(i for i in weighted if i < end and read[i])
+    return WeightsLoad(name, header, cutoff, inferred, from_file, tuple(i for i in weighted if i not in from_file))
 
 
 def _serialize(net: DarknetNet, header: WeightsHeader, cutoff: int | None) -> bytes:
     parts = [header.pack()]
-    for c in _plan(net, header, cutoff):
+    for c in _plan(net, header, cutoff, save=True):
         arr = c.tensor.detach().to("cpu", torch.float32).numpy().reshape(-1)
         if c.file_rc is not None:
             rows, cols = c.file_rc
