@@ -517,3 +517,39 @@ def test_time_steps_net_defaults_to_one_sequence(tmp_path):
     assert r.code == 0, r.err
     onnx = r.json()["onnx"]
     assert onnx["batch"] == "dynamic" and onnx["verify"]["max_rel"] <= onnx["verify"]["rtol"]
+
+
+@pytest.mark.parametrize("name", ["rnn", "lstm", "crnn"])
+def test_fuse_folds_the_sublayers_batchnorms(name):
+    """`surgery fold`'s Darknet protocol reaches the connected/convolutional sublayers: every
+    BatchNorm folds (eval semantics), the outputs stay, and the folded net's .weights holds the
+    batch_normalize=0 layout (biases + weights, no statistics), which reads back identically."""
+    torch.manual_seed(0)
+    net = build_darknet((DATA / f"{name}.cfg").read_text()).eval()
+    bns = [m for m in net.modules() if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))]
+    assert bns
+    with torch.no_grad():
+        for bn in bns:  # statistics far from the identity, so a skipped fold shows
+            bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
+    fused = net.fuse().eval()
+    assert not [m for m in fused.modules() if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))]
+    assert all(b.get("batch_normalize", "0") == "0" for b in fused.blocks[1:])
+    x = torch.randn(2, *net.input_shape)
+    with torch.no_grad():
+        for a, b in zip(net(x), fused(x)):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    per_unit = sum(m.weight.numel() + m.bias.numel() for m in fused.modules()
+                   if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
+    assert weights_nbytes(fused, WeightsHeader()) == 20 + 4 * per_unit
+    buf = io.BytesIO()
+    write_weights(fused, buf)
+    back = build_darknet(fused.cfg_text())
+    read_weights(back, io.BytesIO(buf.getvalue()))
+    for k, v in fused.state_dict().items():
+        assert torch.equal(v, back.state_dict()[k]), k
+
+
+def test_fuse_without_batchnorm_is_a_no_op():
+    net = build_darknet((DATA / "gru.cfg").read_text())
+    assert net.fuse() is net

@@ -79,17 +79,18 @@ class DarknetNet(nn.Module):
 
     @torch.no_grad()
     def fuse(self) -> "DarknetNet":
-        """A new network, this one untouched: every ``batch_normalize=1`` convolutional/connected/
-        deconvolutional layer (not a binary=1 or xnor=1 one: its forward binarizes the weights, so
-        a BatchNorm folded into them would not survive) becomes ``batch_normalize=0`` with the
-        BatchNorm folded into its weights and bias
-        (eval semantics: running statistics and this builder's eps :data:`BN_EPS`;
-        ``torch.nn.utils.fusion``'s maths in float64). It reads and writes ``.weights`` like any
-        Darknet net without BatchNorm (biases, then weights). The fold protocol of
-        ``surgery fold``; ``self`` when there is nothing to fold."""
-        from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
-
-        fused = [l.index for l in self.layers if getattr(l, "bn", None) is not None and getattr(l, "bn_foldable", True)]
+        """A new network, this one untouched: every ``batch_normalize=1`` layer becomes
+        ``batch_normalize=0`` with each BatchNorm folded into the weights and bias of the
+        convolution or connected unit before it: convolutional, connected and deconvolutional
+        layers, and the connected/convolutional sublayers of ``[rnn]``/``[gru]``/``[lstm]``/
+        ``[crnn]`` (not a binary=1 or xnor=1 conv: its forward binarizes the weights, so a
+        BatchNorm folded into them would not survive; not a standalone ``[batchnorm]``, which
+        has no unit before it). Eval semantics: running statistics and this builder's eps
+        :data:`BN_EPS`, ``torch.nn.utils.fusion``'s maths in float64. It reads and writes
+        ``.weights`` like any Darknet net without BatchNorm (biases, then weights). The fold
+        protocol of ``surgery fold``; ``self`` when there is nothing to fold."""
+        fused = [l.index for l in self.layers if getattr(l, "bn_foldable", True)
+                 and any(getattr(m, "bn", None) is not None for m in l.modules())]
         if not fused:
             return self
         blocks = [dict(b) for b in self.blocks]
@@ -103,20 +104,33 @@ class DarknetNet(nn.Module):
             if old.index not in fused:
                 lay.load_state_dict(old.state_dict(), strict=True)
                 continue
-            unit = old.conv if hasattr(old, "conv") else old.fc
-            bn = old.bn
-            args = (unit.weight.double(), None, bn.running_mean.double(), bn.running_var.double(), bn.eps,
-                    bn.weight.double(), bn.bias.double())
-            w, b = fuse_linear_bn_weights(*args) if hasattr(old, "fc") else \
-                fuse_conv_bn_weights(*args, transpose=isinstance(unit, nn.ConvTranspose2d))  # a deconv: out channels on dim 1
-            target = lay.conv if hasattr(lay, "conv") else lay.fc
-            target.weight.copy_(w.to(unit.weight.dtype))
-            target.bias.copy_(b.to(unit.weight.dtype))
+            keep = lay.state_dict()  # tensors outside the BN pairs (none in Darknet's layers today) carry over
+            lay.load_state_dict({k: v for k, v in old.state_dict().items() if k in keep}, strict=False)
+            targets = dict(lay.named_modules())
+            for name, unit in old.named_modules():  # the layer itself, or a recurrent layer's sublayers
+                if getattr(unit, "bn", None) is not None:
+                    _fold_unit(unit, targets[name])
         new.weights_header = self.weights_header
         return new.train(self.training)
 
     def extra_repr(self) -> str:
         return f"source={self.source!r}, input_shape={self.input_shape}"
+
+
+def _fold_unit(old: nn.Module, new: nn.Module) -> None:
+    """``old.bn`` folded into ``old.conv``/``old.fc``, written to ``new``'s (built without BN)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
+
+    unit, bn = (old.conv if hasattr(old, "conv") else old.fc), old.bn
+    args = (unit.weight.double(), None, bn.running_mean.double(), bn.running_var.double(), bn.eps,
+            bn.weight.double(), bn.bias.double())
+    if isinstance(unit, nn.Linear):
+        w, b = fuse_linear_bn_weights(*args)
+    else:  # a deconvolution keeps its output channels on dim 1
+        w, b = fuse_conv_bn_weights(*args, transpose=isinstance(unit, nn.ConvTranspose2d))
+    target = new.conv if hasattr(new, "conv") else new.fc
+    target.weight.copy_(w.to(unit.weight.dtype))
+    target.bias.copy_(b.to(unit.weight.dtype))
 
 
 # section name -> layer class; cfg.SECTIONS lists the same names (a test checks they agree)
