@@ -571,3 +571,26 @@ def test_every_section_the_parser_accepts_has_a_builder():
 
     assert set(SECTIONS) - {"net"} == set(_BUILDERS)
     assert not set(_UNSUPPORTED) & set(SECTIONS)
+
+
+@pytest.mark.parametrize("after", ["[rnn]\noutput=4\n", "[softmax]\n", "[lstm]\noutput=4\n"])
+@pytest.mark.parametrize("section", ["[l2norm]\n", "[batchnorm]\n", "[normalization]\n",
+                                     "[iseg]\nclasses=1\nids=1\n", "[deconvolutional]\nfilters=2\nsize=2\nstride=2\n",
+                                     "[convolutional]\nfilters=2\nsize=1\n", "[crnn]\noutput_filters=2\n"])
+def test_image_layers_refused_where_darknet_has_no_image(after, section):
+    """parse_network_cfg passes the previous layer's out_c/out_h/out_w on; [rnn]/[gru]/[lstm]/[softmax]
+    /[cost]/[detection] never set them, so an image layer after one is empty in Darknet (l2norm a
+    no-op, batchnorm 0 channels, deconv an exit): one line naming both layers, not a made-up image."""
+    text = "[net]\ninputs=4\n\n[connected]\noutput=4\n\n" + after + "\n[dropout]\n\n" + section
+    with pytest.raises(SurgeryError) as e:
+        build_darknet(text, "t.cfg")
+    msg = str(e.value)
+    assert "\n" not in msg and "layer 3" in msg and "layer 1" in msg and "needs an image input" in msg, msg
+
+
+def test_net_inputs_only_is_no_image_but_connected_makes_one():
+    """[net] inputs=N gives no C x H x W (a conv there would be empty); a [connected] gives 1 x 1 x outputs."""
+    with pytest.raises(SurgeryError, match="the \\[net\\] input is a vector of inputs=4"):
+        build_darknet("[net]\ninputs=4\n\n[l2norm]\n", "t.cfg")
+    net = build_darknet("[net]\ninputs=4\n\n[connected]\noutput=4\n\n[l2norm]\n", "t.cfg")
+    assert net.layers[1].out_shape == (4, 1, 1)

@@ -217,6 +217,7 @@ def c_crnn(x, rows, steps, s, sub):
     state = np.zeros(hidden * hh * ww * batch)
     out = np.zeros(rows * outf * hh * ww)
     n_in, n_out = c * hh * ww, outf * hh * ww
+    hh, ww = ww, hh  # parse_crnn passes (params.w, params.h) to make_crnn_layer(batch, h, w, ...)
     for i in range(steps):
         inp = x[i * n_in * batch:(i + 1) * n_in * batch]
         in_out = forward_convolutional(sub["input_layer"], inp, batch, hh, ww)
@@ -330,7 +331,8 @@ def test_forward_matches_darknets_c(name, steps, rows):
     net = net.double().eval()
     with torch.no_grad():
         got = net(torch.from_numpy(x))[0]
-    out_shape = (spec["outputs"], *IMAGE[1:]) if section == "crnn" else (spec["outputs"], 1, 1)
+    # crnn: W x H, Darknet's swap (parse_crnn passes params.w as h): IMAGE is not square, so it shows
+    out_shape = (spec["outputs"], IMAGE[2], IMAGE[1]) if section == "crnn" else (spec["outputs"], 1, 1)
     assert layer.out_shape == out_shape and tuple(got.shape) == (rows, *out_shape)
     np.testing.assert_allclose(got.reshape(-1).numpy(), want, rtol=1e-10, atol=1e-12)
     if steps > 1:  # step 0 starts from a zero state, later steps depend on the earlier ones
@@ -440,7 +442,7 @@ def _cfg_macs(path) -> list[int]:
         elif t == "crnn":
             o = int(b["output_filters"])
             out.append(closed_form_macs(t, dict(in_shape=shape, hidden=int(b["hidden_filters"]), outputs=o)))
-            shape = (o, h, w)
+            shape = (o, w, h)
         elif t == "connected":
             o = int(b["output"])
             out.append(c * h * w * o)

@@ -712,6 +712,23 @@ _LAYERS: dict[str, type[DarknetLayer]] = {
                 DropoutLayer, SoftmaxLayer, CropLayer, CostLayer, ActivationLayer)
 }
 
+# What parse_network_cfg passes on as the next layer's h, w, c (the previous layer's out_h,
+# out_w, out_c): these sections never set them (0), these copy their input's, the rest make an
+# image (or need one: need_image).
+NO_IMAGE_SECTIONS = ("rnn", "gru", "lstm", "softmax", "cost", "detection")
+IMAGE_PASSING_SECTIONS = ("dropout", "activation", "logistic", "l2norm", "batchnorm", "normalization", "iseg")
+
+
+def no_image_reason(layer: "DarknetLayer", images: list[str | None]) -> str | None:
+    """None when Darknet gives ``layer``'s output a C x H x W, else why not; ``images`` holds the
+    entries of the layers before it, ``images[0]`` the network input's (index j + 1 for layer j)."""
+    if layer.section in NO_IMAGE_SECTIONS:
+        return f"layer {layer.index} [{layer.section}] gives only a vector of {math.prod(layer.out_shape)} outputs"
+    if layer.section in IMAGE_PASSING_SECTIONS or layer.section == "route":  # route: its first input's size
+        return images[layer.inputs[0] + 1]
+    return None
+
+
 _INT = re.compile(r"\s*[+-]?\d+")
 _FLOAT = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
@@ -723,8 +740,12 @@ def _cdiv(a: int, b: int) -> int:
 class _Ctx:
     """What a layer constructor sees: its options, the shapes so far, error helpers."""
 
-    def __init__(self, index: int, block: dict, source: str, shapes: list[Shape], input_shape: Shape, net_hw):
+    def __init__(self, index: int, block: dict, source: str, shapes: list[Shape], input_shape: Shape, net_hw,
+                 images: list[str | None] | None = None):
         self.index, self.source, self.shapes, self.input_shape, self.net_hw = index, source, shapes, input_shape, net_hw
+        # images[j + 1]: None when Darknet gives layer j's output a C x H x W, else why not
+        # (no_image_reason); images[0]: the [net] input's
+        self.images = images if images is not None else []
         self.section = block["type"]
         self.opts = {k: v for k, v in block.items() if k != "type"}
         self.where = f"{source}: layer {index} [{self.section}]: "
@@ -743,6 +764,10 @@ class _Ctx:
         c, h, w = self.in_shape
         if not (c > 0 and h > 0 and w > 0):
             raise self.error(f"needs an image input (C x H x W), got {c}x{h}x{w}")
+        why = self.images[self.index] if self.index < len(self.images) else None  # images[index]: layer index-1
+        if why:
+            raise self.error(f"needs an image input, but {why}: Darknet leaves its C x H x W at 0 and would build "
+                             f"an empty [{self.section}] here; feed it from a layer with an image output")
         return c, h, w
 
     def resolve(self, v: int, key: str) -> int:

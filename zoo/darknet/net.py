@@ -9,7 +9,7 @@ from torch import nn
 
 from surgery.core.errors import SurgeryError
 from zoo.darknet.cfg import OUTPUT_SECTIONS, Shape, parse_cfg, write_cfg
-from zoo.darknet.layers import _LAYERS, _Ctx
+from zoo.darknet.layers import _LAYERS, _Ctx, no_image_reason
 from zoo.darknet.norm_layers import NORM_LAYERS
 from zoo.darknet.recurrent import RECURRENT_LAYERS
 from zoo.darknet.seg_layers import SEG_LAYERS
@@ -32,10 +32,12 @@ class DarknetNet(nn.Module):
         net = _Ctx(-1, blocks[0], source, [], (0, 0, 0), (0, 0))
         net.where = f"{source}: [net]: "
         c, h, w = net.int("channels", 0), net.int("height", 0), net.int("width", 0)
+        images: list[str | None] = [None]  # Darknet's C x H x W or why there is none, per output (no_image_reason)
         if c > 0 and h > 0 and w > 0:
             self.input_shape: Shape = (c, h, w)
         elif net.int("inputs", 0) > 0:
             self.input_shape = (net.int("inputs", 0), 1, 1)
+            images = [f"the [net] input is a vector of inputs={self.input_shape[0]} (no channels, height, width)"]
         else:
             raise net.error("no input size; set channels, height and width (or inputs)")
         if len(blocks) < 2:
@@ -43,13 +45,14 @@ class DarknetNet(nn.Module):
         shapes: list[Shape] = []
         layers = []
         for i, block in enumerate(blocks[1:]):
-            ctx = _Ctx(i, block, source, shapes, self.input_shape, (h, w))
+            ctx = _Ctx(i, block, source, shapes, self.input_shape, (h, w), images)
             ctx.net = net  # the [net] options a layer may read (the recurrent layers' time_steps)
             layer = _BUILDERS[block["type"]](ctx)
             if getattr(layer, "inline_options", None):  # e.g. a softmax tree file's groups: the cfg text carries them
                 self.blocks = blocks = [*blocks[:i + 1], {**block, **layer.inline_options}, *blocks[i + 2:]]
             layers.append(layer)
             shapes.append(layer.out_shape)
+            images.append(no_image_reason(layer, images))
         self.layers = nn.ModuleList(layers)
         self.output_indices = tuple(l.index for l in layers if l.section in OUTPUT_SECTIONS) or (len(layers) - 1,)
         self.weights_header = WeightsHeader()

@@ -28,6 +28,7 @@ class NormalizationLayer(_PassLayer):
     section = "normalization"
 
     def __init__(self, ctx: _Ctx):
+        ctx.need_image()  # Darknet's layer is empty after a layer without C x H x W
         super().__init__(ctx)
         c = self.in_shape[0]
         self.alpha, self.beta = ctx.float("alpha", 0.0001), ctx.float("beta", 0.75)
@@ -52,9 +53,14 @@ class NormalizationLayer(_PassLayer):
 
 class L2normLayer(_PassLayer):
     """blas.c ``l2normalize_cpu``: each position's channel vector divided by its L2 norm (no
-    epsilon: an all-zero vector gives NaN, as in Darknet)."""
+    epsilon: an all-zero vector gives NaN, as Darknet's CPU path does; its GPU kernel
+    ``l2norm_kernel`` treats a zero norm as 1 and gives 0)."""
 
     section = "l2norm"
+
+    def __init__(self, ctx: _Ctx):
+        ctx.need_image()  # after a layer without C x H x W Darknet normalises over 0 channels: a no-op
+        super().__init__(ctx)
 
     def forward(self, x):
         return x / x.pow(2).sum(1, keepdim=True).sqrt()
@@ -73,10 +79,9 @@ class BatchnormLayer(_PassLayer):
     section = "batchnorm"
 
     def __init__(self, ctx: _Ctx):
+        ctx.need_image()  # after a layer without C x H x W Darknet's [batchnorm] has 0 channels
         super().__init__(ctx)
         c = self.in_shape[0]
-        if c <= 0:
-            raise ctx.error(f"needs an input with channels, got {self.in_shape}")
         self.norm = nn.BatchNorm2d(c, eps=BN_EPS, momentum=BN_MOMENTUM)
         self.norm.bias.requires_grad_(False)
 

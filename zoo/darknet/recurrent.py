@@ -18,7 +18,7 @@ state.
 
 Shapes: Darknet gives ``[rnn]``/``[gru]``/``[lstm]`` no C/H/W, only ``outputs = output``; their
 ``out_shape`` is ``(output, 1, 1)`` (what a following ``[connected]`` reads). ``[crnn]`` keeps
-the input's height and width: ``(output_filters, H, W)``.
+the input's size with height and width swapped, as Darknet's parser does: ``(output_filters, W, H)``.
 """
 
 from __future__ import annotations
@@ -163,7 +163,9 @@ class RnnLayer(_Recurrent):
     """rnn_layer.c: per step ``s = [s +] act(U x) + act(W s)`` (``shortcut=1`` keeps the old
     state in the sum), ``y = act(V s)``; U, W, V are connected layers (input_layer,
     self_layer, output_layer) with the section's activation and batch_normalize. The state
-    has ``output`` units: pjreddie's parse_rnn has no separate hidden size."""
+    has ``output`` units: pjreddie's parse_rnn has no separate hidden size. ``shortcut=1``
+    follows the CPU forward (rnn_layer.c keeps the state there; its GPU forward zeroes it first,
+    so on a GPU Darknet's shortcut=1 acts as shortcut=0)."""
 
     section = "rnn"
     FILE_ORDER = ("input_layer", "self_layer", "output_layer")
@@ -273,7 +275,12 @@ _CRNN_FIXED = {"size": 3, "stride": 1, "dilation": 1, "groups": 1, "xnor": 0}
 class CrnnLayer(_Recurrent):
     """crnn_layer.c: rnn_layer.c's recurrence with 3x3 stride-1 pad-1 convolutions:
     ``s = [s +] act(conv_in x) + act(conv_self s)`` with ``hidden_filters`` state channels,
-    ``y = act(conv_out s)`` with ``output_filters`` channels."""
+    ``y = act(conv_out s)`` with ``output_filters`` channels.
+
+    Height and width are swapped, as in Darknet: parse_crnn calls ``make_crnn_layer(batch,
+    params.w, params.h, ...)`` against the signature ``(batch, h, w, ...)``, so each C x H x W
+    input plane is read as a W x H grid (the same memory, reshaped, not transposed) and the
+    output is ``output_filters x W x H``. For a square input this changes nothing."""
 
     section = "crnn"
     FILE_ORDER = ("input_layer", "self_layer", "output_layer")
@@ -290,7 +297,7 @@ class CrnnLayer(_Recurrent):
                                 f"convolutions; remove {key}= (AlexeyAB's [crnn] is not supported)")
         out_f, hid_f = ctx.int("output_filters", 1), ctx.int("hidden_filters", 1)
         ctx.positive(output_filters=out_f, hidden_filters=hid_f)
-        super().__init__(ctx, (ctx.index - 1,), (out_f, h, w))
+        super().__init__(ctx, (ctx.index - 1,), (out_f, w, h))  # Darknet's swap: see the class docstring
         act, bn = ctx.str("activation", "logistic"), self.batch_normalize
         self.hidden_filters = hid_f
         self.shortcut = bool(ctx.int("shortcut", 0))
@@ -300,14 +307,15 @@ class CrnnLayer(_Recurrent):
 
     def forward(self, x):
         xs = self._per_step(x)  # (steps, b, c, h, w)
-        _, b, _, h, w = xs.shape
-        state = _zeros(xs, b, self.hidden_filters, h, w)
+        steps, b, c, h, w = xs.shape
+        xs = xs.reshape(steps, b, c, w, h)  # Darknet reads the H x W plane as a W x H grid
+        state = _zeros(xs, b, self.hidden_filters, w, h)
         outs = []
         for x_t in xs:
             u, v = self.input_layer(x_t), self.self_layer(state)
             state = state + u + v if self.shortcut else u + v
             outs.append(self.output_layer(state))
-        return _join(outs)  # (steps*b, output_filters, h, w), step-major
+        return _join(outs)  # (steps*b, output_filters, w, h), step-major
 
 
 RECURRENT_LAYERS: dict[str, type[DarknetLayer]] = {cls.section: cls for cls in (RnnLayer, GruLayer, LstmLayer, CrnnLayer)}

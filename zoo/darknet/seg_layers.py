@@ -71,6 +71,7 @@ class IsegLayer(_PassLayer):
     section = "iseg"
 
     def __init__(self, ctx: _Ctx):
+        ctx.need_image()  # parse_iseg builds from params.w/h: nothing after a layer without C x H x W
         super().__init__(ctx)
         self.classes, self.ids = ctx.int("classes", 20), ctx.int("ids", 32)
         if self.classes < 0 or self.ids < 0:
