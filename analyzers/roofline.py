@@ -113,7 +113,7 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-_PROBES_VERSION = 2  # bump when measure_cpu's probes change: cached figures of older probes are not reused
+_PROBES_VERSION = 3  # bump when measure_cpu's probes change: cached figures of older probes are not reused
 
 
 def _fingerprint() -> str:
@@ -137,8 +137,9 @@ def measure_cpu(*, matmul_n: int = 1024, copy_mib: int = 64, cache_kib: int = 51
                 min_repeats: int = 5) -> DeviceSpec:
     """Peak float32 FLOP/s and memory bandwidth of this CPU, on the threads torch uses now.
 
-    The peak is the best of the kernels CNNs spend their time in: a square matmul and two
-    convolutions (3×3 and 1×1, 64 channels at 56×56, batch 8, as in ResNet stages). The
+    The peak is the best of the kernels CNNs spend their time in: a square matmul and three
+    convolutions (3×3 and 1×1 with 64 channels at 56×56, batch 8, as in ResNet's first stage; 3×3
+    with 256 channels at 52×52, as in YOLOv3's). The
     bandwidth is the best of a large copy (DRAM) and a cache-resident one: small models run
     from cache, and a floor must stay below any real time. Each figure is the fastest of
     repeated runs for ``budget_s`` seconds; on a busy machine it under-measures, so
@@ -149,12 +150,13 @@ def measure_cpu(*, matmul_n: int = 1024, copy_mib: int = 64, cache_kib: int = 51
         c = torch.empty(matmul_n, matmul_n)
         t_mm, n_mm = _best_time(lambda: torch.mm(a, b, out=c), budget_s=budget_s, min_repeats=min_repeats)
         probes = {f"{matmul_n}x{matmul_n} matmul": 2 * matmul_n**3 / t_mm}
-        x = torch.randn(8, 64, 56, 56)
-        for k in (3, 1):
-            w = torch.randn(64, 64, k, k)
+        # (batch, channels, size, kernel): ResNet's first stage, and a detector's 52x52 stage (YOLOv3),
+        # whose wide 3x3 convs run closest to the peak
+        for b, ch, hw, k in ((8, 64, 56, 3), (8, 64, 56, 1), (1, 256, 52, 3)):
+            x, w = torch.randn(b, ch, hw, hw), torch.randn(ch, ch, k, k)
             t_cv, _ = _best_time(lambda: torch.nn.functional.conv2d(x, w, padding=k // 2), budget_s=budget_s,
                                  min_repeats=min_repeats)
-            probes[f"{k}x{k} conv"] = 2 * 8 * 64 * 64 * k * k * 56 * 56 / t_cv
+            probes[f"{k}x{k} conv {ch}ch {hw}x{hw}"] = 2 * b * ch * ch * k * k * hw * hw / t_cv
         bandwidths = {}
         for label, nbytes in ((f"{copy_mib} MiB copy", copy_mib << 20), (f"{cache_kib} KiB copy", cache_kib << 10)):
             n = nbytes // 4
