@@ -36,7 +36,7 @@ from analyzers import counting
 from analyzers.conventions import CONVENTIONS, Convention, get_convention  # noqa: F401 (re-exported)
 from surgery.core.dtypes import torch_dtype
 from surgery.core.errors import SurgeryError
-from surgery.core.net import Net
+from surgery.core.net import Net, batch_unit
 
 Shape = tuple[int, ...]
 
@@ -279,7 +279,7 @@ class CostCounter:
         else:
             raise SurgeryError(f"cannot analyse a {type(net_or_module).__name__}; pass a Net or an nn.Module")
         self.strict = strict
-        self.batch_unit = int(getattr(module, "batch_unit", 1))  # e.g. a Darknet recurrent net's time_steps
+        self.batch_unit = batch_unit(module)  # e.g. a Darknet recurrent net's time_steps
         self.prep = counting.prepare(module, torch_dtype(dtype))
 
     def run(self, input_shape: Sequence[int] | None = None, batch: int | None = None) -> CostReport:

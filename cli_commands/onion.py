@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 
 from cli_commands.base import (ArchEachOpt, ArchOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsCutoffOpt,
-                               WeightsEachOpt, WeightsOpt, app, console, human, load_model, load_models,
+                               WeightsEachOpt, WeightsOpt, app, console, examples, human, load_model, load_models,
                                note_random_weights, print_json, progress, table, to_jsonable, wrote)
 
 onion_app = typer.Typer(help="OnionNet cascades: split a chain network into early-rejecting stages, run, curve, export.",
@@ -16,7 +16,10 @@ app.add_typer(onion_app, name="onion", help="OnionNet cascades: split, run (skip
                                             "t(p) curves, two-graph ONNX export.")
 
 
-@onion_app.command("split")
+@onion_app.command("split", epilog=examples(
+    "surgery onion split zoo:onion_pm --s1 32,32,32,32,64,64,64 --s1-classes 2",
+    "surgery onion split pm.pt --s1 0.5 -o p.pt",
+))
 def split_cmd(
     model: str = typer.Argument(..., help="Monolithic chain network: FILE.pt, FILE.cfg or zoo:NAME[:k=v]."),
     s1: str = typer.Option(..., "--s1", help="S1's share of every hidden conv layer (a fraction in (0, 1), e.g. 0.333) "
@@ -39,6 +42,7 @@ def split_cmd(
 
     s1_val = parse_s1(s1)  # bad fractions are refused before loading
     out_path = output or str(sio.default_output([model], "-onion"))
+    sio.check_checkpoint_name(out_path)
     sio.check_outputs([out_path], force=force, inputs=[model])
     net = load_model(model, arch, weights, trust_pickle, input, weights_cutoff)
     note_random_weights(net)
@@ -68,7 +72,10 @@ def split_cmd(
     wrote(path)
 
 
-@onion_app.command("run")
+@onion_app.command("run", epilog=examples(
+    "surgery onion run onion_pm-onion.pt --batch 10 --pass-fraction 0.54",
+    "surgery onion run p-trained-calibrated.pt --calibrated --batch 8",
+))
 def run_cmd(
     cascade: str = typer.Argument(..., help="OnionNet cascade: a split checkpoint or zoo:onion_p / onion_d / onion_r."),
     batch: int = typer.Option(16, "--batch", help="Probe inputs (random, from --seed) to run."),
@@ -144,14 +151,18 @@ def run_cmd(
                   f"scatter {t['scatter_ms']:.2f} ms; survivors equal S2 on the whole batch (max abs diff {diff:.3g})")
 
 
-@onion_app.command("curve")
+@onion_app.command("curve", epilog=examples(
+    "surgery onion curve zoo:onion_p --batch 16 --points 3 --plot onion-p-curve.png",
+    "surgery onion curve p-trained-calibrated.pt --batch 16 --points 3 --runtime torch --min-time 0",
+))
 def curve_cmd(
     cascade: str = typer.Argument(..., help="OnionNet cascade: a split checkpoint or zoo:onion_p / onion_d / onion_r."),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="Monolithic baseline N_M (default: the cascade's "
                                                                      "widths n1+n2 as one chain)."),
     batch: int = typer.Option(120, "--batch", help="Batch size (the paper's Figure 3 uses 120)."),
     points: int = typer.Option(11, "--points", help="Pass fractions 0..1 evenly spaced."),
-    runtimes: str = typer.Option("torch,onnxruntime", "--runtimes", help="Comma list of torch, onnxruntime."),
+    runtimes: str = typer.Option("torch,onnxruntime", "--runtime", help="Comma list of torch, onnxruntime (as in "
+                                                                      "`surgery profile --runtime`)."),
     min_time: float = typer.Option(0.2, "--min-time", help="Seconds of timed runs per point (at least 3 runs)."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Write a Figure-3-style PNG here."),
     force: bool = ForceOpt,
@@ -208,7 +219,9 @@ def curve_cmd(
         wrote(path)
 
 
-@onion_app.command("export")
+@onion_app.command("export", epilog=examples(
+    "surgery onion export onion_pm-onion.pt",
+))
 def export_cmd(
     cascade: str = typer.Argument(..., help="OnionNet cascade: a split checkpoint or zoo:onion_p / onion_d / onion_r."),
     s1_out: Optional[str] = typer.Option(None, "--s1-output", help="S1 graph (default: MODEL-s1.onnx)."),

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+from typing import Optional
+
 import typer
+
 from cli_commands.base import (ArchEachOpt, CsvOpt, ForceOpt, JsonOpt, SurgeryError, TrustOpt, WeightsCutoffOpt, WeightsEachOpt,
                                app, check_formats, err_console, examples, fmt_ms, fmt_num, human, load_models, out,
                                parse_int_list, parse_shapes, print_csv, print_json, progress, shape_str, table, wrote)
@@ -97,7 +101,8 @@ def profile_cmd(
     runtime: str = typer.Option("torch", "--runtime",
                                 help="Comma list of torch, cudagraph, compile, onnxruntime "
                                      "(or onnxruntime:cpu|cuda|tensorrt)."),
-    batch: str = typer.Option("1", "--batch", help="Comma list of batch sizes, e.g. 1,8,32."),
+    batch: Optional[str] = typer.Option(None, "--batch", help="Comma list of batch sizes, e.g. 1,8,32 (default 1; "
+                                        "T for a Darknet recurrent net with [net] time_steps=T)."),
     dtype: str = typer.Option("float32", "--dtype", help="The model's precision for timing: float32, float16 or "
                                                           "bfloat16 (a comma list sweeps them)."),
     plot: str | None = typer.Option(None, "--plot", help="Write a PNG of latency against MACs to this file."),
@@ -130,7 +135,7 @@ def profile_cmd(
     check_formats(json_out, csv_out)
     # every argument is checked before anything slow happens
     runtimes = expand_runtimes([r for r in runtime.split(",") if r.strip()], resolve_device(device))
-    batches = parse_int_list(batch, "--batch")
+    batches = parse_int_list(batch, "--batch") if batch is not None else None  # None: the models' batch unit
     if threads is not None and threads < 1:
         raise SurgeryError(f"--threads {threads}: must be at least 1")
     if device_spec is not None:
@@ -146,8 +151,8 @@ def profile_cmd(
     shapes = parse_shapes(input) or [None]
     entries, labels = [], []
     for m in models:
-        if not [p for p in m.split("+") if p]:
-            raise SurgeryError(f"bad model entry {m!r}; write MODEL or A.pt+B.pt")
+        if not m or any(not p for p in m.split("+")):
+            raise SurgeryError(f"bad model entry {m!r}; write MODEL or A.pt+B.pt (no empty part around a +)")
     for shape in shapes:
         text = shape_str(shape) if shape else None
         # per-model options go to the references in order (A.pt+B.pt counts as two)
@@ -156,6 +161,10 @@ def profile_cmd(
             entries.append([next(nets) for p in m.split("+") if p])
             labels.append(m if len(shapes) == 1 else f"{m} @{text}")
 
+    if batches is None:
+        from surgery.core.net import batch_unit
+
+        batches = [math.lcm(*(batch_unit(n.module) for e in entries for n in e))]
     with progress() as bar:
         task = bar.add_task("profiling", total=None)
 
@@ -166,7 +175,8 @@ def profile_cmd(
                       threads=threads, tf32=tf32, device_spec=device_spec, labels=labels,
                       on_progress=on_progress)
 
-    if plot:
+    measured = any(r.status == "ok" for r in rep.results)
+    if plot and measured:
         from analyzers.profile_plot import plot_profile
 
         written = plot_profile(rep, plot, force=force, inputs=inputs)
@@ -182,3 +192,7 @@ def profile_cmd(
             if r.warning:
                 err_console.print(f"warning: {r.model} {r.runtime} batch {r.batch} {r.dtype}: {r.warning}",
                                   markup=False, soft_wrap=True)
+    if not measured:  # every run failed or was unavailable: the rows above say why
+        first = next((r for r in rep.results if r.error), None)
+        raise SurgeryError("no timing: every run failed or was unavailable"
+                           + (f" (first: {first.model} {first.runtime}: {first.error})" if first else ""))

@@ -45,6 +45,7 @@ def retarget_cmd(
     from surgery.core import io as sio
 
     output = output_path(output, [model], f"-{classes}class{'es' if classes != 1 else ''}@{at}")
+    sio.check_checkpoint_name(output)
     sio.check_outputs([output], force=force, inputs=[model])
     from surgery.retarget import retarget
 

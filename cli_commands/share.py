@@ -10,7 +10,7 @@ import typer
 from cli_commands.base import (ArchEachOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsEachOpt, app, examples,
                                fmt_num, human, load_models, note_random_weights, out,
                                parse_layer_list, print_json, table, wrote)
-from cli_commands.writing import output_path, stages
+from cli_commands.writing import check_onnx_name, output_path, stages
 from surgery.core.errors import SurgeryError
 
 DEFAULT_RTOL = 1e-5  # surgery.share.DEFAULT_RTOL (not imported here: the CLI starts without torch)
@@ -75,6 +75,7 @@ def share_cmd(
             raise SurgeryError(f"--darknet {darknet}: name the .cfg to write (its .weights goes beside it)")
         paths += [darknet, str(Path(darknet).with_suffix(".weights"))]
     if onnx is not None:
+        check_onnx_name(onnx)
         paths.append(onnx)
     if len({str(Path(p).resolve()) for p in paths}) != len(paths):
         raise SurgeryError(f"the outputs {', '.join(paths)} must be different files")

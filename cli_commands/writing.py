@@ -15,10 +15,12 @@ from cli_commands.base import err_console, progress
 def output_path(output: str | None, sources: Iterable[str], tag: str, suffix: str = ".pt") -> str:
     """``output`` as given, else the default name in the current directory
     (:func:`surgery.core.io.default_output`: the inputs' stems and ``tag``)."""
-    if output:
-        return str(output)
     from surgery.core import io as sio
 
+    if output:
+        if suffix == ".pt":  # a checkpoint: refused before the slow work when misnamed
+            sio.check_checkpoint_name(output)
+        return str(output)
     return str(sio.default_output(list(sources), tag, suffix))
 
 
@@ -42,3 +44,11 @@ def stages(*names: str) -> Iterator:
 
         yield step
         bar.update(task, completed=len(names))
+
+
+def check_onnx_name(path: str | None) -> None:
+    """``--onnx`` names an ONNX file: refuse another name before the slow work."""
+    if path is not None and not str(path).lower().endswith(".onnx"):
+        from cli_commands.base import SurgeryError
+
+        raise SurgeryError(f"--onnx {path!r}: an ONNX file is named .onnx; give a path ending in .onnx")

@@ -61,6 +61,7 @@ def zoo_build(
     if output is None:
         tag = "".join(f"-{k}={v}" for k, v in kwargs.items())
         output = str(sio.default_output([f"zoo:{zname}"], tag))
+    sio.check_checkpoint_name(output)
     sio.check_outputs([output], force=force)
     net = sio.build_zoo(zname, kwargs, seed=seed)
     path = sio.save(net, output, force=force)

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from surgery import partition
+from surgery.core import safety
 from surgery.core.errors import SurgeryError
 from surgery.core.graph import is_darknet, layer_graph, select
 from surgery.core.net import ArchSpec, Net, Step
@@ -651,6 +652,11 @@ def regroup(net: Net, root: int, *, schedule: str = "deep-roots", layers: str | 
     module = net.module
     g = _Graph(module)
     targets, skipped = _select(g, net, root, schedule, layers)
+    if not any(t.groups > 1 for t in targets):  # nothing would change: say why, write nothing
+        why = "; ".join(f"{s.name}: {s.reason}" for s in skipped[:3]) + (" ..." if len(skipped) > 3 else "")
+        raise SurgeryError(f"regroup --root {root}: no conv of {net.source or 'this model'} can be regrouped"
+                           + (f" ({why})" if why else " (the schedule gives every conv 1 group)")
+                           + "; nothing written")
     t0 = time.perf_counter()
     links = _plan_sides(g, targets, permute)
     if permute == "best":
@@ -689,6 +695,9 @@ def regroup(net: Net, root: int, *, schedule: str = "deep-roots", layers: str | 
     if cost:
         before, lc_before = _costs(net)
         after, lc_after = _costs(result)
+    if probes > 0:  # the source and the result run side by side on real probe inputs
+        safety.check_forward_memory(module, tuple(net.input_shape), batch=batch, copies=2,
+                                    what="the probes measuring how far the function moved")
     moved = measure_moved(module, new_module, net.input_shape, probes=probes, batch=batch,
                           seed=seed) if probes > 0 else None
 

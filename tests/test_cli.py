@@ -116,6 +116,14 @@ def test_short_help_and_examples_for_every_command(cli):
         res = cli(*args, "-h")
         assert res.code == 0, (cmd, res.err)
         assert "Examples:" in res.out and f"surgery {' '.join(args)} " in res.out, (cmd, res.out)
+    import cli as cli_module  # noqa: F401 (registers every command)
+    from cli_commands.base import app
+
+    for g in app.registered_groups:  # every sub-command of zoo, data, onion too
+        for c in g.typer_instance.registered_commands:
+            args = [g.name, c.name or c.callback.__name__]
+            res = cli(*args, "-h")
+            assert res.code == 0 and "Examples:" in res.out and f"surgery {' '.join(args)} " in res.out, (args, res.out)
 
 
 # ---- tables for people: nothing cut at 100 columns, times without exponents

@@ -48,7 +48,7 @@ def test_export_pair(split_ckpt, cli):
 
 
 def test_curve_json_and_plot(cli, tmp_path):
-    res = cli("onion", "curve", "zoo:onion_p", "--batch", "4", "--points", "2", "--runtimes", "torch",
+    res = cli("onion", "curve", "zoo:onion_p", "--batch", "4", "--points", "2", "--runtime", "torch",
               "--min-time", "0", "--plot", "f.png", "--json", cwd=tmp_path)
     assert res.code == 0, res.err
     j = res.json()

@@ -104,6 +104,29 @@ def _check_build(build: Callable[[], nn.Module], what: str) -> nn.Module:
     return module
 
 
+def _check_input_fits(net: Net, ref: str) -> None:
+    """Refuse a given input size the network cannot take, in one line, here rather than as a
+    traceback from whichever command first runs it: one forward on a meta-device copy (no
+    memory, no compute). Modules that cannot run on meta (TorchScript) are not checked."""
+    from surgery.core.graph import meta_copy
+
+    shape = "x".join(map(str, net.input_shape))
+    try:
+        m = meta_copy(net.module)
+    except Exception:
+        return
+    try:
+        with torch.no_grad():
+            m(torch.empty((net.batch_unit, *net.input_shape), device="meta"))
+    except SurgeryError:
+        raise
+    except NotImplementedError:  # an op without a meta kernel: nothing learned
+        return
+    except Exception as e:  # a shape error of the model's own forward
+        raise SurgeryError(f"{ref}: the network does not take input {shape} ({type(e).__name__}: "
+                           f"{_first_line(e)}); give --input as the C x H x W its first layer expects") from None
+
+
 def _first_line(e: BaseException) -> str:
     """The gist of a third-party exception for a one-line message: torch's weights-only
     unpickler buries its reason after boilerplate; its 'please report' tails are dropped."""
@@ -189,6 +212,7 @@ def load(
             net = _load_torch_file(path, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape)
     if input_shape is not None:
         net = net.evolve(net.module, input_shape=tuple(input_shape))
+        _check_input_fits(net, ref)
     if net.format != "exported":  # an ExportedProgram's module is already fixed to its traced mode
         net.module.eval()
     return net
@@ -549,10 +573,19 @@ def _jsonable(x):
 
 
 def save(net: Net, path: str | Path, *, force: bool = False, inputs: Iterable[str | Path] = ()) -> Path:
-    """Write ``net`` as a pickle-free checkpoint, atomically."""
+    """Write ``net`` as a pickle-free checkpoint, atomically (named ``.pt`` or ``.pth``)."""
+    check_checkpoint_name(path)
     ckpt = checkpoint_dict(net)
     inputs = [*inputs, *dict(net.metadata.get("sources", {}))]  # the files the net was read from
     return atomic_write([path], lambda tmps: torch.save(ckpt, tmps[0]), force=force, inputs=inputs)[0]
+
+
+def check_checkpoint_name(path: str | Path) -> None:
+    """A checkpoint is a ``.pt`` (or ``.pth``) file: refuse another name, e.g. ``-o out.onnx``
+    (that is ``--onnx``), before anything is written."""
+    if Path(path).suffix.lower() not in (".pt", ".pth"):
+        raise SurgeryError(f"{path}: a surgery checkpoint is a .pt file; give a path ending in .pt "
+                           f"(ONNX and Darknet files have their own options: --onnx, --darknet)")
 
 
 def default_output(sources: Iterable[str], tag: str, suffix: str = ".pt") -> Path:
@@ -654,11 +687,14 @@ def atomic_write(
     If the writer fails (or SIGTERM/SIGINT arrives), nothing is left behind: the temporary
     files are removed. Without ``force`` each final name is created exclusively, so a second
     process racing for the same name gets "exists; pass --force" instead of replacing the
-    first one's file. Outputs never name an input (:func:`check_outputs`).
+    first one's file. Outputs never name an input (:func:`check_outputs`). An atomic_write
+    called from inside another one's ``writer`` (a Darknet cfg's tree file, placed so the cfg
+    can be read back) joins it: its outputs are taken back too if the enclosing write fails.
     """
     outs = check_outputs(paths, force=force, inputs=inputs)
     tmps: list[Path] = []
     placed: list[Path] = []
+    joined: list[tuple[Path, bool]] = []  # what atomic_writes inside `writer` placed: it stands or falls with ours
     try:
         for out in outs:
             try:
@@ -668,12 +704,15 @@ def atomic_write(
             safety.register_temp(tmp)
             os.close(fd)
             tmps.append(Path(tmp))
+        _ENCLOSING.append(joined)
         try:
             writer(tmps)
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EFBIG):
                 raise _write_error(outs[0], e) from None
             raise
+        finally:
+            _ENCLOSING.pop()
         mode = 0o666 & ~_umask()  # mkstemp makes 0600 files; outputs get the usual permissions
         for tmp, out in zip(tmps, outs):
             os.chmod(tmp, mode)
@@ -692,15 +731,21 @@ def atomic_write(
                 raise _write_error(out, e) from None
             placed.append(out)
     except BaseException:
-        for out in placed:  # all or nothing: take back the names this call created
-            if not force:
+        for out, forced in [*((o, force) for o in placed), *joined]:  # all or nothing: take back the names created
+            if not forced:
                 out.unlink(missing_ok=True)
         raise
     finally:
         for tmp in tmps:
             tmp.unlink(missing_ok=True)
             safety.unregister_temp(tmp)
+    if _ENCLOSING:  # called from another atomic_write's writer (a Darknet cfg's tree file): taken back if it fails
+        _ENCLOSING[-1].extend([*((o, force) for o in outs), *joined])
     return outs
+
+
+# One list per atomic_write whose writer is running: the outputs nested atomic_writes placed meanwhile.
+_ENCLOSING: list[list[tuple[Path, bool]]] = []
 
 
 def _umask() -> int:

@@ -9,6 +9,7 @@ Surgeries are functions ``Net -> (Net, Report)`` that never mutate their input; 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -154,9 +155,8 @@ class Net:
 
     @property
     def batch_unit(self) -> int:
-        """The batch a forward needs a multiple of (the module's ``batch_unit``, else 1): a Darknet
-        recurrent net with ``[net] time_steps=T`` takes T rows per sequence."""
-        return int(getattr(self.module, "batch_unit", 1))
+        """The batch a forward needs a multiple of: :func:`batch_unit` of the module."""
+        return batch_unit(self.module)
 
     def example_input(self, batch: int | None = None, *, device="cpu", dtype=torch.float32,
                       seed: int = 0) -> torch.Tensor:
@@ -165,6 +165,14 @@ class Net:
         g = torch.Generator().manual_seed(seed)
         x = torch.randn((batch, *self.input_shape), generator=g, dtype=torch.float32)
         return x.to(device=device, dtype=dtype)
+
+
+def batch_unit(module: nn.Module) -> int:
+    """The batch a forward of ``module`` needs a multiple of: the least common multiple of the
+    ``batch_unit`` its modules declare (a Darknet recurrent net with ``[net] time_steps=T`` takes T
+    rows per sequence, also inside a shared or wrapped network), else 1."""
+    units = {int(getattr(m, "batch_unit", 1)) for m in module.modules()} if isinstance(module, nn.Module) else set()
+    return math.lcm(*units) if units else 1
 
 
 def count_params(module: nn.Module) -> int:

@@ -16,6 +16,7 @@ from torch import nn
 from surgery.core import safety
 from surgery.core.errors import SurgeryError
 from surgery.core.graph import output_tensors
+from surgery.core.net import batch_unit
 
 
 @dataclass(frozen=True)
@@ -56,16 +57,21 @@ def compare(
     input_shape,
     *,
     probes: int = 2,
-    batch: int = 2,
+    batch: int | None = None,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     select=None,
 ) -> VerifyReport:
     """Compare outputs of ``candidate`` with ``reference`` (both in eval mode, in ``dtype``).
 
+    ``batch`` (default 2) is rounded up to a multiple of the reference's ``batch_unit`` (a
+    Darknet recurrent net with ``[net] time_steps=T`` takes T rows per sequence).
+
     ``select(outputs_of_candidate) -> list`` picks which candidate outputs correspond to the
     reference's (e.g. one head of a combined model).
     """
+    unit = batch_unit(reference)
+    batch = -(-(2 if batch is None else batch) // unit) * unit
     # probes are real forwards: refuse one that cannot fit, with the estimate (two models alive)
     safety.check_forward_memory(reference, tuple(input_shape), batch=batch, dtype=dtype,
                                 what="verifying on probe inputs", copies=2)

@@ -57,9 +57,6 @@ class DarknetNet(nn.Module):
         self.output_indices = tuple(l.index for l in layers if l.section in OUTPUT_SECTIONS) or (len(layers) - 1,)
         self.weights_header = WeightsHeader()
         self._free_after = free_after([l.inputs for l in layers])
-        # the rows a forward needs a multiple of: [net] time_steps when a recurrent layer unrolls
-        # them (zoo/darknet/recurrent.py), else 1; the cost analyzer and probes default to it
-        self.batch_unit = max((getattr(l, "steps", 1) for l in layers), default=1)
 
     def forward(self, x):
         cache = {-1: x}

@@ -104,8 +104,9 @@ class _Recurrent(DarknetLayer):
     def __init__(self, ctx: _Ctx, inputs: tuple[int, ...], out_shape):
         super().__init__(ctx, inputs, out_shape)
         self.steps = time_steps(ctx)
+        self.batch_unit = self.steps  # surgery.core.net.batch_unit: a forward takes whole sequences of rows
         self.where = ctx.where
-        # every sublayer has a BatchNorm when set (no top-level ``bn``: DarknetNet.fuse leaves these layers as they are)
+        # every sublayer has a BatchNorm when set (DarknetNet.fuse folds them into their units)
         self.batch_normalize = bool(ctx.int("batch_normalize", 0))
 
     def darknet_tensors(self, transpose: bool) -> list[tuple[torch.Tensor, tuple[int, int] | None]]:
