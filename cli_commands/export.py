@@ -10,7 +10,7 @@ import typer
 from cli_commands.base import (ArchOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsCutoffOpt, WeightsOpt, app,
                                note_random_weights, examples, fmt_num, load_model, out, parse_int_list, print_json,
                                table, wrote)
-from cli_commands.writing import output_path, stages
+from cli_commands.writing import check_onnx_name, output_path, stages
 from surgery.core.errors import SurgeryError
 
 
@@ -58,6 +58,7 @@ def export(
         raise SurgeryError(f"--darknet {darknet!r}: give the .cfg path; the .weights goes beside it")
     if darknet is None:
         onnx = output_path(onnx, [model], "", ".onnx")
+    check_onnx_name(onnx)
     outs = ([onnx] if onnx else []) + ([darknet, str(Path(darknet).with_suffix(".weights"))] if darknet else [])
     if len({str(Path(p).resolve()) for p in outs}) != len(outs):
         raise SurgeryError(f"the outputs {', '.join(outs)} must be different files")

@@ -31,6 +31,7 @@ from surgery.core.errors import SurgeryError
 from surgery.core.graph import output_tensors
 from surgery.core.io import atomic_write, check_outputs
 from surgery.core.net import Net
+from surgery.core import safety
 from surgery.core.safety import check_finite_nonneg
 from surgery.core.onnx_io import DEFAULT_RTOL, EXPORTERS, export_model, ort_cpu_session, verify_session
 
@@ -125,6 +126,8 @@ def export_onnx(
     dynamic = batch is None
     # torch.export specialises a size-1 dimension; a recurrent Darknet net needs a multiple of its time_steps
     trace_batch = 2 * net.batch_unit if dynamic else batch
+    safety.check_forward_memory(module, tuple(net.input_shape), batch=trace_batch, dtype=dtype,
+                                what="the ONNX export's trace")
     x = net.example_input(trace_batch, dtype=dtype)
     with torch.no_grad():
         names = head_output_names(net, len(output_tensors(module(x))))
