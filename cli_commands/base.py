@@ -284,7 +284,10 @@ def table(title: str | None, columns: list[str], rows: Iterable[Iterable[Any]], 
     def natural(i: int) -> int:
         return max([len(columns[i])] + [len(r[i]) for r in body if i < len(r)])
 
-    def need(cols: list[int]) -> int:  # fixed columns at full width, foldable ones at 12
+    def word(i: int) -> int:  # a foldable column wraps at spaces; a word (num_classes=1000,) stays whole up to 40
+        return min(40, max([len(w) for r in body if i < len(r) for w in str(r[i]).split()] or [0]))
+
+    def need(cols: list[int]) -> int:  # fixed columns at full width, foldable ones at 24
         return sum(natural(i) if columns[i] not in fold else min(natural(i), 24) for i in cols) + 3 * len(cols) + 1
 
     keep = list(range(len(columns)))
@@ -295,10 +298,16 @@ def table(title: str | None, columns: list[str], rows: Iterable[Iterable[Any]], 
     left_out = [columns[i] for i in range(len(columns)) if i not in keep]
     caption = f"left out at {width} columns: {', '.join(left_out)} (--json has every field)" if left_out else None
     t = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    # foldable columns keep their longest word whole (num_classes=1000,) as far as the width allows:
+    # the room the fixed columns leave is shared among them
+    folds = [i for i in keep if columns[i] in fold]
+    room = width - sum(natural(i) for i in keep if i not in folds) - 3 * len(keep) - 1
+    share = max(0, room) // max(1, len(folds))
     for i in keep:
         c = columns[i]
         if c in fold:
-            t.add_column(c, justify="right" if c in right else "left", overflow="fold")
+            t.add_column(c, justify="right" if c in right else "left", overflow="fold",
+                         min_width=min(word(i), share) or None)
         else:
             t.add_column(c, justify="right" if c in right else "left", no_wrap=True, min_width=natural(i),
                           overflow="fold")

@@ -34,7 +34,7 @@ def zoo_list(json_out: bool = JsonOpt):
                         [(r["name"], r["family"], shape_str(r["input_shape"]),
                           human(r["published_params"]) if r["published_params"] else "-",
                           ", ".join(f"{k}={v}" for k, v in r["arguments"].items()))
-                         for r in rows], right=["published params"]))
+                         for r in rows], right=["published params"], drop=["family"]))
 
 
 @zoo_app.command("build", epilog=examples("surgery zoo build resnet50:root=8", "surgery zoo build yolov3 -o base.pt",

@@ -313,3 +313,13 @@ def test_layer_input_shapes_are_the_call_arguments(cli, darknet_dir):
     y = cli("layers", "zoo:yolov3", "--json").json()
     r86 = next(l for l in y["layers"] if l["index"] == 86)
     assert r86["input_shapes"] == [[256, 26, 26], [512, 26, 26]] and r86["output_shape"] == [768, 26, 26]
+
+
+def test_zoo_list_at_80_columns_keeps_arguments_whole(cli):
+    """A foldable column wraps at spaces with its longest word whole while the width allows it;
+    at 80 columns zoo list leaves out `family` (said in the caption) so num_classes=1000 stays whole."""
+    res = cli("zoo", "list", env={"COLUMNS": "80"})
+    assert res.code == 0
+    lines = res.out.splitlines()
+    assert max(len(l) for l in lines if l.startswith(("│", "┃", "┏", "└"))) <= 80
+    assert "num_classes=1000," in res.out and "left out at 80 columns: family" in res.out
