@@ -210,6 +210,10 @@ def test_bad_reference_exits_2_in_one_line(cli, tmp_path):
     ("os:system", {"command": "touch pwned"}, "standard library"),
     ("subprocess:run", {"args": "touch pwned"}, "standard library"),
     ("torch.hub:load", {"repo_or_dir": "x/y", "model": "m"}, "installed package"),
+    # reaching through the named package into another one's code
+    ("examples.mynet:torch.hub.load", {"repo_or_dir": "x/y", "model": "m"}, "not in the package 'examples'"),
+    ("examples.mynet:torch.nn.Conv2d", {"in_channels": 3, "out_channels": 4, "kernel_size": 1},
+     "not in the package 'examples'"),
 ])
 def test_checkpoint_naming_code_is_refused(tmp_path, monkeypatch, name, kwargs, needle):
     from surgery.core import io as sio

@@ -144,6 +144,13 @@ def resolve(module: str, factory: str, *, from_file: bool = False) -> Callable[.
         obj = getattr(obj, part)
     if not callable(obj):
         raise SurgeryError(f"{ref}: {factory!r} is a {type(obj).__name__}, not a class or function that builds a network")
+    owner = getattr(obj, "__module__", "") or ""
+    if from_file and owner.split(".", 1)[0] != module.split(".", 1)[0]:
+        # a checkpoint names code of the package it names: no reaching through an attribute
+        # path into another package (examples.mynet:torch.hub.load, ...:torch.nn.Conv2d)
+        raise SurgeryError(f"{ref}: {factory!r} is defined in {owner or 'no module'!r}, not in the package "
+                           f"{module.split('.', 1)[0]!r} the checkpoint names; refused. Rebuild it with "
+                           f"--arch py:... yourself if you trust it")
     if from_file and not (isinstance(obj, type) and issubclass(obj, nn.Module)):
         if _is_library(getattr(sys.modules.get(getattr(obj, "__module__", "") or ""), "__file__", None)):
             raise SurgeryError(f"{ref}: a checkpoint may name an nn.Module class or a function of your own code, "
