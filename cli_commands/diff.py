@@ -104,7 +104,10 @@ def _csv(rep) -> None:
 
 def _verdict(rep) -> None:
     o = out()
-    if rep.split is None:
+    if rep.split is None and rep.layers and all(t.stats.max == 0 for t in rep.layers):
+        o.print(f"identical: all {len(rep.layers)} compared tensors are equal; suggested split: none "
+                f"(nothing changed)", markup=False)
+    elif rep.split is None:
         o.print("suggested split: none (no clear rise in the per-layer weight differences)", markup=False)
     else:
         sp = rep.split

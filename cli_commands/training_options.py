@@ -61,7 +61,8 @@ def resumed(params: dict, resume: str | None, op: str) -> dict:
 def run_rows(rep) -> list[tuple[str, str]]:
     """The steps and speed rows every training command's table shows."""
     return [
-        ("steps", f"{rep.steps} ({rep.epochs} epochs of {rep.steps_per_epoch}, batch {rep.batch}, "
+        ("steps", f"{rep.steps} ({rep.epochs} epoch{'s' if rep.epochs != 1 else ''} of {rep.steps_per_epoch}, "
+                  f"batch {rep.batch}, "
                   f"{rep.world_size} process{'es' if rep.world_size > 1 else ''})"
                   + (f", resumed at step {rep.resumed_at}" if rep.resumed_at else "")),
         ("speed", f"{rep.images_per_s:,.0f} images/s ({rep.seconds:.1f} s)"),

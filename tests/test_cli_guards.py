@@ -78,3 +78,32 @@ def test_time_steps_net_folds_shares_and_profiles(steps3, tmp_path, capsys, monk
     assert code == 0, err
     code, err = run_main(["info", steps3], capsys)
     assert code == 0, err
+
+
+def test_weights_for_a_model_that_has_its_own(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, err = run_main(["zoo", "build", "digits_cnn", "-o", "a.pt"], capsys)
+    assert code == 0
+    code, err = run_main(["info", "a.pt", "--weights", "a.pt"], capsys)
+    _one_line(code, err, "--weights applies to a .cfg", "this file has its own weights")
+    code, err = run_main(["layers", "zoo:digits_cnn", "--weights", "a.pt"], capsys)
+    _one_line(code, err, "a zoo model has its own weights")
+
+
+def test_fold_says_why_a_batchnorm_stays(tmp_path, capsys, monkeypatch):
+    """xnor.cfg: the two binary/xnor convolutions keep their BatchNorms, and the report says why."""
+    from surgery.core import io as sio
+    from surgery.fold import fold
+
+    _, rep = fold(sio.load(str(DATA / "xnor.cfg")), only="bn")
+    kept = [s for s in rep.skips if s.kind == "bn"]
+    assert len(kept) == 2 and all("binarizes the weights" in s.reason for s in kept)
+    assert len(rep.folds) == 1  # the plain convolution's BatchNorm folds
+    monkeypatch.chdir(tmp_path)
+    code, err = run_main(["fold", DATA / "xnor.cfg", "-o", "x.pt"], capsys)
+    assert code == 0 and listing(tmp_path) == {"x.pt"}, err
+
+
+def test_diff_of_identical_models_says_so(cli):
+    res = cli("diff", "zoo:digits_cnn", "zoo:digits_cnn")
+    assert res.code == 0 and "identical: all 27 compared tensors are equal" in res.out, res.out

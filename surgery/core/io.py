@@ -181,6 +181,10 @@ def load(
     ref = str(ref)
     if weights_cutoff is not None and not (ref.lower().endswith((".cfg", ".weights"))):
         raise SurgeryError(f"{ref}: a weights cutoff applies to Darknet .weights files only (a .cfg model)")
+    if weights is not None and not (ref.startswith("py:") or ref.lower().endswith((".cfg", ".weights"))):
+        raise SurgeryError(f"{ref}: --weights applies to a .cfg (its Darknet .weights) or a py: reference (its "
+                           f"state_dict); {'a zoo model' if ref.startswith('zoo:') else 'this file'} has its "
+                           f"own weights")
     trust_pickle = trust = bool(trust_code or trust_pickle)
     if input_shape is not None:
         input_shape = safety.check_shape(input_shape, "--input")

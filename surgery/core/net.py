@@ -140,9 +140,11 @@ class Net:
             raise SurgeryError(f"cannot {what} {self.source or 'this model'} (analysis only): "
                                f"{self.metadata['not_editable']}")
         if self.arch is None:
+            kind = {"exported": "a torch.export .pt2 program", "torchscript": "a TorchScript archive"}.get(
+                self.format, f"a {self.format or 'loaded'} model")
             raise SurgeryError(
-                f"{self.source or 'this model'} is a {self.format} file, which surgery can analyse but not "
-                f"{what}; load it from a .pt checkpoint, a Darknet cfg or zoo:NAME instead"
+                f"{self.source or 'this model'} is {kind}, which surgery can analyse but not "
+                f"{what}; load it from a .pt checkpoint, a Darknet cfg, a py: reference or zoo:NAME instead"
             )
 
     def evolve(self, module: nn.Module, step: Step | None = None, **changes) -> "Net":

@@ -134,8 +134,7 @@ def fold(
     kinds = parse_only(only)
     darknet = "bn" in kinds and not net.recipe and _bn.self_fusing(net.module)
     if darknet:
-        module, folds = _bn.fuse_network(net.module)
-        skips: list[FoldSkip] = []
+        module, folds, skips = _bn.fuse_network(net.module)
     else:
         module, folds, skips = fold_module(net.module, only=kinds)
     why = None if any(f.kind != "identity" for f in folds) else _why_nothing(net, kinds, skips)

@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
-from surgery.fold.context import FoldAction, FoldContext
+from surgery.fold.context import FoldAction, FoldSkip, FoldContext
 from surgery.fold.registry import register
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -156,13 +156,20 @@ def self_fusing(module: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def fuse_network(module: nn.Module) -> tuple[nn.Module, list[FoldAction]]:
+def fuse_network(module: nn.Module) -> tuple[nn.Module, list[FoldAction], list[FoldSkip]]:
     """(``module.fuse()``, one ``bn`` action per BatchNorm it no longer has: the layer that
-    holds it absorbed it)."""
+    holds it absorbed it, one skip per BatchNorm it kept, with the reason the network gives
+    through ``fuse_skip_reason(name)`` when it has one)."""
     fused = module.fuse().eval()
     left = {name for name, m in fused.named_modules() if isinstance(m, _BatchNorm)}
-    actions = []
+    reason = getattr(module, "fuse_skip_reason", None)
+    actions, skips = [], []
     for name, m in module.named_modules():
-        if isinstance(m, _BatchNorm) and name not in left:
-            actions.append(FoldAction("bn", name.rpartition(".")[0], (name,), f"eps={m.eps:g}"))
-    return fused, actions
+        if not isinstance(m, _BatchNorm):
+            continue
+        owner = name.rpartition(".")[0]
+        if name not in left:
+            actions.append(FoldAction("bn", owner, (name,), f"eps={m.eps:g}"))
+        else:
+            skips.append(FoldSkip("bn", owner, (reason(name) if reason else None) or "the network keeps it"))
+    return fused, actions, skips

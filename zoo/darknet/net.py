@@ -113,6 +113,18 @@ class DarknetNet(nn.Module):
         new.weights_header = self.weights_header
         return new.train(self.training)
 
+    def fuse_skip_reason(self, name: str) -> str | None:
+        """Why :meth:`fuse` keeps the BatchNorm at module path ``name`` (``layers.3.bn``)."""
+        parts = name.split(".")
+        if len(parts) > 1 and parts[0] == "layers" and parts[1].isdigit():
+            layer = self.layers[int(parts[1])]
+            if not getattr(layer, "bn_foldable", True):
+                return (f"layer {layer.index} is a binary=1/xnor=1 convolution: its forward binarizes the weights, "
+                        f"so a BatchNorm folded into them would not survive")
+            if layer.section == "batchnorm":
+                return f"layer {layer.index} is a standalone [batchnorm]: no convolution before it to fold into"
+        return None
+
     def extra_repr(self) -> str:
         return f"source={self.source!r}, input_shape={self.input_shape}"
 
