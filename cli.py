@@ -29,6 +29,20 @@ for _name in _COMMANDS:
 safety.restore_signal_handlers(_STARTUP_HANDLERS)  # start-up is over; main() installs its own
 
 
+def _one_line_usage_error(self, file=None) -> None:
+    """Typer's usage errors (a missing option, a value of the wrong type) as every other error:
+    one line on stderr, ``surgery: error: ...``, exit 2 (click's default prints the usage block
+    and a hint over three lines). The vendored click of the pinned typer (pyproject.toml)."""
+    where = self.ctx.command_path if getattr(self, "ctx", None) is not None else "surgery"
+    err_console.print(f"surgery: error: {safety.escape(self.format_message())} (see `{where} -h`)", markup=False,
+                      emoji=False, highlight=False, soft_wrap=True)
+
+
+from typer._click.exceptions import UsageError  # noqa: E402
+
+UsageError.show = _one_line_usage_error
+
+
 def _version(value: bool):
     if value:
         typer.echo(f"surgery {surgery.__version__}")
