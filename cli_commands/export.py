@@ -8,8 +8,8 @@ from typing import Optional
 import typer
 
 from cli_commands.base import (ArchOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsCutoffOpt, WeightsOpt, app,
-                               note_random_weights, examples, fmt_num, load_model, out, parse_int_list, print_json,
-                               table, wrote)
+                               note, note_random_weights, examples, fmt_num, load_model, out, parse_int_list,
+                               print_json, table, wrote)
 from cli_commands.writing import check_onnx_name, output_path, stages
 from surgery.core.errors import SurgeryError
 
@@ -67,7 +67,7 @@ def export(
     sio.check_outputs(outs, force=force, inputs=[model])
     import torch
 
-    from surgery.export import export_onnx, write_darknet
+    from surgery.export import darknet_side_files, export_onnx, write_darknet
 
     reports: dict = {}
     with stages("loading", *(["exporting ONNX and verifying it"] * bool(onnx)),
@@ -75,6 +75,8 @@ def export(
         step("loading")
         net = load_model(model, arch, weights, trust_pickle, input, weights_cutoff)
         note_random_weights(net)
+        if darknet:  # a clashing tree=/map= file beside the cfg is refused before the (slow) ONNX export
+            darknet_side_files(net, darknet, force=force)
 
         def write(tmps):
             i = 0
@@ -85,7 +87,7 @@ def export(
                 i = 1
             if darknet:
                 step("writing Darknet cfg + weights")
-                reports["darknet"] = write_darknet(net, tmps[i], tmps[i + 1])
+                reports["darknet"] = write_darknet(net, tmps[i], tmps[i + 1], force=force, inputs=[model])
 
         sio.atomic_write(outs, write, force=force, inputs=[model])
     import dataclasses
@@ -94,7 +96,11 @@ def export(
     if "onnx" in reports:
         reports["onnx"] = dataclasses.replace(reports["onnx"], output=onnx)
     if "darknet" in reports:
-        reports["darknet"] = dataclasses.replace(reports["darknet"], output=darknet, weights=outs[-1])
+        d = reports["darknet"]  # side files lie beside the cfg: named from the cfg as given
+        side = tuple(dataclasses.replace(f, path=str(Path(darknet).parent / f.name)) for f in d.side_files)
+        reports["darknet"] = dataclasses.replace(d, output=darknet, weights=outs[-1], side_files=side)
+        for n in reports["darknet"].notes:  # a tree file written from the model: placeholder names
+            note(n)
     if json_out:
         print_json({"model": model, "onnx": reports.get("onnx"), "darknet": reports.get("darknet")})
         return
@@ -105,10 +111,22 @@ def export(
                      f"outputs {', '.join(r.output_names)}",
                      f"ONNX Runtime vs PyTorch: max abs {fmt_num(r.max_abs)}, max rel {fmt_num(r.max_rel)} "
                      f"(≤ {r.rtol:g})"))
+    side = []
     if "darknet" in reports:
         r = reports["darknet"]
-        rows.append(("darknet", f"{r.output} + {r.weights}", f"{r.layers} layers ({r.batchnorms} batch-normalised), "
-                     f"{r.params:,} params, {r.weights_bytes:,} bytes", "read back: identical tensors"))
-    out().print(table(f"exported {model}", ["format", "files", "what", "check"], rows))
+        side = [f for f in r.side_files if f.action != "present"]
+        files = " + ".join([r.output, r.weights, *(f.path for f in r.side_files)])
+        rows.append(("darknet", files, f"{r.layers} layers ({r.batchnorms} batch-normalised), "
+                     f"{r.params:,} params, {r.weights_bytes:,} bytes",
+                     "read back from its directory: identical tensors"
+                     + (", " + " and ".join(f"{f.option}=" for f in r.side_files) if r.side_files else "")))
+    # files, the description and the check sentence fold onto more lines instead of being cut or
+    # left out; rich wraps them at spaces, so a number stays whole while its column is wider than
+    # it (at 80 columns each gets about 20)
+    out().print(table(f"exported {model}", ["format", "files", "what", "check"], rows,
+                      fold=("files", "what", "check")))
     for p in outs:
         wrote(p)
+    for f in side:
+        wrote(f.path, f"the {f.option}= file of layer {', '.join(map(str, f.layers))}, "
+                      + (f"copied from {f.source}" if f.action == "copied" else "written from the model"))

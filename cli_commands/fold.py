@@ -77,7 +77,7 @@ def fold_cmd(
                     from surgery.export import write_darknet
 
                     step("writing Darknet cfg + weights")
-                    write_darknet(folded, tmps[1], tmps[2])
+                    write_darknet(folded, tmps[1], tmps[2], force=force, inputs=[model])
                 step("writing the checkpoint")
                 torch.save(sio.checkpoint_dict(folded), tmps[0])
 

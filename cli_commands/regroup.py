@@ -85,7 +85,7 @@ def regroup_cmd(
 
             torch.save(sio.checkpoint_dict(new), tmps[0])
             if darknet:
-                written["darknet"] = write_darknet(new, tmps[1], tmps[2])
+                written["darknet"] = write_darknet(new, tmps[1], tmps[2], force=force, inputs=[model])
 
         sio.atomic_write(outs, write, force=force, inputs=[model])
     import dataclasses

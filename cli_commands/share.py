@@ -111,7 +111,7 @@ def share_cmd(
                 from surgery.export import write_darknet
 
                 step("writing Darknet cfg + weights")
-                write_darknet(net, tmps[1], tmps[2])
+                write_darknet(net, tmps[1], tmps[2], force=force, inputs=models)
                 extra["darknet"] = {"output": paths[1], "weights": paths[2]}
                 i = 3
             if onnx is not None:

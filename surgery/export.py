@@ -14,8 +14,9 @@ difference); a relative difference above ``rtol`` (1e-4 for float32) is an error
 written. The file is written atomically (:func:`surgery.core.io.atomic_write`), never over an
 existing file without ``force`` and never over an input.
 
-:func:`write_darknet` writes a Darknet-built network as ``.cfg`` + ``.weights`` and reads both
-back with the project's importer to identical tensors.
+:func:`write_darknet` writes a Darknet-built network as ``.cfg`` + ``.weights``, makes the files the
+cfg names (``tree=``, ``map=``) available beside it (:func:`darknet_side_files`), and reads the cfg
+back from its own directory with the project's importer to identical tensors.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from surgery.core import safety
 from surgery.core.safety import check_finite_nonneg
 from surgery.core.onnx_io import DEFAULT_RTOL, EXPORTERS, export_model, ort_cpu_session, verify_session
 
-__all__ = ["DEFAULT_RTOL", "EXPORTERS", "ExportReport", "DarknetExportReport", "export_onnx", "head_output_names",
-           "write_darknet"]
+__all__ = ["DEFAULT_RTOL", "EXPORTERS", "ExportReport", "DarknetExportReport", "DarknetSideFile", "darknet_side_files",
+           "export_onnx", "head_output_names", "write_darknet"]
 
 
 @dataclass(frozen=True)
@@ -193,15 +194,102 @@ class DarknetExportReport:
     batchnorms: int  # layers with batch_normalize=1 in the written cfg
     identical: bool  # the written files read back to exactly the same tensors
     model: str = ""
+    side_files: tuple["DarknetSideFile", ...] = ()  # the tree=/map= files the cfg names, beside it
+    notes: tuple[str, ...] = ()
 
 
-def write_darknet(net: Net, cfg_path, weights_path) -> DarknetExportReport:
+@dataclass(frozen=True)
+class DarknetSideFile:
+    """A file the written cfg names (``tree=``, ``map=``), made available beside it."""
+
+    option: str  # tree | map
+    name: str  # as the cfg names it
+    layers: tuple[int, ...]  # the layers naming it
+    path: str  # where it is: the cfg's directory / name
+    action: str  # present (already there, same contents) | copied (the original) | reconstructed (from the model)
+    source: str | None  # the original file copied
+
+
+def darknet_side_files(net: Net, cfg_path, *, force: bool = False) -> list[tuple[DarknetSideFile, bytes | None]]:
+    """The plan for the ``tree=``/``map=`` files a Darknet cfg written at ``cfg_path`` names: each
+    with the bytes to write beside it (None: already there).
+
+    Darknet opens such a file relative to where it runs and this project looks next to the cfg,
+    then in the working directory; the written cfg gets its files beside it, so it loads from
+    anywhere. A file already there that reads to what the model carries (its tree's group sizes,
+    its class map) stays. Else the original is copied if found (next to the model's file, next to
+    the cfg it was built from, or in the working directory) and still reads the same; else the file
+    is written from what the model carries (a map exactly; a tree with placeholder node names:
+    :func:`zoo.darknet.side_files.tree_text`). A different file of that name beside the cfg is
+    refused unless ``force`` (an input never: :func:`surgery.core.io.check_outputs` refuses it when it
+    is written); so is a name that leaves the cfg's directory or a missing sub-directory (Darknet would
+    look there). Nothing is written here."""
+    from surgery.core.graph import is_darknet
+    from zoo.darknet.side_files import find_file, side_files
+
+    if not is_darknet(net.module):  # write_darknet refuses it, saying why
+        return []
+    out_dir = Path(cfg_path).parent
+    dirs = [str(Path(s).parent) for s in (net.source, getattr(net.module, "source", None))
+            if s and not str(s).startswith(("zoo:", "<"))]
+    plan = []
+    for sf in side_files(net.module):
+        where = f"{sf.option}={sf.name} (layer {', '.join(map(str, sf.layers))})"
+        target = out_dir / sf.name
+        existing = _read_latin1(target, where)
+        if existing is not None and sf.reads(existing) == sf.values:
+            plan.append((DarknetSideFile(sf.option, sf.name, sf.layers, str(target), "present", None), None))
+            continue
+        inside = not Path(sf.name).is_absolute() and ".." not in Path(sf.name).parts
+        if not inside:
+            raise SurgeryError(f"{where}: the written cfg names {str(target)!r}, outside its directory, and no file "
+                               f"there reads as the model's {sf.what}; put that file there, or export from a cfg "
+                               f"whose {sf.option}= names a file beside it")
+        if not target.parent.is_dir():
+            raise SurgeryError(f"{where}: the directory {str(target.parent)!r} does not exist; create it (the written "
+                               f"cfg names its {sf.what} there)")
+        if existing is not None and not force:
+            raise SurgeryError(f"{where}: {str(target)!r} exists and is a different {sf.what} than the model's; "
+                               f"pass --force to overwrite it, or write the cfg elsewhere")
+        original = find_file(sf.name, dirs)
+        text = _read_latin1(original, where) if original is not None else None
+        if text is not None and sf.reads(text) == sf.values:
+            entry = DarknetSideFile(sf.option, sf.name, sf.layers, str(target), "copied", str(original))
+            data = original.read_bytes()
+        else:
+            entry = DarknetSideFile(sf.option, sf.name, sf.layers, str(target), "reconstructed", None)
+            data = sf.text().encode("ascii")
+        plan.append((entry, data))
+    return plan
+
+
+def _read_latin1(path: Path | None, where: str) -> str | None:
+    """A side file's text as Darknet reads it (bytes), None when there is no such file."""
+    if path is None or not path.exists():
+        return None
+    if path.is_dir():
+        raise SurgeryError(f"{where}: {str(path)!r} is a directory, not a file")
+    try:
+        return path.read_bytes().decode("latin-1")
+    except OSError as e:
+        raise SurgeryError(f"{where}: cannot read {str(path)!r} ({e.strerror or e})") from None
+
+
+def write_darknet(net: Net, cfg_path, weights_path, *, force: bool = False,
+                  inputs: Iterable[str | Path] = ()) -> DarknetExportReport:
     """Write a Darknet-built ``net`` as ``.cfg`` + ``.weights`` (call it on temporary paths
     inside :func:`surgery.core.io.atomic_write`) and check that the project's importer reads both
     back to exactly the same tensors. A folded network (``surgery fold``) is written with
-    ``batch_normalize=0`` and its biases."""
+    ``batch_normalize=0`` and its biases.
+
+    The files the cfg names (a softmax/region ``tree=``, a region ``map=``) are made available
+    beside it (:func:`darknet_side_files`; ``force`` overwrites a different one, never one of
+    ``inputs``): placed at once with their own atomic write (so the cfg can be read back from its
+    own directory), which joins the caller's, so a failure takes them back too. The read-back
+    builds the written cfg from where it lies, so a missing file fails the export."""
     from surgery.core.graph import is_darknet
     from zoo.darknet import build_darknet, read_weights, write_weights
+    from zoo.darknet.cfg import read_cfg_file
 
     if not is_darknet(net.module) or net.recipe:
         raise SurgeryError(
@@ -214,18 +302,44 @@ def write_darknet(net: Net, cfg_path, weights_path) -> DarknetExportReport:
     if problem:  # dontload=/dontsave=/numload=/dontloadscales= steer one load or save, not the network
         raise SurgeryError(f"{net.source or 'this model'}: Darknet export: {problem}, so Darknet could not read the "
                            f"written files back; remove that option from the cfg to export it")
-    text = net.module.cfg_text()
+    plan = darknet_side_files(net, cfg_path, force=force)
     Path(cfg_path).write_text(net.module.cfg_text(darknet=True))  # e.g. tree= as written, not its inlined groups
     nbytes = write_weights(net.module, weights_path, overwrite=True)
-    back = build_darknet(text, source=str(cfg_path))
-    read_weights(back, weights_path)
+    todo = [(Path(entry.path), data) for entry, data in plan if data is not None]
+    created: list[Path] = []  # the side files this call placed where there was none
+
+    def place(tmps):
+        for tmp, (_, data) in zip(tmps, todo):
+            tmp.write_bytes(data)
+
+    try:
+        if todo:
+            missing = [p for p, _ in todo if not p.exists()]
+            atomic_write([p for p, _ in todo], place, force=force, inputs=[*inputs, net.source])
+            created = missing
+        # the cfg as written, from its own directory: its tree=/map= files must be found there
+        back = build_darknet(read_cfg_file(cfg_path), source=str(cfg_path))
+        read_weights(back, weights_path)
+    except BaseException:
+        for p in created:  # not inside another atomic_write: take back what this call placed
+            p.unlink(missing_ok=True)
+        raise
     mine, theirs = net.module.state_dict(), back.state_dict()
     bad = sorted(set(mine) ^ set(theirs)) or [
         k for k in mine if not k.endswith("num_batches_tracked") and not torch.equal(mine[k], theirs[k])]
+    bad += [f"layer {a.index} {attr}" for a, b in zip(net.module.layers, back.layers) for attr in ("tree", "map")
+            if getattr(a, attr, None) != getattr(b, attr, None)]
     if bad:
-        raise SurgeryError(f"Darknet export: the written files do not read back to the same weights ({bad[:3]}); "
+        for p in created:
+            p.unlink(missing_ok=True)
+        raise SurgeryError(f"Darknet export: the written files do not read back to the same network ({bad[:3]}); "
                            "nothing written (a bug: please report)")
     # recurrent layers (zoo/darknet/recurrent.py) hold their BatchNorms in sublayers: they say batch_normalize
     bns = sum(1 for l in back.layers if getattr(l, "bn", None) is not None or getattr(l, "batch_normalize", False))
+    notes = tuple(f"{e.option}={e.name} (layer {', '.join(map(str, e.layers))}): the original file was not found, "
+                  f"so the one beside the cfg was written from the model: "
+                  + ("the same tree groups, with placeholder node names (node0, node1, ...) and parents"
+                     if e.option == "tree" else "the same class indices")
+                  for e, _ in plan if e.action == "reconstructed")
     return DarknetExportReport(str(cfg_path), str(weights_path), len(net.module.layers), net.params, nbytes, bns, True,
-                               model=net.source)
+                               model=net.source, side_files=tuple(e for e, _ in plan), notes=notes)

@@ -52,3 +52,46 @@ def test_export_default_is_onnx_in_the_current_directory(cli, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["resnet18.onnx"]
     again = cli("export", "zoo:resnet18:num_classes=3", "--input", "3x32x32", cwd=tmp_path)
     assert again.code == 2 and "--force" in again.err
+
+
+def _as_the_table_shows(x: float) -> str:
+    """The table's number format (cli_commands.base.fmt_num), written out again: three significant
+    digits, an exponent only outside 1e-4..1e6."""
+    import math
+
+    if x == 0:
+        return "0"
+    if 1e-4 <= abs(x) < 1e6:
+        return f"{x:,.{max(0, 2 - math.floor(math.log10(abs(x))))}f}"
+    return f"{x:.3g}"
+
+
+def test_export_table_fits_the_terminal_without_cutting_a_number(cli, tmp_path):
+    import re
+    from pathlib import Path
+
+    cfg = Path(__file__).parent / "data" / "darknet" / "lrn.cfg"
+    # a long output directory: at 200 columns too the natural table is wider than the terminal
+    deep = tmp_path / "a_rather_long_directory_name_so_that_the_table_is_wider_than_the_terminal" / "and_deeper"
+    deep.mkdir(parents=True)
+    args = ("export", cfg, "--onnx", deep / "x.onnx", "--darknet", deep / "x.cfg", "--batch", "1")
+    res = cli(*args, "--json")
+    assert res.code == 0, res.err
+    d = res.json()
+    numbers = [_as_the_table_shows(d["onnx"]["verify"]["max_abs"]), _as_the_table_shows(d["onnx"]["verify"]["max_rel"]),
+               f"{d['darknet']['params']:,}", f"{d['darknet']['weights_bytes']:,}", f"{d['darknet']['layers']}"]
+    for cols in (80, 200):
+        res = cli(*args, "--force", env={"COLUMNS": str(cols)})
+        assert res.code == 0, res.err
+        lines = res.out.rstrip("\n").splitlines()
+        assert max(len(l.rstrip()) for l in lines) <= cols, res.out  # nothing runs past the edge (rich would crop it)
+        header = next(l for l in lines if "┃" in l)
+        assert [h.strip() for h in header.strip("┃").split("┃")] == ["format", "files", "what", "check"], res.out
+        assert "left out" not in res.out and "…" not in res.out
+        body = [l for l in lines if l.startswith("│")]
+        for n in numbers:  # each number whole on one line of one cell
+            assert any(re.search(rf"(?<![\d.,]){re.escape(n)}(?![\d])", l) for l in body), (cols, n, res.out)
+        # the paths fold onto more lines: joined again, each cell of the files column holds them whole
+        files = "".join(l.split("│")[2].strip() for l in body)
+        for p in (deep / "x.onnx", deep / "x.cfg", deep / "x.weights"):
+            assert str(p) in files, (cols, p, res.out)
