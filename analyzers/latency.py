@@ -81,6 +81,8 @@ class TimingConfig:
             raise SurgeryError(f"timing: max_runs ({self.max_runs}) is below min_runs ({self.min_runs})")
         if self.min_time_s < 0 or self.max_time_s <= 0 or self.warmup_s < 0:
             raise SurgeryError("timing: times must be non-negative (max_time_s > 0)")
+        if not self.max_cv >= 0:  # NaN too
+            raise SurgeryError(f"timing: max_cv {self.max_cv} must be a fraction >= 0 (e.g. 0.1 for 10%)")
 
 
 @dataclass(frozen=True)

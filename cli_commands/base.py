@@ -91,6 +91,8 @@ def parse_shapes(text: str | None) -> list[tuple[int, ...]] | None:
 
 def parse_int_list(text: str, what: str, *, minimum: int = 1) -> list[int]:
     """``"1,8,32"`` -> [1, 8, 32]; every value at least ``minimum``."""
+    if any(not p.strip() for p in text.split(",")) and text.strip():
+        raise SurgeryError(f"bad {what} {text!r}: an empty value between commas; write e.g. 1,8,32")
     try:
         vals = [int(p) for p in text.split(",") if p.strip()]
     except ValueError:

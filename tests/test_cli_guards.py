@@ -107,3 +107,13 @@ def test_fold_says_why_a_batchnorm_stays(tmp_path, capsys, monkeypatch):
 def test_diff_of_identical_models_says_so(cli):
     res = cli("diff", "zoo:digits_cnn", "zoo:digits_cnn")
     assert res.code == 0 and "identical: all 27 compared tensors are equal" in res.out, res.out
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["flops", "zoo:digits_cnn", "--batch", "1,,2"], "an empty value between commas"),
+    (["profile", "zoo:digits_cnn", "--max-cv", "-1"], "max_cv -1.0 must be a fraction >= 0"),
+    (["retarget", "zoo:digits_cnn", "--at", "3"], "Missing option '--classes'"),
+])
+def test_bad_values_are_one_line(args, needle, capsys):
+    code, err = run_main(args, capsys)
+    _one_line(code, err, needle)
