@@ -59,7 +59,8 @@ def fold_cmd(
     from surgery.fold import fold, parse_only
 
     kinds = parse_only(only)
-    sio.check_outputs(paths, force=force, inputs=[model])  # refuse before the (slow) work
+    sio.check_outputs(paths, force=force, inputs=[model, *([weights] if weights else [])])  # before the slow work
+    sio.check_checkpoint_name(output)  # a checkpoint is a .pt, refused before the slow work too
     import dataclasses
 
     import torch

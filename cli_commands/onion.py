@@ -42,8 +42,8 @@ def split_cmd(
 
     s1_val = parse_s1(s1)  # bad fractions are refused before loading
     out_path = output or str(sio.default_output([model], "-onion"))
-    sio.check_checkpoint_name(out_path)
     sio.check_outputs([out_path], force=force, inputs=[model])
+    sio.check_checkpoint_name(out_path)
     net = load_model(model, arch, weights, trust_pickle, input, weights_cutoff)
     note_random_weights(net)
     result, rep = split(net, s1_val, s1_classes=s1_classes, seed=seed)

@@ -164,8 +164,8 @@ def calibrate_cmd(
     tprs = parse_tprs(tpr)  # refused before anything loads
     out_path = output or str(sio.default_output([cascade], "-calibrated"))
     inputs = [r for r in (cascade, teacher) if r]
-    sio.check_checkpoint_name(out_path)
     sio.check_outputs([out_path], force=force, inputs=inputs)
+    sio.check_checkpoint_name(out_path)
     net, t = (load_models([cascade] + ([teacher] if teacher else []), arch, weights, trust_code, input)
               + [None])[:2]  # loader options: CASCADE, then --teacher
     res, rep = calibrate(net, data, tprs=tprs, val=val, interest=classes, teacher=t, batch=batch)

@@ -64,6 +64,7 @@ def regroup_cmd(
     path = Path(output_path(output, [model], f"-root{root}"))
     outs = [path] + ([Path(darknet), Path(darknet).with_suffix(".weights")] if darknet else [])
     sio.check_outputs(outs, force=force, inputs=[model])  # refuse before the slow work
+    sio.check_checkpoint_name(path)  # a checkpoint is a .pt, refused before the slow work too
 
     from surgery.regroup import regroup
 
@@ -77,6 +78,11 @@ def regroup_cmd(
                                f"with `surgery export --onnx` instead")
         step("searching permutations, regrouping, measuring")
         new, rep = regroup(net, root, schedule=schedule, layers=layers, permute=permute, probes=probes, seed=seed)
+        if not any(l.groups > 1 for l in rep.layers):  # nothing changed: say why, write nothing
+            why = "; ".join(f"{s.name}: {s.reason}" for s in rep.skipped[:3]) + (" ..." if len(rep.skipped) > 3 else "")
+            raise SurgeryError(f"regroup --root {root}: no conv of {model} is regrouped"
+                               + (f" ({why})" if why else " (the schedule gives every conv 1 group)")
+                               + "; nothing written")
         step("writing")
 
         def write(tmps):

@@ -45,8 +45,8 @@ def retarget_cmd(
     from surgery.core import io as sio
 
     output = output_path(output, [model], f"-{classes}class{'es' if classes != 1 else ''}@{at}")
+    sio.check_outputs([output], force=force, inputs=[model, *([weights] if weights else [])])
     sio.check_checkpoint_name(output)
-    sio.check_outputs([output], force=force, inputs=[model])
     from surgery.retarget import retarget
 
     with stages("loading", "retargeting", "writing the checkpoint") as step:

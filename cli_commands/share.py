@@ -82,6 +82,7 @@ def share_cmd(
     from surgery.core import io as sio
 
     sio.check_outputs(paths, force=force, inputs=models)  # refuse before the (slow) work
+    sio.check_checkpoint_name(output)  # a checkpoint is a .pt, refused before the slow work too
     import dataclasses
 
     from surgery.share import DivergedError, share

@@ -49,8 +49,8 @@ def run_training(p: dict, *, resume_dir: str | None, json_out: bool, label: str,
         inputs = [r for r in (p["model"], p["teacher"]) if r]
         run_dir = Path(resume_dir) if resume_dir else Path(p["run_dir"]) if p["run_dir"] else output.with_suffix(".run")
         if rank == 0:
-            sio.check_checkpoint_name(output)
             sio.check_outputs([output], force=p["force"], inputs=inputs)
+            sio.check_checkpoint_name(output)
             if not resume_dir:
                 ckpt.check_new(run_dir, force=p["force"])
         # loader options in model order: MODEL, then TEACHER

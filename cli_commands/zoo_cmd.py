@@ -61,8 +61,8 @@ def zoo_build(
     if output is None:
         tag = "".join(f"-{k}={v}" for k, v in kwargs.items())
         output = str(sio.default_output([f"zoo:{zname}"], tag))
-    sio.check_checkpoint_name(output)
     sio.check_outputs([output], force=force)
+    sio.check_checkpoint_name(output)
     net = sio.build_zoo(zname, kwargs, seed=seed)
     path = sio.save(net, output, force=force)
     rep = {"output": str(path), "model": ref, "arch": net.arch.describe(), "params": net.params, "input_shape": list(net.input_shape),

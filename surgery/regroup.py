@@ -652,11 +652,6 @@ def regroup(net: Net, root: int, *, schedule: str = "deep-roots", layers: str | 
     module = net.module
     g = _Graph(module)
     targets, skipped = _select(g, net, root, schedule, layers)
-    if not any(t.groups > 1 for t in targets):  # nothing would change: say why, write nothing
-        why = "; ".join(f"{s.name}: {s.reason}" for s in skipped[:3]) + (" ..." if len(skipped) > 3 else "")
-        raise SurgeryError(f"regroup --root {root}: no conv of {net.source or 'this model'} can be regrouped"
-                           + (f" ({why})" if why else " (the schedule gives every conv 1 group)")
-                           + "; nothing written")
     t0 = time.perf_counter()
     links = _plan_sides(g, targets, permute)
     if permute == "best":

@@ -111,6 +111,8 @@ def _check_input_fits(net: Net, ref: str) -> None:
     from surgery.core.graph import meta_copy
 
     shape = "x".join(map(str, net.input_shape))
+    if net.format == "torchscript" or isinstance(net.module, torch.jit.ScriptModule):
+        return  # the TorchScript interpreter does not run on meta tensors
     try:
         m = meta_copy(net.module)
     except Exception:
@@ -578,9 +580,10 @@ def _jsonable(x):
 
 def save(net: Net, path: str | Path, *, force: bool = False, inputs: Iterable[str | Path] = ()) -> Path:
     """Write ``net`` as a pickle-free checkpoint, atomically (named ``.pt`` or ``.pth``)."""
+    inputs = [*inputs, *dict(net.metadata.get("sources", {}))]  # the files the net was read from
+    check_outputs([path], force=force, inputs=inputs)  # an input named as output is the first thing to say
     check_checkpoint_name(path)
     ckpt = checkpoint_dict(net)
-    inputs = [*inputs, *dict(net.metadata.get("sources", {}))]  # the files the net was read from
     return atomic_write([path], lambda tmps: torch.save(ckpt, tmps[0]), force=force, inputs=inputs)[0]
 
 
