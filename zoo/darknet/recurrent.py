@@ -198,25 +198,34 @@ class RnnLayer(_Recurrent):
         return _join(outs)[:, :, None, None]  # (steps*b, output, 1, 1), step-major
 
 
-class GruLayer(_Recurrent):
-    """gru_layer.c: per step ``z = σ(Uz x + Wz h)``, ``r = σ(Ur x + Wr h)``,
-    ``h~ = act(Uh x + Wh (r*h))`` with act = logistic (``tanh=1``: tanh), output and new state
-    ``h = z*h + (1-z)*h~`` (blas.c weighted_sum). The six connected sublayers are linear."""
+class _Gated(_Recurrent):
+    """[gru] and [lstm]: per gate g a linear connected sublayer ``u<g>`` (input -> gate) and
+    ``w<g>`` (state -> gate), ``output`` units each, built in that order (all U, then all W)."""
 
-    section = "gru"
-    FILE_ORDER = ("wz", "wr", "wh", "uz", "ur", "uh")
+    GATES: tuple[str, ...] = ()
 
     def __init__(self, ctx: _Ctx):
         n_in = _flat_inputs(ctx)
         output = ctx.int("output", 1)
         ctx.positive(output=output)
         super().__init__(ctx, (ctx.index - 1,), (output, 1, 1))
-        bn = self.batch_normalize
+        for prefix, n in (("u", n_in), ("w", output)):
+            for gate in self.GATES:
+                setattr(self, prefix + gate, _Connected(n, output, "linear", self.batch_normalize, ctx.where))
+
+
+class GruLayer(_Gated):
+    """gru_layer.c: per step ``z = σ(Uz x + Wz h)``, ``r = σ(Ur x + Wr h)``,
+    ``h~ = act(Uh x + Wh (r*h))`` with act = logistic (``tanh=1``: tanh), output and new state
+    ``h = z*h + (1-z)*h~`` (blas.c weighted_sum). The six connected sublayers are linear."""
+
+    section = "gru"
+    FILE_ORDER = ("wz", "wr", "wh", "uz", "ur", "uh")
+    GATES = ("z", "r", "h")
+
+    def __init__(self, ctx: _Ctx):
+        super().__init__(ctx)
         self.tanh = bool(ctx.int("tanh", 0))
-        for name in ("uz", "ur", "uh"):
-            setattr(self, name, _Connected(n_in, output, "linear", bn, ctx.where))
-        for name in ("wz", "wr", "wh"):
-            setattr(self, name, _Connected(output, output, "linear", bn, ctx.where))
 
     def forward(self, x):
         xs = self._per_step(x.flatten(1))  # (steps, b, inputs)
@@ -232,24 +241,14 @@ class GruLayer(_Recurrent):
         return _join(outs)[:, :, None, None]
 
 
-class LstmLayer(_Recurrent):
+class LstmLayer(_Gated):
     """lstm_layer.c: per step ``f = σ(Wf h + Uf x)``, ``i = σ(Wi h + Ui x)``,
     ``g = tanh(Wg h + Ug x)``, ``o = σ(Wo h + Uo x)``, ``c = f*c + i*g``, ``h = o*tanh(c)``;
     the output is h. The eight connected sublayers are linear."""
 
     section = "lstm"
     FILE_ORDER = ("wi", "wf", "wo", "wg", "ui", "uf", "uo", "ug")
-
-    def __init__(self, ctx: _Ctx):
-        n_in = _flat_inputs(ctx)
-        output = ctx.int("output", 1)
-        ctx.positive(output=output)
-        super().__init__(ctx, (ctx.index - 1,), (output, 1, 1))
-        bn = self.batch_normalize
-        for name in ("uf", "ui", "ug", "uo"):
-            setattr(self, name, _Connected(n_in, output, "linear", bn, ctx.where))
-        for name in ("wf", "wi", "wg", "wo"):
-            setattr(self, name, _Connected(output, output, "linear", bn, ctx.where))
+    GATES = ("f", "i", "g", "o")
 
     def forward(self, x):
         xs = self._per_step(x.flatten(1))  # (steps, b, inputs)
