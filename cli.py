@@ -23,7 +23,7 @@ from surgery.core.errors import SurgeryError
 
 # Each module adds its command(s) to ``app``; the order here is the order in --help.
 _COMMANDS = ("info", "zoo_cmd", "layers", "flops", "share", "retarget", "diff", "fold", "profile", "export", "data", "heal",
-             "onion", "onion_train", "regroup")
+             "eval", "onion", "onion_train", "regroup")
 for _name in _COMMANDS:
     import_module(f"cli_commands.{_name}")
 safety.restore_signal_handlers(_STARTUP_HANDLERS)  # start-up is over; main() installs its own
