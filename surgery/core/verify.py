@@ -61,6 +61,7 @@ def compare(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     select=None,
+    probe=None,
 ) -> VerifyReport:
     """Compare outputs of ``candidate`` with ``reference`` (both in eval mode, in ``dtype``).
 
@@ -69,8 +70,16 @@ def compare(
 
     ``select(outputs_of_candidate) -> list`` picks which candidate outputs correspond to the
     reference's (e.g. one head of a combined model).
+
+    ``probe`` (a :class:`surgery.core.probe.Probe`, e.g. real images from ``--data``) replaces
+    the seeded random inputs; ``probes`` and ``batch`` then come from it.
     """
     unit = batch_unit(reference)
+    if probe is not None:
+        inputs = probe.tensors(dtype, unit)
+        if not inputs:
+            raise SurgeryError(f"the probe ({probe.source}) has fewer samples than one input of {unit}")
+        probes, batch = len(inputs), max(int(x.shape[0]) for x in inputs)
     batch = -(-(2 if batch is None else batch) // unit) * unit
     # probes are real forwards: refuse one that cannot fit, with the estimate (two models alive)
     safety.check_forward_memory(reference, tuple(input_shape), batch=batch, dtype=dtype,
@@ -79,7 +88,9 @@ def compare(
     cand = _prepared(candidate, dtype)
     worst: dict[int, list[float]] = {}
     shapes: dict[int, tuple] = {}
-    for x in probe_inputs(input_shape, probes=probes, batch=batch, seed=seed, dtype=dtype):
+    if probe is None:
+        inputs = probe_inputs(input_shape, probes=probes, batch=batch, seed=seed, dtype=dtype)
+    for x in inputs:
         a = run_outputs(ref, x)
         b = run_outputs(cand, x)
         if select is not None:
