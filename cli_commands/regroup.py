@@ -9,6 +9,7 @@ import typer
 
 from cli_commands.base import (ArchOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsCutoffOpt, WeightsOpt, app,
                                note_random_weights, examples, fmt_num, human, out, print_json, table, wrote)
+from cli_commands.probing import ProbeDataOpt, check_data, probe_for
 from cli_commands.writing import output_path, stages
 from surgery.core.errors import SurgeryError
 
@@ -32,7 +33,9 @@ def regroup_cmd(
                                                                       "MODEL-rootN.pt in the current directory)."),
     darknet: Optional[str] = typer.Option(None, "--darknet", help="Also write Darknet OUT.cfg + OUT.weights "
                                                                   "(groups= in the cfg; Darknet models)."),
-    probes: int = typer.Option(2, "--probes", help="Probe batches measuring how far the function moved (0: skip)."),
+    probes: int = typer.Option(2, "--probes", help="Random probe batches measuring how far the function moved "
+                                                   "(0: skip)."),
+    data: Optional[str] = ProbeDataOpt,
     seed: int = typer.Option(0, "--seed", help="Seed of the permutation search's random starts."),
     force: bool = ForceOpt,
     json_out: bool = JsonOpt,
@@ -61,6 +64,9 @@ def regroup_cmd(
         raise SurgeryError(f"--probes {probes}: give 0 or more")
     if darknet and not darknet.endswith(".cfg"):
         raise SurgeryError(f"--darknet {darknet!r}: give the .cfg path; the .weights goes beside it")
+    if data and probes == 0:
+        raise SurgeryError("--data gives the images to measure how far the function moved; drop --probes 0")
+    check_data(data)
     path = Path(output_path(output, [model], f"-root{root}"))
     outs = [path] + ([Path(darknet), Path(darknet).with_suffix(".weights")] if darknet else [])
     sio.check_outputs(outs, force=force, inputs=[model])  # refuse before the slow work
@@ -77,7 +83,8 @@ def regroup_cmd(
             raise SurgeryError(f"--darknet: {model} is not a Darknet model; write the checkpoint and export it "
                                f"with `surgery export --onnx` instead")
         step("searching permutations, regrouping, measuring")
-        new, rep = regroup(net, root, schedule=schedule, layers=layers, permute=permute, probes=probes, seed=seed)
+        new, rep = regroup(net, root, schedule=schedule, layers=layers, permute=permute, probes=probes, seed=seed,
+                           probe=probe_for(data, net))
         if not any(l.groups > 1 for l in rep.layers):  # nothing changed: say why, write nothing
             why = "; ".join(f"{s.name}: {s.reason}" for s in rep.skipped[:3]) + (" ..." if len(rep.skipped) > 3 else "")
             raise SurgeryError(f"regroup --root {root}: no conv of {model} is regrouped"
@@ -135,6 +142,7 @@ def render(rep) -> None:
     if rep.moved is not None:
         m = rep.moved
         top1 = f", top-1 agreement {m.top1_agreement:.3f}" if m.top1_agreement is not None else ""
-        con.print(f"moved on {m.probes}×{m.batch} probe inputs: max abs {fmt_num(m.max_abs)}, "
-                  f"max rel {fmt_num(m.max_rel)}{top1}")
+        con.print(f"moved on {m.probe['source']}: max abs {fmt_num(m.max_abs)}, max rel {fmt_num(m.max_rel)}{top1}"
+                  + (" (random inputs say little about a trained classifier: --data DIR measures on images)"
+                     if m.probe["kind"] == "random" and m.top1_agreement is not None else ""))
     con.print(f"search {rep.search_s:.1f} s; note: {rep.note}")

@@ -54,6 +54,7 @@ from surgery.core.graph import is_darknet, layer_graph, select
 from surgery.core.net import ArchSpec, Net, Step
 from surgery.core.recipe import replayable
 from surgery.core.verify import probe_inputs, run_outputs
+from surgery.core.probe import Probe, check_shape, probe_json
 
 SCHEDULES = ("deep-roots", "constant")
 PERMUTES = ("best", "none")
@@ -115,6 +116,7 @@ class Moved:
     max_abs: float
     max_rel: float  # max |Δ| / max |reference| per output, worst over outputs
     top1_agreement: float | None  # classifiers: fraction of probe samples with the same arg-max
+    probe: Mapping = field(default_factory=dict)  # surgery.core.probe.probe_json: random normal or images
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,7 @@ class RegroupReport:
             "moved": ({"max_abs": self.moved.max_abs, "max_rel": self.moved.max_rel,
                        "top1_agreement": self.moved.top1_agreement, "probes": self.moved.probes,
                        "batch": self.moved.batch} if self.moved else None),
+            "probe": dict(self.moved.probe) if self.moved else None,
             "search_s": self.search_s, "lossy": self.lossy, "note": self.note,
         }
 
@@ -600,14 +603,18 @@ def _replay_regroup(module: nn.Module, args: Mapping) -> nn.Module:
 
 @torch.no_grad()
 def measure_moved(source: nn.Module, result: nn.Module, input_shape, *, probes: int = 2, batch: int = 4,
-                  seed: int = 0) -> Moved:
+                  seed: int = 0, probe: Probe | None = None) -> Moved:
     """Relative output difference (as :func:`surgery.core.verify.compare`) and, for a single
-    (batch, classes) output, top-1 agreement on the same probe inputs."""
+    (batch, classes) output, top-1 agreement on the same probe inputs: ``probes`` seeded random
+    batches of ``batch``, or ``probe`` (real images, ``--data``)."""
     a_mod, b_mod = source.eval(), result.eval()
     max_abs = max_rel = 0.0
     agree = total = 0
     classifier = True
-    for x in probe_inputs(input_shape, probes=probes, batch=batch, seed=seed):
+    inputs = probe.tensors() if probe is not None else probe_inputs(input_shape, probes=probes, batch=batch, seed=seed)
+    if probe is not None:
+        probes, batch = len(inputs), probe.batch
+    for x in inputs:
         ra, rb = run_outputs(a_mod, x), run_outputs(b_mod, x)
         for oa, ob in zip(ra, rb):
             d = (oa - ob).abs().max().item() if oa.numel() else 0.0
@@ -619,7 +626,8 @@ def measure_moved(source: nn.Module, result: nn.Module, input_shape, *, probes: 
             total += ra[0].shape[0]
         else:
             classifier = False
-    return Moved(probes, batch, max_abs, max_rel, agree / total if classifier and total else None)
+    return Moved(probes, batch, max_abs, max_rel, agree / total if classifier and total else None,
+                 probe_json(probe, probes * batch))
 
 
 def _costs(net: Net):
@@ -634,10 +642,11 @@ def _costs(net: Net):
 
 def regroup(net: Net, root: int, *, schedule: str = "deep-roots", layers: str | None = None,
             permute: str = "best", probes: int = 2, batch: int = 4, cost: bool = True,
-            seed: int = 0) -> tuple[Net, RegroupReport]:
+            seed: int = 0, probe: Probe | None = None) -> tuple[Net, RegroupReport]:
     """Regroup ``net``'s dense spatial convs into ``root`` filter groups (see the module doc).
 
     ``probes`` probe batches of ``batch`` inputs measure how far the function moved (0: skip);
+    ``probe`` (real images, :func:`surgery.evaluate.image_probe`) replaces them;
     ``cost=False`` skips the before/after cost analysis (faster, for tests and sweeps).
     """
     if not isinstance(net, Net):
@@ -690,11 +699,12 @@ def regroup(net: Net, root: int, *, schedule: str = "deep-roots", layers: str | 
     if cost:
         before, lc_before = _costs(net)
         after, lc_after = _costs(result)
+    check_shape(probe, net.input_shape, net.source or "the model")
     if probes > 0:  # the source and the result run side by side on real probe inputs
-        safety.check_forward_memory(module, tuple(net.input_shape), batch=batch, copies=2,
+        safety.check_forward_memory(module, tuple(net.input_shape), batch=probe.batch if probe else batch, copies=2,
                                     what="the probes measuring how far the function moved")
     moved = measure_moved(module, new_module, net.input_shape, probes=probes, batch=batch,
-                          seed=seed) if probes > 0 else None
+                          seed=seed, probe=probe) if probes > 0 else None
 
     rows = []
     for t in targets:

@@ -75,3 +75,16 @@ def check_shape(probe: Probe | None, input_shape, who: str) -> None:
     if probe is not None and probe.batches and tuple(probe.input_shape) != tuple(input_shape):
         raise SurgeryError(f"the probe images are {'x'.join(map(str, probe.input_shape))} but {who} takes "
                            f"{'x'.join(map(str, input_shape))}")
+
+
+def probe_json(probe: Probe | None, images: int) -> dict:
+    """The ``"probe"`` object of a report: ``probe`` itself, or (None) the seeded random normal
+    inputs of ``images`` samples a command drew."""
+    if probe is not None:
+        return probe.to_json()
+    return {"kind": RANDOM, "source": "random normal", "images": int(images), "data": None}
+
+
+def probe_text(p: dict | None) -> str:
+    """``probe: 64 images from DIR`` / ``probe: random normal`` from a report's probe object."""
+    return f"probe: {p['source']}" if p else "probe: random normal"
