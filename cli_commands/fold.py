@@ -10,6 +10,7 @@ import typer
 from cli_commands.base import (ArchOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsCutoffOpt, WeightsOpt, app,
                                note_random_weights, err_console, examples, fmt_num, human, load_model, out, print_json,
                                table, wrote)
+from cli_commands.probing import ProbeDataOpt, check_data, probe_for
 from cli_commands.writing import output_path, stages
 from surgery.core.errors import SurgeryError
 
@@ -30,6 +31,7 @@ def fold_cmd(
     only: str = typer.Option(_KINDS, "--only", help="Which folds: a comma list of dirac, bn, branches."),
     dtype: str = typer.Option("float32", "--dtype", help="The dtype the models run in for the verification: float32 "
                                                          "or float64."),
+    data: Optional[str] = ProbeDataOpt,
     force: bool = ForceOpt,
     json_out: bool = JsonOpt,
     arch: str = ArchOpt,
@@ -59,6 +61,7 @@ def fold_cmd(
     from surgery.fold import fold, parse_only
 
     kinds = parse_only(only)
+    check_data(data)
     sio.check_outputs(paths, force=force, inputs=[model, *([weights] if weights else [])])  # before the slow work
     sio.check_checkpoint_name(output)  # a checkpoint is a .pt, refused before the slow work too
     import dataclasses
@@ -71,7 +74,7 @@ def fold_cmd(
         net = load_model(model, arch, weights, trust_pickle, input, weights_cutoff)
         note_random_weights(net)
         step("folding and verifying")
-        folded, rep = fold(net, only=kinds, dtype=getattr(torch, dt))
+        folded, rep = fold(net, only=kinds, dtype=getattr(torch, dt), probe=probe_for(data, net))
         if rep.nothing_to_fold is None:
             def write(tmps):
                 if darknet is not None:
@@ -118,5 +121,5 @@ def render(rep) -> None:
     out().print(table("modules", ["type", "before", "after"], mrows, right=["before", "after"]))
     v = rep.verify
     if v is not None:
-        out().print(f"verified on {v.probes}×{v.batch} probe inputs ({v.dtype}, eval): "
+        out().print(f"verified on {rep.probe['source']} ({v.probes}×{v.batch}, {v.dtype}, eval): "
                     f"max abs {fmt_num(v.max_abs)}, max rel {fmt_num(v.max_rel)} (limit {rep.rtol:g})")

@@ -47,6 +47,7 @@ from surgery.core.safety import check_finite_nonneg
 from surgery.core.graph import is_darknet, trace
 from surgery.core.net import ArchSpec, Net, Step, count_params
 from surgery.core.recipe import replayable
+from surgery.core.probe import Probe, check_shape, probe_json
 from surgery.core.verify import VerifyReport, compare
 from surgery.fold import bn as _bn, branches as _branches, dirac as _dirac  # noqa: F401  (registers the kinds)
 from surgery.fold.context import FoldAction, FoldContext, FoldSkip, drop_identities, prune_empty
@@ -76,6 +77,7 @@ class FoldReport:
     representation: str = "fx"  # "fx" (a GraphModule replayed from the recipe) | "darknet" (a new cfg)
     nothing_to_fold: str | None = None  # why nothing changed; None when something was folded
     output: str | None = None  # set by the caller that writes the model
+    probe: Mapping | None = None  # what verify ran on (surgery.core.probe.probe_json); None without verify
 
     @property
     def fold_counts(self) -> dict[str, int]:
@@ -98,6 +100,7 @@ class FoldReport:
             "params_after": self.params_after,
             "verify": None if v is None else {"max_abs": v.max_abs, "max_rel": v.max_rel, "probes": v.probes,
                                               "batch": v.batch, "dtype": v.dtype, "rtol": self.rtol},
+            "probe": None if self.probe is None else dict(self.probe),
         }
 
 
@@ -125,8 +128,10 @@ def fold(
     dtype: torch.dtype = torch.float32,
     rtol: float = DEFAULT_RTOL,
     verify: bool = True,
+    probe: Probe | None = None,
 ) -> tuple[Net, FoldReport]:
-    """Fold ``net`` (never mutated); verify on probe inputs in ``dtype``; return the new Net.
+    """Fold ``net`` (never mutated); verify on probe inputs in ``dtype`` (seeded random normal,
+    or ``probe``: real images from ``--data``); return the new Net.
 
     Nothing to fold: the input Net itself and a report whose ``nothing_to_fold`` says why."""
     net.require_editable("fold")
@@ -140,7 +145,8 @@ def fold(
     why = None if any(f.kind != "identity" for f in folds) else _why_nothing(net, kinds, skips)
     report_v = None
     if verify and why is None:
-        report_v = compare(net.module, module, net.input_shape, dtype=dtype)
+        check_shape(probe, net.input_shape, net.source or "the model")
+        report_v = compare(net.module, module, net.input_shape, dtype=dtype, probe=probe)
         if not report_v.ok(rtol):
             raise SurgeryError(
                 f"fold of {net.source or 'the model'} changed its outputs: max relative difference "
@@ -160,6 +166,7 @@ def fold(
         rtol=rtol,
         representation="darknet" if darknet else "fx",
         nothing_to_fold=why,
+        probe=probe_json(probe, report_v.probes * report_v.batch) if report_v is not None else None,
     )
     if why is not None:
         return net, report
