@@ -10,6 +10,7 @@ import typer
 from cli_commands.base import (ArchEachOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsEachOpt, app, examples,
                                fmt_num, human, load_models, note_random_weights, out,
                                parse_layer_list, print_json, table, wrote)
+from cli_commands.probing import ProbeDataOpt, check_data, probe_for
 from cli_commands.writing import check_onnx_name, output_path, stages
 from surgery.core.errors import SurgeryError
 
@@ -35,6 +36,7 @@ def share_cmd(
     allow_diverged: bool = typer.Option(False, "--allow-diverged", help="Share although a TASK's layers 0..K differ "
                                                                         "from BASE's; report how far each head moves."),
     rtol: float = typer.Option(DEFAULT_RTOL, "--rtol", help="Largest relative output difference a head may show."),
+    data: Optional[str] = ProbeDataOpt,
     force: bool = ForceOpt,
     json_out: bool = JsonOpt,
     arch: Optional[List[str]] = ArchEachOpt,
@@ -81,6 +83,7 @@ def share_cmd(
         raise SurgeryError(f"the outputs {', '.join(paths)} must be different files")
     from surgery.core import io as sio
 
+    check_data(data)
     sio.check_outputs(paths, force=force, inputs=models)  # refuse before the (slow) work
     sio.check_checkpoint_name(output)  # a checkpoint is a .pt, refused before the slow work too
     import dataclasses
@@ -97,7 +100,7 @@ def share_cmd(
         step("sharing and checking every head")
         try:
             net, rep = share(nets[0], nets[1:], at, allow_diverged=allow_diverged, rtol=rtol,
-                             darknet=True if darknet is not None else None)
+                             darknet=True if darknet is not None else None, probe=probe_for(data, nets[0]))
         except DivergedError as e:
             if json_out:
                 print_json({"error": str(e), "heads": [h.to_json() for h in e.heads]})
@@ -146,7 +149,8 @@ def render(rep) -> None:
              _g(h.max_abs), _g(h.max_rel)) for i, h in enumerate(rep.heads)]
     out().print(table(
         f"share at layer {k} ({rep.at_name}): {rep.representation} representation, {rep.layers} layers; "
-        f"each head vs its source model on probe inputs {'x'.join(map(str, rep.input_shape))}",
+        f"each head vs its source model on {rep.probe['source'] if rep.probe else 'probe inputs'} "
+        f"{'x'.join(map(str, rep.input_shape))}",
         ["head", "model", "outputs", f"0..{k} equal", "max abs", "max rel"], rows,
         right=["outputs", "max abs", "max rel"]))
     n = len(rep.heads) - 1

@@ -50,6 +50,7 @@ and :mod:`~surgery.share.build_darknet` (the two representations), :mod:`~surger
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Sequence
 
 import torch
@@ -59,6 +60,7 @@ from surgery.core.errors import SurgeryError
 from surgery.core.safety import check_finite_nonneg
 from surgery.core.graph import layer_graph
 from surgery.core.net import ArchSpec, Net
+from surgery.core.probe import Probe, check_shape, probe_json
 from surgery.core.verify import compare
 from surgery.share.build_darknet import build_combined, combined_blocks, darknet_eligible
 from surgery.share.build_fx import build_shared, share_step
@@ -102,10 +104,12 @@ def share(
     rtol: float = DEFAULT_RTOL,
     darknet: bool | None = None,
     verify: bool = True,
+    probe: Probe | None = None,
 ) -> tuple[Net, ShareReport]:
     """Combine ``base`` and ``tasks`` at layer ``at`` (index or name). ``darknet``: force
     (True) or refuse (False) the Darknet representation; default: Darknet when every model is
-    one. Never mutates its inputs."""
+    one. ``probe``: the inputs every head is checked on (default: seeded random normal; real
+    images with ``--data``). Never mutates its inputs."""
     rtol = check_finite_nonneg(rtol, "rtol")  # -1 or nan would pass or fail every head
     if not tasks:
         raise SurgeryError("share needs at least one TASK model besides BASE")
@@ -149,12 +153,17 @@ def share(
         result = base.evolve(module, share_step(tasks, k), metadata={**dict(base.metadata), **meta})
     module.eval()
 
-    heads = _check_heads(base, tasks, result, heads, cut.outputs, rtol, verify)
+    check_shape(probe, base.input_shape, base.source or "BASE")
+    heads = _check_heads(base, tasks, result, heads, cut.outputs, rtol, verify, probe)
     report = _report(base, tasks, result, cut, heads, rtol, "darknet" if use_darknet else "fx")
+    if verify:
+        unit = result.batch_unit
+        images = probe.images if probe is not None else PROBES * (-(-PROBE_BATCH // unit) * unit)
+        report = dataclasses.replace(report, probe=probe_json(probe, images))
     return result, report
 
 
-def _check_heads(base, tasks, result, heads, sizes, rtol, verify) -> list[Head]:
+def _check_heads(base, tasks, result, heads, sizes, rtol, verify, probe=None) -> list[Head]:
     """Each head of ``result`` against its source model on the same probe inputs."""
     memo = _Memo(result.module)
     out, start = [], 0
@@ -162,7 +171,7 @@ def _check_heads(base, tasks, result, heads, sizes, rtol, verify) -> list[Head]:
         stop = start + size
         if verify:
             rep = compare(n.module, memo, base.input_shape, probes=PROBES, batch=PROBE_BATCH,
-                          select=lambda outs, a=start, b=stop: outs[a:b])
+                          select=lambda outs, a=start, b=stop: outs[a:b], probe=probe)
             h = Head(h.model, size, h.layers_equal, rep.max_abs, rep.max_rel, h.diverged_layers)
             if h.layers_equal and not rep.ok(rtol):
                 raise SurgeryError(

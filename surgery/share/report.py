@@ -79,6 +79,7 @@ class ShareReport:
     output: str | None = None  # set by the caller that writes the model
     darknet: Mapping | None = None  # {"output": cfg, "weights": ...} when written
     onnx: Mapping | None = None  # the ONNX export's report (surgery.export.ExportReport.to_json())
+    probe: Mapping | None = None  # what the heads were checked on (surgery.core.probe.probe_json)
 
     def to_json(self) -> dict:
         return {
@@ -98,6 +99,7 @@ class ShareReport:
             "cut_edges": [list(e) for e in self.cut_edges],
             "rtol": self.rtol,
             "input_shape": list(self.input_shape),
+            "probe": None if self.probe is None else dict(self.probe),
         }
 
 
