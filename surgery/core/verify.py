@@ -4,6 +4,12 @@ their outputs are.
 ``max_rel`` is the max absolute difference divided by the largest magnitude of the
 reference output (per output tensor, then the worst over outputs): an elementwise ratio
 explodes on outputs that are near zero and says nothing about the network.
+
+A check (:meth:`VerifyReport.ok`) is ``max_abs <= atol + rtol * max|reference|`` per output,
+as ``torch.testing.assert_close`` combines atol and rtol: the relative part scales with the
+output's magnitude, and the absolute floor (:data:`ATOL`, a few units in the last place of 1.0
+in the compared dtype) keeps an output that is near zero everywhere (a sigmoid map of
+background) from failing on rounding noise that is exact to 1e-7 absolute.
 """
 
 from __future__ import annotations
@@ -19,12 +25,20 @@ from surgery.core.graph import output_tensors
 from surgery.core.net import batch_unit
 
 
+# The absolute floor of a check per compared dtype: rounding noise at the scale of 1.0.
+ATOL = {"float32": 1e-6, "float64": 1e-12, "float16": 1e-3, "bfloat16": 1e-2}
+
+
 @dataclass(frozen=True)
 class OutputDiff:
     index: int
     shape: tuple[int, ...]  # without batch
     max_abs: float
     max_rel: float
+    scale: float = 0.0  # max |reference output|
+
+    def ok(self, rtol: float, atol: float) -> bool:
+        return self.max_abs <= atol + rtol * self.scale
 
 
 @dataclass(frozen=True)
@@ -36,8 +50,17 @@ class VerifyReport:
     max_rel: float
     outputs: tuple[OutputDiff, ...]
 
-    def ok(self, rtol: float) -> bool:
-        return self.max_rel <= safety.check_finite_nonneg(rtol, "rtol")
+    @property
+    def atol(self) -> float:
+        return ATOL.get(self.dtype, 1e-6)
+
+    def ok(self, rtol: float, atol: float | None = None) -> bool:
+        """Every output within ``atol + rtol * max|reference|`` (``atol`` default :attr:`atol`)."""
+        rtol = safety.check_finite_nonneg(rtol, "rtol")
+        atol = self.atol if atol is None else safety.check_finite_nonneg(atol, "atol")
+        if not self.outputs:
+            return self.max_rel <= rtol
+        return all(o.ok(rtol, atol) for o in self.outputs)
 
 
 def probe_inputs(input_shape, *, probes: int = 2, batch: int = 2, seed: int = 0, dtype=torch.float32):
@@ -105,10 +128,10 @@ def compare(
             diff = (oa - ob).abs().max().item() if oa.numel() else 0.0
             scale = oa.abs().max().item() if oa.numel() else 0.0
             rel = diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
-            w = worst.setdefault(i, [0.0, 0.0])
-            w[0], w[1] = max(w[0], diff), max(w[1], rel)
+            w = worst.setdefault(i, [0.0, 0.0, 0.0])
+            w[0], w[1], w[2] = max(w[0], diff), max(w[1], rel), max(w[2], scale)
             shapes[i] = tuple(oa.shape[1:])
-    outs = tuple(OutputDiff(i, shapes[i], w[0], w[1]) for i, w in sorted(worst.items()))
+    outs = tuple(OutputDiff(i, shapes[i], w[0], w[1], w[2]) for i, w in sorted(worst.items()))
     return VerifyReport(
         probes=probes,
         batch=batch,
