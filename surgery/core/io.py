@@ -212,8 +212,10 @@ def load(
             net = net.evolve(net.module, source=ref)
         elif suffix == ".pt2":
             net = _load_exported(path, trust=trust, input_shape=input_shape)
-        elif suffix == ".onnx":
-            raise SurgeryError(f"{ref}: ONNX files are outputs of surgery (--onnx); load the .pt or .cfg it came from")
+        elif suffix == ".onnx":  # imported into standard torch modules, checked against onnxruntime
+            from surgery.core.onnx_import import load_onnx
+
+            net = load_onnx(path, input_shape, sha256=sha256(path))
         else:
             net = _load_torch_file(path, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape)
     if input_shape is not None:

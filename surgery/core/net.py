@@ -49,7 +49,11 @@ class ArchSpec:
             return build_darknet(self.cfg, source=self.name)
         if self.kind == "py":
             return self._build_py(from_file=True)
-        raise SurgeryError(f"unknown architecture kind {self.kind!r} (expected 'zoo', 'darknet' or 'py')")
+        if self.kind == "onnx":  # an imported ONNX graph: its spec (no weights, no code) in cfg
+            from surgery.core.onnx_import import build_module
+
+            return build_module(self.cfg or "", source=self.name)
+        raise SurgeryError(f"unknown architecture kind {self.kind!r} (expected 'zoo', 'darknet', 'py' or 'onnx')")
 
     def build_own(self) -> nn.Module:
         """Build what the user named themselves (a ``py:`` reference on the command line)."""
@@ -71,6 +75,8 @@ class ArchSpec:
             from surgery.core import pyref
 
             return pyref.describe(*self.name.partition(":")[::2], self.kwargs)
+        if self.kind == "onnx":
+            return f"onnx:{self.name}"
         return f"darknet:{self.name}"
 
     def to_dict(self) -> dict:
