@@ -10,6 +10,7 @@ import typer
 from cli_commands.base import (ArchOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsCutoffOpt, WeightsOpt, app,
                                note, note_random_weights, examples, fmt_num, load_model, out, parse_int_list,
                                print_json, table, wrote)
+from cli_commands.probing import ProbeDataOpt, check_data, probe_for
 from cli_commands.writing import check_onnx_name, output_path, stages
 from surgery.core.errors import SurgeryError
 
@@ -35,6 +36,7 @@ def export(
     weights_cutoff: int = WeightsCutoffOpt,
     trust_pickle: bool = TrustOpt,
     input: str = InputOpt,
+    data: Optional[str] = ProbeDataOpt,
     force: bool = ForceOpt,
     json_out: bool = JsonOpt,
 ):
@@ -64,6 +66,10 @@ def export(
         raise SurgeryError(f"the outputs {', '.join(outs)} must be different files")
     from surgery.core import io as sio
 
+    if data and not onnx:
+        raise SurgeryError("--data gives the images the ONNX export is checked on; a Darknet export is read back "
+                           "to identical tensors instead (add --onnx, or drop --data)")
+    check_data(data)
     sio.check_outputs(outs, force=force, inputs=[model])
     import torch
 
@@ -83,7 +89,7 @@ def export(
             if onnx:
                 step("exporting ONNX and verifying it")
                 reports["onnx"] = export_onnx(net, tmps[0], batch=fixed, dtype=getattr(torch, dt), opset=opset,
-                                              force=True)
+                                              force=True, probe=probe_for(data, net))
                 i = 1
             if darknet:
                 step("writing Darknet cfg + weights")
@@ -109,8 +115,8 @@ def export(
         r = reports["onnx"]
         rows.append(("onnx", r.output, f"opset {r.opset} ({r.exporter}), batch {r.batch or 'dynamic'}, {r.dtype}, "
                      f"outputs {', '.join(r.output_names)}",
-                     f"ONNX Runtime vs PyTorch: max abs {fmt_num(r.max_abs)}, max rel {fmt_num(r.max_rel)} "
-                     f"(≤ {r.rtol:g})"))
+                     f"ONNX Runtime vs PyTorch on {r.probe['source'] if r.probe else 'probe inputs'}: "
+                     f"max abs {fmt_num(r.max_abs)}, max rel {fmt_num(r.max_rel)} (≤ {r.rtol:g})"))
     side = []
     if "darknet" in reports:
         r = reports["darknet"]

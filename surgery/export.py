@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import torch
 from torch import nn
@@ -35,6 +36,7 @@ from surgery.core.net import Net
 from surgery.core import safety
 from surgery.core.safety import check_finite_nonneg
 from surgery.core.onnx_io import DEFAULT_RTOL, EXPORTERS, export_model, ort_cpu_session, verify_session
+from surgery.core.probe import Probe, check_shape, probe_json
 
 __all__ = ["DEFAULT_RTOL", "EXPORTERS", "ExportReport", "DarknetExportReport", "DarknetSideFile", "darknet_side_files",
            "export_onnx", "head_output_names", "write_darknet"]
@@ -61,6 +63,7 @@ class ExportReport:
     export_s: float
     notes: tuple[str, ...] = ()
     model: str = ""
+    probe: Mapping | None = None  # what verify ran on (surgery.core.probe.probe_json); None unverified
 
     def to_json(self) -> dict:
         return {
@@ -81,6 +84,7 @@ class ExportReport:
             "size_bytes": self.size_bytes,
             "export_s": self.export_s,
             "notes": list(self.notes),
+            "probe": None if self.probe is None else dict(self.probe),
         }
 
 
@@ -106,13 +110,15 @@ def export_onnx(
     rtol: float | None = None,
     probes: int = 2,
     inputs: Iterable[str | Path] = (),
+    probe: Probe | None = None,
 ) -> ExportReport:
     """Export ``net`` to ONNX at ``path``, verified against PyTorch before anything is written.
 
     ``batch=None`` (default): a dynamic batch axis; an integer fixes it. ``inputs`` are the
     command's input files (never overwritten). ``rtol`` defaults to 1e-4 for float32, 1e-2 for
     float16 and 5e-2 for bfloat16 (relative to the largest output magnitude, as in
-    :mod:`surgery.core.verify`).
+    :mod:`surgery.core.verify`). ``probe``: real images to verify on (``--data``) instead of
+    ``probes`` seeded random batches.
     """
     if not isinstance(net, Net):
         raise SurgeryError("export_onnx takes a surgery Net (surgery.core.io.load gives one)")
@@ -133,13 +139,17 @@ def export_onnx(
     with torch.no_grad():
         names = head_output_names(net, len(output_tensors(module(x))))
     verified: dict = {}
+    check_shape(probe, net.input_shape, net.source or "the model")
+    if probe is not None and not dynamic:
+        probe = probe.rebatch(batch)  # the graph takes exactly `batch` rows
 
     def check(data: bytes) -> None:
         if not verify:
             return
         sess = ort_cpu_session(data)
         rep = verify_session(sess, net.module, net.input_shape, batch=trace_batch, dtype=dtype, probes=probes,
-                             rtol=rtol)
+                             rtol=rtol, probe=probe)
+        verified["probe"] = probe_json(probe, rep.probes * rep.batch)
         if dynamic:  # the batch axis really is free: batch 1 (one batch unit) too
             one = verify_session(sess, net.module, net.input_shape, batch=net.batch_unit, dtype=dtype, probes=1,
                                  rtol=rtol)
@@ -164,7 +174,7 @@ def export_onnx(
         output_shapes=exported.output_shapes,
         verified=rep is not None,
         provider="CPUExecutionProvider" if rep is not None else None,
-        probes=(probes + (1 if dynamic else 0)) if rep is not None else 0,
+        probes=((probes if probe is None else len(probe.batches)) + (1 if dynamic else 0)) if rep is not None else 0,
         max_abs=rep[0] if rep is not None else None,
         max_rel=rep[1] if rep is not None else None,
         rtol=rtol,
@@ -172,6 +182,7 @@ def export_onnx(
         export_s=exported.export_s,
         notes=exported.notes,
         model=net.source,
+        probe=verified.get("probe"),
     )
 
 

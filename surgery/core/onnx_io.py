@@ -209,15 +209,17 @@ def ort_cpu_session(data: bytes | str | Path):
 
 
 def verify_session(session, module: nn.Module, input_shape, *, batch: int, dtype: torch.dtype = torch.float32,
-                   probes: int = 2, rtol: float | None = None, what: str = "ONNX export"):
-    """Compare an ONNX Runtime session with ``module`` (in ``dtype``) on probe inputs.
+                   probes: int = 2, rtol: float | None = None, what: str = "ONNX export", probe=None):
+    """Compare an ONNX Runtime session with ``module`` (in ``dtype``) on probe inputs (seeded
+    random normal, or ``probe``: a :class:`surgery.core.probe.Probe` of real images).
 
     Returns the :class:`surgery.core.verify.VerifyReport`; raises SurgeryError above ``rtol``.
     """
     rtol = DEFAULT_RTOL.get(dtype, 1e-2) if rtol is None else rtol
     try:
         with quiet_exporters():
-            rep = compare(module, OrtModule(session), input_shape, probes=probes, batch=batch, dtype=dtype)
+            rep = compare(module, OrtModule(session), input_shape, probes=probes, batch=batch, dtype=dtype,
+                          probe=probe)
     except SurgeryError:
         raise
     except Exception as e:

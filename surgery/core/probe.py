@@ -56,6 +56,15 @@ class Probe:
                 out.append(b[:n].to(dtype))
         return out
 
+    def rebatch(self, batch: int) -> "Probe":
+        """The same samples in batches of exactly ``batch`` (a graph with a fixed batch size): the
+        last partial batch is dropped, and too few samples are repeated to fill one."""
+        x = torch.cat(self.batches)
+        if x.shape[0] < batch:
+            x = x.repeat((-(-batch // x.shape[0]),) + (1,) * (x.dim() - 1))
+        n = x.shape[0] - x.shape[0] % batch
+        return Probe(tuple(x[:n].split(batch)), self.kind, self.source, self.data)
+
     def take(self, n: int) -> torch.Tensor:
         """The first ``n`` samples as one batch."""
         return torch.cat(self.batches)[:n]
