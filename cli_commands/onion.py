@@ -9,6 +9,7 @@ import typer
 from cli_commands.base import (ArchEachOpt, ArchOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsCutoffOpt,
                                WeightsEachOpt, WeightsOpt, app, console, examples, human, load_model, load_models,
                                note_random_weights, print_json, progress, table, to_jsonable, wrote)
+from cli_commands.probing import ProbeDataOpt, check_data, probe_for
 
 onion_app = typer.Typer(help="OnionNet cascades: split a chain network into early-rejecting stages, run, curve, export.",
                         no_args_is_help=True)
@@ -28,6 +29,7 @@ def split_cmd(
                                                                          "(default: the model's outputs)."),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Output checkpoint (default: MODEL-onion.pt)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the partition search's random starts."),
+    data: Optional[str] = ProbeDataOpt,
     force: bool = ForceOpt,
     json_out: bool = JsonOpt,
     arch: str = ArchOpt,
@@ -41,12 +43,13 @@ def split_cmd(
     from surgery.onion.split import parse_s1, split
 
     s1_val = parse_s1(s1)  # bad fractions are refused before loading
+    check_data(data)
     out_path = output or str(sio.default_output([model], "-onion"))
     sio.check_outputs([out_path], force=force, inputs=[model])
     sio.check_checkpoint_name(out_path)
     net = load_model(model, arch, weights, trust_pickle, input, weights_cutoff)
     note_random_weights(net)
-    result, rep = split(net, s1_val, s1_classes=s1_classes, seed=seed)
+    result, rep = split(net, s1_val, s1_classes=s1_classes, seed=seed, probe=probe_for(data, net))
     path = sio.save(result, out_path, force=force, inputs=[model])
     if json_out:
         print_json({**to_jsonable(rep), "output": str(path)})
@@ -65,7 +68,7 @@ def split_cmd(
         console.print(f"verified: S2 output = monolithic net with the dropped blocks zero-filled "
                       f"(max abs {rep.verify['max_abs']:.3g}, max rel {rep.verify['max_rel']:.3g})")
     m = rep.moved
-    console.print(f"moved from the original: max abs {m['max_abs']:.3g}, max rel {m['max_rel']:.3g}, "
+    console.print(f"moved from the original on {rep.probe['source']}: max abs {m['max_abs']:.3g}, max rel {m['max_rel']:.3g}, "
                   f"top-1 agreement {100 * m['top1_agreement']:.0f}%")
     for n in rep.notes:
         console.print(f"note: {n}")
@@ -177,13 +180,16 @@ def curve_cmd(
     from surgery.core import io as sio
     from surgery.onion import curve as cv
 
+    from surgery.core.safety import check_finite_nonneg
+
+    check_finite_nonneg(min_time, "--min-time")  # refused, not clamped
     rts = tuple(r.strip() for r in runtimes.split(",") if r.strip())
     if plot:
         sio.check_outputs([plot], force=force, inputs=[cascade])
     net, base = (load_models([cascade] + ([baseline] if baseline else []), arch, weights, trust_pickle, input)
                  + [None])[:2]  # loader options: CASCADE, then --baseline
     cv.require_cascade(net)
-    timing = lat.TimingConfig(warmup=1, warmup_s=0.0, min_runs=3, min_time_s=max(0.0, min_time), max_time_s=10.0)
+    timing = lat.TimingConfig(warmup=1, warmup_s=0.0, min_runs=3, min_time_s=min_time, max_time_s=10.0)
     with progress() as bar:
         task = bar.add_task("timing t(p), t_NS(p), t_M", total=None)
         rep = cv.curve(net, baseline=base, batch=batch, points=points, runtimes=rts, timing=timing,

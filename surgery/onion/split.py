@@ -52,6 +52,7 @@ from surgery.core.errors import SurgeryError
 from surgery.core.graph import layer_graph, meta_copy
 from surgery.core.net import Net, Step
 from surgery.core.recipe import replayable
+from surgery.core.probe import Probe, check_shape, probe_json
 from surgery.core.verify import compare, probe_inputs
 from zoo.onion import POST_TYPES, MonolithicChain, OnionCascade, blocks_of
 
@@ -88,6 +89,7 @@ class SplitReport:
     verify: Mapping | None  # {max_abs, max_rel} vs the monolithic net with the dropped blocks zero-filled
     moved: Mapping  # {max_abs, max_rel, top1_agreement} vs the original net (S2 output)
     notes: tuple[str, ...] = ()
+    probe: Mapping | None = None  # what ``moved`` was measured on (surgery.core.probe.probe_json)
 
 
 # ----------------------------------------------------------------------------- the chain
@@ -392,8 +394,9 @@ def _cross_channel(cascade: OnionCascade) -> list[str]:
 
 
 def split(net: Net, s1: float | Sequence[int] | str, *, s1_classes: int | None = None, seed: int = 0,
-          verify: bool = True) -> tuple[Net, SplitReport]:
-    """Split ``net`` (never mutated) into an OnionNet cascade; see the module docstring."""
+          verify: bool = True, probe: Probe | None = None) -> tuple[Net, SplitReport]:
+    """Split ``net`` (never mutated) into an OnionNet cascade; see the module docstring.
+    ``probe``: real images (``--data``) to measure ``moved`` on instead of random inputs."""
     net.require_editable("split into an OnionNet cascade")
     s1 = parse_s1(s1) if isinstance(s1, (str, int, float)) else tuple(s1)
     if isinstance(net.module, OnionCascade):
@@ -442,23 +445,26 @@ def split(net: Net, s1: float | Sequence[int] | str, *, s1_classes: int | None =
                                    f"zero-filled by {v.max_rel:.3g} (relative; limit {VERIFY_RTOL:g}); this is a bug, "
                                    f"please report it")
             report_v = {"max_abs": v.max_abs, "max_rel": v.max_rel}
-    moved = _moved(net.module, cascade, net.input_shape, dtype)
+    check_shape(probe, net.input_shape, net.source or "the model")
+    moved = _moved(net.module, cascade, net.input_shape, dtype, probe)
     step = Step("onion_split", {"n1": list(n1), "s1_classes": k, "input_shape": list(net.input_shape)})
     out = net.evolve(cascade, step)
     rep = SplitReport(
         model=net.source, n1=cascade.n1, n2=cascade.n2, s1_classes=k, head_init=head, params_before=net.params,
         params_after=out.params, dropped_weights=sum(x.dropped_weights for x in layers), layers=tuple(layers),
         verify=report_v, moved=moved, notes=tuple(notes),
+        probe=probe_json(probe, sum(x.shape[0] for x in probe_inputs(()))),  # random: probe_inputs' default batches
     )
     return out, rep
 
 
 @torch.no_grad()
-def _moved(original: nn.Module, cascade: OnionCascade, input_shape, dtype) -> dict:
-    """How far the cascade's S2 output is from the original net on probe inputs."""
-    v = compare(original, cascade, input_shape, select=lambda outs: [outs[1]], dtype=dtype)
+def _moved(original: nn.Module, cascade: OnionCascade, input_shape, dtype, probe: Probe | None = None) -> dict:
+    """How far the cascade's S2 output is from the original net on probe inputs (seeded random
+    normal, or ``probe``)."""
+    v = compare(original, cascade, input_shape, select=lambda outs: [outs[1]], dtype=dtype, probe=probe)
     agree = total = 0
-    for x in probe_inputs(input_shape, dtype=dtype):
+    for x in (probe.tensors(dtype) if probe is not None else probe_inputs(input_shape, dtype=dtype)):
         a = original(x).flatten(1)
         b = cascade(x)[1]
         if a.shape[1] == 1:  # one score: agreement of its sign
