@@ -34,8 +34,20 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# Output to a pipe or a file (a log) is never cut or wrapped in the middle of a value: its width
+# is COLUMNS when set, else unlimited (rich would take 80). A terminal sets its own width.
+NO_WIDTH_LIMIT = 100_000
+
+
+def _console(**kw) -> Console:
+    c = Console(highlight=False, **kw)
+    if c.is_terminal or os.environ.get("COLUMNS", "").isdigit():
+        return c
+    return Console(highlight=False, width=NO_WIDTH_LIMIT, **kw)
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 # ------------------------------------------------------------------ common options
 
@@ -262,10 +274,8 @@ def print_csv(header: list[str], rows: Iterable[Iterable[Any]]) -> None:
 
 def out() -> Console:
     """The console for results. A terminal (or an explicit ``COLUMNS``) sets the width; a pipe
-    or file without ``COLUMNS`` gets 200 columns instead of rich's 80."""
-    if console.is_terminal or os.environ.get("COLUMNS", "").isdigit():
-        return console
-    return Console(width=200, highlight=False, file=sys.stdout)
+    or file without ``COLUMNS`` has no width limit (nothing is wrapped or left out)."""
+    return console
 
 
 def table(title: str | None, columns: list[str], rows: Iterable[Iterable[Any]], *, right: Iterable[str] = (),
@@ -299,7 +309,9 @@ def table(title: str | None, columns: list[str], rows: Iterable[Iterable[Any]], 
         keep = [i for i in keep if columns[i] != name]
     left_out = [columns[i] for i in range(len(columns)) if i not in keep]
     caption = f"left out at {width} columns: {', '.join(left_out)} (--json has every field)" if left_out else None
-    t = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    # as wide as its title (up to the width), so that a title is never wrapped mid-phrase
+    t = Table(title=title, title_justify="left", caption=caption, caption_justify="left",
+              min_width=min(len(title), width) if title else None)
     # foldable columns keep their longest word whole (num_classes=1000,) as far as the width allows:
     # the room the fixed columns leave is shared among them
     folds = [i for i in keep if columns[i] in fold]
@@ -357,8 +369,14 @@ def shape_str(shape) -> str:
 
 
 def progress():
-    """A rich progress bar on stderr (so --json output stays clean)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """Progress on stderr (so --json output stays clean): a rich bar with the time left on a
+    terminal; a plain line every few seconds in a log or pipe (:mod:`cli_commands.progress_lines`)."""
+    if not err_console.is_terminal:
+        from cli_commands.progress_lines import LineProgress
+
+        return LineProgress(err_console)
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err_console, transient=True)
+                    TextColumn("ETA"), TimeRemainingColumn(), console=err_console, transient=True)
