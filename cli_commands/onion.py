@@ -8,7 +8,7 @@ import typer
 
 from cli_commands.base import (ArchEachOpt, ArchOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsCutoffOpt,
                                WeightsEachOpt, WeightsOpt, app, console, examples, human, load_model, load_models,
-                               note_random_weights, print_json, progress, table, to_jsonable, wrote)
+                               note_random_weights, out, print_json, progress, table, to_jsonable, wrote)
 from cli_commands.probing import ProbeDataOpt, check_data, probe_for
 
 onion_app = typer.Typer(help="OnionNet cascades: split a chain network into early-rejecting stages, run, curve, export.",
@@ -81,7 +81,7 @@ def split_cmd(
 ))
 def run_cmd(
     cascade: str = typer.Argument(..., help="OnionNet cascade: a split checkpoint or zoo:onion_p / onion_d / onion_r."),
-    batch: int = typer.Option(16, "--batch", help="Probe inputs (random, from --seed) to run."),
+    batch: int = typer.Option(16, "--batch", help="Probe inputs to run (random from --seed, or images with --data)."),
     pass_threshold: Optional[str] = typer.Option(None, "--pass-threshold",
                                                  help="Score a sample needs on any S1-class to pass: one value or one "
                                                       "per S1-class (inf = never). Default: the checkpoint's."),
@@ -91,6 +91,9 @@ def run_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the probe inputs (and of a forced mask)."),
     calibrated: bool = typer.Option(False, "--calibrated", help="Use the thresholds `surgery onion calibrate` stored; "
                                                                 "refuse a cascade that has none."),
+    data: Optional[str] = typer.Option(None, "--data", metavar="DIR",
+                                       help="Run on BATCH real images from this folder (its val/ when it has train/ "
+                                            "and val/) instead of random inputs: the pass fraction is measured."),
     json_out: bool = JsonOpt,
     arch: Optional[str] = ArchOpt,
     weights: Optional[str] = WeightsOpt,
@@ -109,6 +112,9 @@ def run_cmd(
         raise SurgeryError(f"--batch {batch} must be at least 1")
     if pass_threshold is not None and pass_fraction is not None:
         raise SurgeryError("give --pass-threshold or --pass-fraction, not both")
+    if data and pass_fraction is not None:
+        raise SurgeryError("--pass-fraction forces which samples pass; --data measures it on images: give one")
+    check_data(data)
     net = load_model(cascade, arch, weights, trust_pickle, input)
     if not isinstance(net.module, OnionCascade):
         raise SurgeryError(f"{cascade} is not an OnionNet cascade; make one with `surgery onion split`")
@@ -119,7 +125,13 @@ def run_cmd(
             raise SurgeryError("--calibrated uses the stored thresholds; drop --pass-threshold/--pass-fraction")
         require_thresholds(net)
     c = net.module
-    x = net.example_input(batch, seed=seed)
+    from surgery.core.probe import probe_json
+    from surgery.evaluate import image_probe
+    from surgery.onion.operating import calibrated as calibrated_p
+
+    probe = image_probe(data, net, images=batch, batch=batch) if data else None
+    x = probe.take(batch) if probe is not None else net.example_input(batch, seed=seed)
+    batch = x.shape[0]  # a folder with fewer images than --batch: all of them
     thr = parse_thresholds(pass_threshold, c.s1_classes)
     mask = forced_mask(batch, pass_fraction, seed=seed) if pass_fraction is not None else None
     res = run(c, x, thresholds=thr, mask=mask, compaction=compaction)
@@ -129,10 +141,12 @@ def run_cmd(
     full = cost.analyze(ForcedPass(c, batch), net.input_shape, batch=batch).totals.macs
     done = cost.analyze(ForcedPass(c, res.n_passed), net.input_shape, batch=batch).totals.macs
     used = thr if thr is not None else c.thresholds
+    cal = calibrated_p(net)
     rep = {
         "model": cascade, "batch": batch, "input_shape": list(net.input_shape),
         "thresholds": [float(v) for v in used], "forced_pass_fraction": pass_fraction, "compaction": compaction,
-        "passed": res.n_passed, "rejected": batch - res.n_passed, "moved": res.moved,
+        "passed": res.n_passed, "rejected": batch - res.n_passed, "pass_fraction": res.n_passed / batch,
+        "calibrated_pass_fraction": cal[0] if cal else None, "probe": probe_json(probe, batch), "moved": res.moved,
         "macs": done, "macs_all_pass": full, "timing_ms": res.timing_ms,
         "verify": {"max_abs": diff},
         "samples": [{"index": i, "passed": bool(p[i]), "s1_scores": [float(v) for v in res.scores[i]],
@@ -144,13 +158,21 @@ def run_cmd(
     shown = min(batch, 8)
     rows = [(i, "pass" if p[i] else "rejected", " ".join(f"{float(v):.3f}" for v in res.scores[i][:4]),
              " ".join(f"{float(v):.4g}" for v in res.output[i][:3]) if p[i] else "-") for i in range(shown)]
-    console.print(table(f"onion run {cascade}: {batch} probe inputs" + (f" (first {shown})" if shown < batch else ""),
-                        ["sample", "S1", "S1 scores", "S2 output"], rows, right=["sample"]))
-    console.print(f"{res.n_passed}/{batch} passed S1 ({res.moved} moved by {compaction} compaction); "
-                  f"S2 ran on {res.n_passed} samples: {human(done)} MACs of {human(full)} with every sample "
-                  f"passing ({100 * done / full:.0f}%)")
+    con = out()
+    con.print(table(f"onion run {cascade}: {batch} probe inputs" + (f" (first {shown})" if shown < batch else ""),
+                    ["sample", "S1", "S1 scores", "S2 output"], rows, right=["sample"]))
+    con.print(f"probe: {rep['probe']['source']}"
+              + ("" if probe is not None or pass_fraction is not None else
+                 " (the pass fraction on random inputs says nothing about real data: --data DIR measures it)"))
+    p_text = (f"forced p = {res.n_passed / batch:.3f}" if pass_fraction is not None
+              else f"p = {res.n_passed / batch:.3f}")
+    if cal is not None:
+        p_text += f"; calibrated p̄ = {cal[0]:.3f} on {cal[1]}"
+    con.print(f"{res.n_passed}/{batch} passed S1 ({p_text}; {res.moved} moved by {compaction} compaction); "
+              f"S2 ran on {res.n_passed} samples: {human(done)} MACs of {human(full)} with every sample "
+              f"passing ({100 * done / full:.0f}%)")
     t = res.timing_ms
-    console.print(f"time: S1 {t['s1_ms']:.2f} ms, compaction {t['compact_ms']:.2f} ms, S2 {t['s2_ms']:.2f} ms, "
+    con.print(f"time: S1 {t['s1_ms']:.2f} ms, compaction {t['compact_ms']:.2f} ms, S2 {t['s2_ms']:.2f} ms, "
                   f"scatter {t['scatter_ms']:.2f} ms; survivors equal S2 on the whole batch (max abs diff {diff:.3g})")
 
 

@@ -130,6 +130,16 @@ def train_cmd(
     _run_train(p, resume_dir=resume, json_out=json_out)
 
 
+def distinct_digits(values, least: int = 4, most: int = 9) -> int:
+    """Significant digits (``least`` .. ``most``; 9 tell any two float32 apart) that print
+    different values differently: two thresholds never show as the same ``0.5065``."""
+    values = sorted(set(float(v) for v in values))
+    for d in range(least, most):
+        if len({f"{v:.{d}g}" for v in values}) == len(values):
+            return d
+    return most
+
+
 @onion_app.command("calibrate", epilog=examples(
     "surgery onion calibrate onion_p-trained.pt --data pairs --tpr 0.99",
     "surgery onion calibrate cascade.pt --data images --tpr 0.99,0.95,0.9 --classes 1",
@@ -177,8 +187,9 @@ def calibrate_cmd(
         print_json(rep)
         return
     rows = []
+    digits = distinct_digits([v for r in rep.operating_points for v in r.thresholds if v != float("inf")])
     for r in rep.operating_points:
-        thr = " ".join("-" if v == float("inf") else f"{v:.4g}" for v in r.thresholds)
+        thr = " ".join("-" if v == float("inf") else f"{v:.{digits}g}" for v in r.thresholds)
         c, v = r.calibration, r.val
         rows.append((f"{r.tpr_target:g}", thr, _pct(c.tpr), _pct(c.fpr), _pct(c.pass_fraction),
                      _pct(v.tpr if v else None), _pct(v.fpr if v else None), _pct(v.pass_fraction if v else None)))
