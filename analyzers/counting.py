@@ -301,6 +301,7 @@ class Prepared:
     module_of_layer: dict = field(default_factory=dict)
     note: str = ""
     device: str = "meta"  # where run() executes the forward pass
+    real: nn.Module | None = None  # the model itself (traced): counted on cpu when meta cannot run it
 
 
 def prepare(module: nn.Module, dtype: torch.dtype | None = None) -> Prepared:
@@ -321,9 +322,30 @@ def prepare(module: nn.Module, dtype: torch.dtype | None = None) -> Prepared:
         lg = layer_graph(module)
     except SurgeryError as e:
         return Prepared(meta_copy(module, dtype), None, {}, dtype,
-                        note=f"counted with module hooks (leaf modules in execution order): {e}")
+                        note=f"counted with module hooks (leaf modules in execution order): {e}", real=module)
     parents = {n.name: _parent_of(n) for n in lg.gm.graph.nodes}
-    return Prepared(meta_copy(lg.gm, dtype), lg, parents, dtype, note="counted on the torch.fx layer graph")
+    return Prepared(meta_copy(lg.gm, dtype), lg, parents, dtype, note="counted on the torch.fx layer graph",
+                    real=lg.gm)
+
+
+def _on_cpu(prep: Prepared, input_shape, batch: int, why: BaseException) -> bool:
+    """Switch ``prep`` to counting on cpu, on a copy of the real model, when the meta device
+    cannot run it (host-side shape arithmetic: ``.item()`` on a shape, an integer buffer read
+    as data). False when there is nothing to fall back to."""
+    import copy
+
+    from surgery.core import safety
+
+    if prep.device != "meta" or prep.real is None or isinstance(why, SurgeryError):
+        return False
+    safety.check_forward_memory(prep.real, tuple(input_shape), batch=batch, dtype=prep.dtype,
+                                what="counting on cpu (the model cannot run on the meta device)")
+    prep.model = copy.deepcopy(prep.real).to(prep.dtype).eval()
+    prep.device = "cpu"
+    first = str(why).strip().splitlines()[0] if str(why).strip() else ""
+    prep.note = (f"{prep.note}; counted by running the model on cpu at the given input: it cannot run on the meta "
+                 f"device ({type(why).__name__}: {first[:120]})")
+    return True
 
 
 def run(prep: Prepared, input_shape: tuple[int, ...], batch: int) -> tuple[list[LayerAcc], list[tuple]]:
@@ -344,6 +366,11 @@ def run(prep: Prepared, input_shape: tuple[int, ...], batch: int) -> tuple[list[
     except SurgeryError:
         raise
     except Exception as e:  # shape errors, ops without a meta kernel
+        for h in handles:
+            h.remove()
+        handles = []
+        if _on_cpu(prep, input_shape, batch, e):
+            return run(prep, input_shape, batch)
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SurgeryError(
             f"cannot run the model on the {prep.device} device at input {'x'.join(map(str, input_shape))} "

@@ -21,7 +21,12 @@ _MAXPOOL = torch.ops.aten.max_pool2d_with_indices.default
 
 
 def shortcut(func, args, kwargs):
-    """What ``func(*args, **kwargs)`` returns on meta, or ``None`` when the real kernel must run."""
+    """What ``func(*args, **kwargs)`` returns on meta, or ``None`` when the real kernel must run.
+
+    Only meta tensors are stood in for: a model that does shape arithmetic on the host (a
+    ``cat`` of CPU int64 shape tensors feeding a ``reshape``) needs the real values."""
+    if not all(t.is_meta for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)):
+        return None
     if func is _CONV:
         return _conv_shortcut(*args, **kwargs)
     if func is _CAT:
@@ -90,8 +95,10 @@ def _conv_shortcut(x, w, bias, stride, padding, dilation, transposed, output_pad
 
 
 def _cat_shortcut(tensors, dim=0):
-    if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
+    if not tensors or not all(isinstance(t, torch.Tensor) and t.is_meta for t in tensors):
         return None
+    if not tensors[0].is_floating_point():
+        return None  # integer cats are shape arithmetic: cheap, and their values matter
     first = tensors[0]
     nd = first.dim()
     if nd == 0:

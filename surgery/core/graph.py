@@ -28,10 +28,29 @@ _PLUMBING = {operator.getitem, getattr, builtins.getattr, "size", "dim", "__geti
 
 class SurgeryTracer(fx.Tracer):
     """Standard leaves plus any module that declares ``surgery_leaf = True`` (Darknet layers,
-    Dirac convs): those are units of surgery and of cost attribution."""
+    Dirac convs): those are units of surgery and of cost attribution. ``leaves`` adds modules
+    (by qualified name) that fx cannot enter; ``failed`` is the innermost module whose forward
+    raised during the last trace (see :func:`trace`)."""
+
+    def __init__(self, leaves=()):
+        super().__init__()
+        self.leaves = set(leaves)
+        self.failed: str | None = None
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return bool(getattr(m, "surgery_leaf", False)) or super().is_leaf_module(m, qualname)
+        return (qualname in self.leaves or bool(getattr(m, "surgery_leaf", False))
+                or super().is_leaf_module(m, qualname))
+
+    def call_module(self, m, forward, args, kwargs):
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed is None:  # the innermost module sees the error first
+                try:
+                    self.failed = self.path_of_module(m)
+                except NameError:
+                    self.failed = ""
+            raise
 
 
 @dataclass(frozen=True)
@@ -124,14 +143,28 @@ class LayerGraph:
         return found
 
 
+_MAX_AUTO_LEAVES = 256
+
+
 def trace(module: nn.Module) -> fx.GraphModule:
-    try:
-        graph = SurgeryTracer().trace(module)
-    except Exception as e:  # fx raises TraceError, TypeError, NotImplementedError...
-        raise SurgeryError(
-            f"cannot trace {type(module).__name__} with torch.fx ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-            "data-dependent control flow in forward() is not supported"
-        ) from None
+    """Trace ``module`` with :class:`SurgeryTracer`. A submodule fx cannot enter (its forward
+    branches on a traced value, e.g. ``if x.is_floating_point()``) becomes a leaf and the trace
+    is retried, so the convs, BNs and linears around it stay layers of their own; only a root
+    whose own forward cannot be traced is refused."""
+    leaves: set[str] = set()
+    while True:
+        tracer = SurgeryTracer(leaves)
+        try:
+            graph = tracer.trace(module)
+            break
+        except Exception as e:  # fx raises TraceError, TypeError, NotImplementedError...
+            if tracer.failed and tracer.failed not in leaves and len(leaves) < _MAX_AUTO_LEAVES:
+                leaves.add(tracer.failed)
+                continue
+            raise SurgeryError(
+                f"cannot trace {type(module).__name__} with torch.fx ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                "data-dependent control flow in forward() is not supported"
+            ) from None
     return fx.GraphModule(module, graph, class_name=type(module).__name__)
 
 

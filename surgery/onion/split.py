@@ -54,6 +54,7 @@ from surgery.core.net import Net, Step
 from surgery.core.recipe import replayable
 from surgery.core.probe import Probe, check_shape, probe_json
 from surgery.core.verify import compare, probe_inputs
+from surgery.onion.elementwise import activation_groups
 from zoo.onion import POST_TYPES, MonolithicChain, OnionCascade, blocks_of
 
 KEEP = torch.tensor([[True, False], [True, True]])  # S1 outputs read S1; S2 outputs read both
@@ -104,12 +105,19 @@ def chain_layers(module: nn.Module, input_shape: Sequence[int]) -> tuple[list[nn
     """The model as a list of modules (Linear turned into Conv2d, functional ReLU into
     ``nn.ReLU``, flattens dropped) and the name of each; refuses anything but a chain."""
     lg = layer_graph(module)
-    g = lg.nx
-    for layer in lg.layers:  # joins first: a residual add or concat is the layer to name
+    g = lg.nx.copy()
+    acts = activation_groups(lg)  # x * clamp(x + 3, 0, 6) / 6 is one hardswish, not a join
+    inner = {i for grp in acts.values() for i in grp.members[:-1]}
+    for join, grp in acts.items():  # the group becomes one layer reading its source
+        g.remove_nodes_from(grp.members[:-1])
+        g.remove_edges_from(list(g.in_edges(join)))
+        g.add_edge(grp.source, join)
+    chain = [layer for layer in lg.layers if layer.index not in inner]
+    for layer in chain:  # joins first: a residual add or concat is the layer to name
         if g.in_degree(layer.index) > 1:
             raise _refuse(layer, f"joins {g.in_degree(layer.index)} branches (a residual add or concat)")
     prev = "input"
-    for layer in lg.layers:
+    for layer in chain:
         preds = set(g.predecessors(layer.index))
         if preds != {prev}:
             raise _refuse(layer, "reads the input beside another layer" if "input" in preds else "is not in sequence")
@@ -122,12 +130,14 @@ def chain_layers(module: nn.Module, input_shape: Sequence[int]) -> tuple[list[nn
     nodes = {n.name: n for n in lg.gm.graph.nodes}
     mods, names = [], []
     maps = None  # the (C, H, W) shape before the last flatten: what a following Linear reads
-    for layer in lg.layers:
+    for layer in chain:
         node = nodes[layer.node]
         in_shape = shapes.get(node.all_input_nodes[0].name) if node.all_input_nodes else None
         if in_shape is not None and len(in_shape) == 3:
             maps = in_shape
-        if layer.kind == "module":
+        if layer.index in acts:
+            m = acts[layer.index].module
+        elif layer.kind == "module":
             m = module.get_submodule(layer.name)
             if isinstance(m, nn.Flatten):
                 continue

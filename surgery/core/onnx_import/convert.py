@@ -138,14 +138,10 @@ class Converter:
             parts = [_NAME.sub("_", raw).strip("_") or node.op_type.lower()]
         if parts[0] == "consts":
             parts[0] = "consts_"
-        name = ".".join(parts)
-        if self._free(name):
-            return self._take(name)
-        flat = "_".join(parts)
-        base, k = (flat if self._free(flat) else f"{flat}_{node.op_type.lower()}"), 1
-        cand = base
-        while not self._free(cand):
-            cand = f"{base}_{k}"
+        name, k = ".".join(parts), 1
+        cand = name
+        while not self._free(cand):  # a module called twice, or a name both a layer and a scope
+            cand = f"{name}_{k}"
             k += 1
         return self._take(cand)
 
@@ -215,7 +211,13 @@ def _name_scope(node) -> list[str]:
         return []
     if len(scopes) < 3 or len(classes) < 2 or not str(classes[-2]).startswith("torch.nn.modules."):
         return []
+    kind = _KIND.get(node.op_type)
+    if kind and kind not in str(classes[-2]).lower():  # a conv that swallowed its BN keeps the BN's scope
+        return [*[str(s) for s in scopes[1:-2] if s], node.op_type.lower()]
     return [str(s) for s in scopes[1:-1] if s]
+
+
+_KIND = {"Conv": "conv", "ConvTranspose": "conv", "Gemm": "linear", "BatchNormalization": "batchnorm"}
 
 
 def pads_of(cv: Converter, node, x: str, kernel, strides, dilations) -> tuple[list[int], list[int]]:

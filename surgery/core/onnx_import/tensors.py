@@ -197,5 +197,10 @@ def reduce(cv: Converter, node):
     axes = sorted(int(a) % r for a in axes)
     if any(cv.tied(x, a) for a in axes):
         cv.fail("reducing over the batch dimension is not supported")
+    keep = bool(attr(node, "keepdims", 1))
+    if keep and r >= 3 and axes == list(range(2, r)) and node.op_type in ("ReduceMean", "ReduceMax"):
+        kind = "Avg" if node.op_type == "ReduceMean" else "Max"  # a global pool, as torch.onnx writes it
+        cv.module(node, f"Adaptive{kind}Pool{r - 2}d", {"output_size": 1}, [cv.ref(x)])
+        return
     fn = {"ReduceMean": "mean", "ReduceSum": "sum", "ReduceMax": "amax", "ReduceMin": "amin"}[node.op_type]
     cv.call(fn, [cv.ref(x), axes], node.output[:1], {"keepdim": bool(attr(node, "keepdims", 1))})
