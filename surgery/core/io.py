@@ -599,10 +599,10 @@ def check_checkpoint_name(path: str | Path) -> None:
 
 def default_output(sources: Iterable[str], tag: str, suffix: str = ".pt") -> Path:
     """The output name a command uses when the user gives no ``-o``: in the current directory,
-    made of the inputs' stems and what was done, e.g. ``base+text@74.pt`` for
+    made of the inputs' stems and what was done, e.g. ``base-text@74.pt`` for
     ``share --at 74 base.pt text.pt`` (tag ``"@74"``), ``resnet50-root8.pt`` for a regroup
     (tag ``"-root8"``). Zoo references contribute their name (``zoo:resnet50:root=8`` ->
-    ``resnet50``)."""
+    ``resnet50``). Never a ``+``: ``surgery profile`` reads ``A.pt+B.pt`` as two models."""
     stems = []
     for s in sources:
         s = str(s)
@@ -612,8 +612,8 @@ def default_output(sources: Iterable[str], tag: str, suffix: str = ".pt") -> Pat
             stems.append(s.split(":")[2] if s.count(":") >= 2 else "model")
         else:
             stems.append(Path(s).stem or "model")
-    name = "+".join(stems) + tag
-    name = re.sub(r"[^\w.+@=,-]", "_", name)
+    name = "-".join(stems) + tag
+    name = re.sub(r"[^\w.@=,-]", "_", name)
     return Path(name + suffix)
 
 
