@@ -9,8 +9,10 @@ import typer
 
 from cli_commands.base import (ArchEachOpt, CsvOpt, ForceOpt, JsonOpt, SurgeryError, TrustOpt, WeightsCutoffOpt, WeightsEachOpt,
                                app, check_formats, err_console, examples, fmt_ms, fmt_num, human, load_models, out,
-                               parse_int_list, parse_shapes, print_csv, print_json, progress, shape_str, table, wrote)
+                               parse_int_list, parse_shapes, print_csv, print_json, progress, shape_str, table, to_jsonable,
+                               wrote)
 from cli_commands.flops import DeviceSpecOpt
+from cli_commands.probing import check_data
 
 CSV_FIELDS = ["model", "runtime", "device", "batch", "dtype", "status", "median_ms", "p10_ms", "p90_ms", "cv", "runs",
               "throughput", "macs", "params", "bytes", "gmacs_per_s", "roofline_ms", "roofline_pct", "roofline_estimate", "latency_ratio",
@@ -90,13 +92,48 @@ def _render_table(rep) -> None:
         o.print(f, markup=False)
 
 
+def entry_parts(m: str) -> list[str]:
+    """The models of one entry: ``A.pt+B.pt`` runs A then B; an existing file whose name holds a
+    ``+`` (``base+text@74.pt`` from an older share) is one model."""
+    from pathlib import Path
+
+    if not m:
+        raise SurgeryError("bad model entry ''; write MODEL or A.pt+B.pt")
+    if "+" not in m or Path(m).exists():
+        return [m]
+    parts = m.split("+")
+    if any(not p for p in parts):
+        raise SurgeryError(f"bad model entry {m!r}; write MODEL or A.pt+B.pt (no empty part around a +)")
+    missing = [p for p in parts if not p.startswith(("zoo:", "py:")) and not Path(p).exists()]
+    if missing:
+        raise SurgeryError(f"model {m!r} does not exist; read as {' then '.join(repr(p) for p in parts)} ('+' joins "
+                           f"models run one after the other), {missing[0]!r} does not exist either")
+    return parts
+
+
+def _operating(net, data: str | None, label: str, cascades: list):
+    """A cascade (OnionNet) is profiled at its operating point p (measured on --data images, else
+    its calibrated p̄); anything else as it is. Records what was used in ``cascades``."""
+    from surgery.onion.operating import at_operating_point, is_cascade, macs_at, operating_point
+
+    if not is_cascade(net):
+        return net
+    from cli_commands.probing import probe_for
+
+    op = operating_point(net, probe_for(data, net))
+    m = macs_at(net, op.pass_fraction)
+    cascades.append({"model": label, **op.to_json(), "macs_at_p": m["at_p"], "macs_s1": m["s1"],
+                     "macs_all_pass": m["all_pass"]})
+    return at_operating_point(net, op)
+
+
 @app.command("profile", epilog=examples("surgery profile zoo:resnet18 zoo:resnet18:root=8 --batch 1,8",
                                         "surgery profile base.pt+text.pt shared.pt",
                                         "surgery profile model.pt --runtime torch,onnxruntime --dtype float32,bfloat16",
                                         "surgery profile model.pt --device cuda --device-spec h100-sxm --json"))
 def profile_cmd(
     models: list[str] = typer.Argument(..., help="Model references: FILE.pt, FILE.cfg, FILE.pt2 or zoo:NAME[:k=v]; "
-                                                 "A.pt+B.pt runs A then B as one entry."),
+                                                 "A.pt+B.pt runs A then B as one entry (an existing file named with a + is one model)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
     runtime: str = typer.Option("torch", "--runtime",
                                 help="Comma list of torch, cudagraph, compile, onnxruntime "
@@ -126,6 +163,9 @@ def profile_cmd(
     trust_pickle: bool = TrustOpt,
     input: str = typer.Option(None, "--input", help="Input shape(s) without batch: 3x416x416, or a sweep "
                                                      "3x224x224,3x416x416 (default: each model's)."),
+    data: Optional[str] = typer.Option(None, "--data", metavar="DIR",
+                                       help="OnionNet cascades: measure the pass fraction p on real images from this "
+                                            "folder (default: the p̄ `onion calibrate` stored)."),
 ):
     """Time models (PyTorch eager, CUDA graphs, torch.compile, ONNX Runtime) beside their MACs."""
     from analyzers.latency import TimingConfig, expand_runtimes, resolve_device
@@ -145,21 +185,23 @@ def profile_cmd(
     dtypes = parse_dtypes([d for d in dtype.split(",") if d.strip()])
     timing = TimingConfig(warmup=warmup, warmup_s=warmup_time, min_runs=min_runs, max_runs=max_runs,
                           min_time_s=min_time, max_time_s=max_time, max_cv=max_cv)
-    inputs = [p for m in models for p in m.split("+") if p]
+    parts = {m: entry_parts(m) for m in models}
+    inputs = [p for m in models for p in parts[m]]
     if plot:
         check_outputs([plot], force=force, inputs=inputs)  # before a long sweep, not after
+    check_data(data)
     shapes = parse_shapes(input) or [None]
     entries, labels = [], []
-    for m in models:
-        if not m or any(not p for p in m.split("+")):
-            raise SurgeryError(f"bad model entry {m!r}; write MODEL or A.pt+B.pt (no empty part around a +)")
+    cascades: list[dict] = []
     for shape in shapes:
         text = shape_str(shape) if shape else None
         # per-model options go to the references in order (A.pt+B.pt counts as two)
         nets = iter(load_models(inputs, arch, weights, trust_pickle, text, weights_cutoff))
         for m in models:
-            entries.append([next(nets) for p in m.split("+") if p])
-            labels.append(m if len(shapes) == 1 else f"{m} @{text}")
+            label = m if len(shapes) == 1 else f"{m} @{text}"
+            entry = [_operating(next(nets), data, label, cascades) for p in parts[m]]
+            entries.append(entry)
+            labels.append(label)
 
     if batches is None:
         from surgery.core.net import batch_unit
@@ -181,12 +223,22 @@ def profile_cmd(
 
         written = plot_profile(rep, plot, force=force, inputs=inputs)
         wrote(written)
+    for c in cascades:
+        c["survivors"] = {str(b): int(round(c["pass_fraction"] * b)) for b in batches}
     if json_out:
-        print_json(rep)
+        print_json({**to_jsonable(rep), "cascades": cascades} if cascades else rep)
     elif csv_out:
         print_csv(CSV_FIELDS, ([getattr(r, f) for f in CSV_FIELDS] for r in rep.results))
     else:
         _render_table(rep)
+    if not json_out:
+        for c in cascades:
+            where = out() if not csv_out else err_console
+            surv = ", ".join(f"batch {b}: {n}" for b, n in c["survivors"].items())
+            where.print(f"{c['model']}: OnionNet cascade at p = {c['pass_fraction']:.3f} ({c['source']}); S2 runs on "
+                        f"round(p·batch) samples ({surv}); MACs per image at p: {human(c['macs_at_p'])} (S1 alone "
+                        f"{human(c['macs_s1'])}, every sample passing {human(c['macs_all_pass'])})",
+                        markup=False, soft_wrap=True)
     if json_out or csv_out:  # the table shows these as footnotes
         for r in rep.results:
             if r.warning:

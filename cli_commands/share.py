@@ -18,7 +18,7 @@ DEFAULT_RTOL = 1e-5  # surgery.share.DEFAULT_RTOL (not imported here: the CLI st
 
 
 @app.command("share", epilog=examples(
-    "surgery share --at 74 base.pt text.pt                  # writes base+text@74.pt",
+    "surgery share --at 74 base.pt text.pt                  # writes base-text@74.pt",
     "surgery share --at 74 base.pt text.pt logo.pt -o shared.pt --darknet shared.cfg --onnx shared.onnx",
     "surgery share --sweep 40,48,64,73 zoo:yolov3           # savings per extra task; writes nothing",
 ))
@@ -27,7 +27,7 @@ def share_cmd(
     at: Optional[str] = typer.Option(None, "--at", help="Last shared layer (index or module name): layers 0..K come "
                                                          "from BASE, each TASK adds its layers K+1..end."),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="The combined checkpoint (.pt); default: "
-                                                                      "BASE+TASK...@K.pt in the current directory."),
+                                                                      "BASE-TASK...@K.pt in the current directory."),
     darknet: Optional[str] = typer.Option(None, "--darknet", help="Also write the combined net as a Darknet OUT.cfg "
                                                                   "+ OUT.weights (Darknet detectors only)."),
     onnx: Optional[str] = typer.Option(None, "--onnx", help="Also export the combined net to ONNX (verified)."),

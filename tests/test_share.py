@@ -367,7 +367,7 @@ def test_cli_diverged_task_needs_allow_diverged(cli, tiny_files, tmp_path):
 
 
 def test_cli_headline_command_writes_a_named_default_output(cli, tiny_files, tmp_path):
-    """`surgery share --at K base.pt text.pt`, typed exactly so: runs, verifies, writes base+text@K.pt."""
+    """`surgery share --at K base.pt text.pt`, typed exactly so: runs, verifies, writes base-text@K.pt."""
     import shutil
 
     shutil.copy(tiny_files / "text.pt", tmp_path / "text.pt")
@@ -375,14 +375,14 @@ def test_cli_headline_command_writes_a_named_default_output(cli, tiny_files, tmp
     res = cli("share", "--at", "13", "base.pt", "text.pt", cwd=tmp_path)
     assert res.code == 0, res.err
     assert "every head reproduces its source model" in res.out
-    assert res.err.strip().splitlines()[-1] == "wrote base+text@13.pt" and "wrote" not in res.out
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["base+text@13.pt", "base.pt", "text.pt"]
-    stamp = (tmp_path / "base+text@13.pt").stat().st_mtime_ns
+    assert res.err.strip().splitlines()[-1] == "wrote base-text@13.pt" and "wrote" not in res.out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base-text@13.pt", "base.pt", "text.pt"]
+    stamp = (tmp_path / "base-text@13.pt").stat().st_mtime_ns
     again = cli("share", "--at", "13", "base.pt", "text.pt", cwd=tmp_path)
-    _one_line_error(again, "base+text@13.pt", "--force")
-    assert (tmp_path / "base+text@13.pt").stat().st_mtime_ns == stamp
+    _one_line_error(again, "base-text@13.pt", "--force")
+    assert (tmp_path / "base-text@13.pt").stat().st_mtime_ns == stamp
     assert cli("share", "--at", "13", "base.pt", "text.pt", "--force", "--json", cwd=tmp_path).json()["output"] == \
-        "base+text@13.pt"
+        "base-text@13.pt"
 
 
 def test_cli_usage_errors(cli, tmp_path):

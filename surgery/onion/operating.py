@@ -121,4 +121,4 @@ def macs_at(net: Net, p: float) -> dict:
     c = net.module.cascade if isinstance(net.module, AtOperatingPoint) else net.module
     m0 = int(cost.analyze(ForcedPass(c, 0), net.input_shape, batch=1).totals.macs)
     m1 = int(cost.analyze(ForcedPass(c, 1), net.input_shape, batch=1).totals.macs)
-    return {"s1": m0, "all_pass": m1, "at_p": m0 + p * (m1 - m0)}
+    return {"s1": m0, "all_pass": m1, "at_p": int(round(m0 + p * (m1 - m0)))}
