@@ -107,7 +107,7 @@ def test_safetensors_weights(mynet, tmp_path, monkeypatch):
     (["fold", REF], "MyNet-folded.pt"),
     (["regroup", REF, "--root", "2"], "MyNet-root2.pt"),
     (["retarget", REF, "--at", "res2", "--classes", "3"], "MyNet-3classes@res2.pt"),
-    (["share", "--at", "res1", REF, "py:examples.mynet:MyNet:width=8,classes=3"], "MyNet+MyNet@res1.pt"),
+    (["share", "--at", "res1", REF, "py:examples.mynet:MyNet:width=8,classes=3"], "MyNet-MyNet@res1.pt"),
 ])
 def test_surgeries_write_checkpoints_that_reload_without_pickle(cli, tmp_path, argv, tag):
     res = cli(*argv, cwd=tmp_path, env=ENV)
