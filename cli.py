@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from importlib import import_module
 
 from surgery.core import safety
@@ -61,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     previous = safety.install_signal_handlers(running=True)  # SIGTERM/SIGINT remove temp files
     safety.track_inputs(True)  # every file a command reads is an input, never an output
     try:
-        app(args=argv, prog_name="surgery")
+        with warnings.catch_warnings():
+            if not debug:  # libraries' warnings (torch's pickle protocol, Pillow's decompression bomb)
+                warnings.simplefilter("ignore")  # never reach the terminal ahead of the one line
+            app(args=argv, prog_name="surgery")
         flush_notes()
     except SystemExit as e:  # click ends every command with SystemExit
         if e.code in (0, None):
@@ -82,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                           highlight=False, soft_wrap=True)
         return 128 + e.signum
     except KeyboardInterrupt:
+        err_console.print("surgery: interrupted; partial outputs removed", markup=False, emoji=False, highlight=False,
+                          soft_wrap=True)
         return 130
     finally:
         safety.remove_temps()

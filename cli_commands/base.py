@@ -165,11 +165,12 @@ def examples(*lines: str) -> str:
 
 
 def load_model(ref: str, arch: str | None = None, weights: str | None = None, trust_pickle: bool = False,
-               input_shape: str | None = None, weights_cutoff: int | None = None):
+               input_shape: str | None = None, weights_cutoff: int | None = None, from_file: bool = False):
+    """``from_file``: ``ref``/``arch`` were read from a file (a run directory), not typed."""
     from surgery.core import io as sio
 
     net = sio.load(ref, arch=arch, weights=weights, trust_pickle=trust_pickle, input_shape=parse_shape(input_shape),
-                   weights_cutoff=weights_cutoff)
+                   weights_cutoff=weights_cutoff, from_file=from_file)
     load = net.metadata.get("weights_load") or {}
     if load.get("cutoff_inferred"):  # a partial .weights (darknet53.conv.74): say what was guessed
         err_console.print(f"note: {describe_weights(net.metadata)}", markup=False, soft_wrap=True)
@@ -194,7 +195,7 @@ def per_model(values, refs: list[str], opt: str) -> list:
 
 
 def load_models(refs: list[str], arch=None, weights=None, trust_pickle: bool = False, input_shape: str | None = None,
-                weights_cutoff=None) -> list:
+                weights_cutoff=None, from_file: bool = False) -> list:
     """Load several model references with the loader options, the one implementation of the
     multi-model convention: ``arch``, ``weights``, ``weights_cutoff`` per model (:func:`per_model`),
     ``trust_pickle`` and ``input_shape`` for all."""
@@ -208,7 +209,7 @@ def load_models(refs: list[str], arch=None, weights=None, trust_pickle: bool = F
                 c = int(c)
             except ValueError:
                 raise SurgeryError(f"--weights-cutoff {c!r}: give a layer count (or '-')") from None
-        nets.append(load_model(ref, a, w, trust_pickle, input_shape, c))
+        nets.append(load_model(ref, a, w, trust_pickle, input_shape, c, from_file))
     return nets
 
 

@@ -44,18 +44,72 @@ def train_config(p: dict, **extra):
                        device=p["device"], **extra)
 
 
+# What ``--resume`` restores from a run directory's config.json: how to train (steps, lr, losses,
+# seeds, data). Never what grants trust or chooses what runs or is written: --trust-code, -o and
+# --force come from the resuming command line alone; the models (with their --arch/--weights) too,
+# or — when the command line names none — the run's own, loaded as references *read from a file*
+# (a py: one imports nothing the user did not name) and checked against the sha256 the run
+# recorded. DESIGN.md "Code from files".
+_NEVER_RESTORED = ("trust_code", "output", "force", "run_dir")
+_MODELS = ("model", "teacher", "arch", "weights")
+# the kind of the options whose default is None (the others: the kind of their default)
+_KINDS = {"lr": "number", "epochs": "number", "steps": "number", "workers": "number", "data": "str", "val": "str",
+          "freeze": "str", "match": "str", "input": "str"}
+
+
+def _restored(key: str, value, default, where: str):
+    """A saved option, if it is the kind of value the option takes (JSON scalars only)."""
+    def kind(v):
+        return "bool" if isinstance(v, bool) else "number" if isinstance(v, (int, float)) else type(v).__name__
+
+    want = _KINDS.get(key) or (kind(default) if default is not None else None)
+    if not (value is None or isinstance(value, (bool, int, float, str))) or (
+            want is not None and value is not None and kind(value) != want):
+        from surgery.core.errors import SurgeryError
+
+        raise SurgeryError(f"{where}: option {key!r} holds {value!r}, not a value of that option; the run directory "
+                           f"is damaged")
+    return value
+
+
+def _model_refs(value, key: str, where: str):
+    if value is None or isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        return value
+    from surgery.core.errors import SurgeryError
+
+    raise SurgeryError(f"{where}: {key!r} holds {value!r}, not a model reference; the run directory is damaged")
+
+
 def resumed(params: dict, resume: str | None, op: str) -> dict:
-    """``params`` with a ``--resume RUN_DIR``'s saved options in place of the ones given: the run
-    continues as it started. Refuses a run directory another command made."""
+    """``params`` with a ``--resume RUN_DIR``'s saved training options in place of the ones
+    given (see the comment above). ``--epochs``/``--steps`` given on the resuming command line
+    extend the run. Refuses a run directory another command made."""
     if not resume:
         return params
     from surgery.core.errors import SurgeryError
     from surgery.train import checkpoint as ckpt
 
     saved = ckpt.read_config(resume)
+    where = f"{resume}/{ckpt.CONFIG}"
     if saved.get("op") != op:
         raise SurgeryError(f"{resume} is a `surgery {saved.get('op')}` run; resume it with that command")
-    return {**{k: saved.get(k, v) for k, v in params.items()}, "run_dir": resume}
+    out = dict(params)
+    extend = params.get("epochs") is not None or params.get("steps") is not None
+    for k, v in params.items():
+        if k in _NEVER_RESTORED or k in _MODELS or k not in saved:
+            continue
+        if extend and k in ("epochs", "steps"):
+            continue  # the resuming command line's length wins
+        out[k] = _restored(k, saved[k], v, where)
+    if not params.get("model"):  # the run's own models, read from its config: data, not commands
+        for k in _MODELS:
+            if k in params:
+                out[k] = _model_refs(saved.get(k), k, where)
+        out["models_from_run"] = True
+    recorded = saved.get("inputs_sha256", {})
+    out["recorded_sha256"] = recorded if isinstance(recorded, dict) else {}
+    out["run_dir"] = resume
+    return out
 
 
 def run_rows(rep) -> list[tuple[str, str]]:

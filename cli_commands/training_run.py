@@ -36,7 +36,9 @@ def run_training(p: dict, *, resume_dir: str | None, json_out: bool, label: str,
 
     from surgery.core import io as sio
     from surgery.core.errors import SurgeryError
+    from surgery.core.pyref import CodeNotNamed
     from surgery.train import checkpoint as ckpt
+    from surgery.train import data as tdata
     from surgery.train import dist
     from surgery.train.loop import Hooks
 
@@ -45,23 +47,44 @@ def run_training(p: dict, *, resume_dir: str | None, json_out: bool, label: str,
         if p["epochs"] is not None and p["steps"] is not None:
             raise SurgeryError("give --epochs or --steps, not both")
         config = configure()
-        output = Path(p["output"]) if p["output"] else sio.default_output([p["model"]], output_tag)
+        output = Path(p["output"]) if p["output"] else _default_output(p, resume_dir, output_tag)
         inputs = [r for r in (p["model"], p["teacher"]) if r]
         run_dir = Path(resume_dir) if resume_dir else Path(p["run_dir"]) if p["run_dir"] else output.with_suffix(".run")
+        files = [*inputs, p.get("data"), p.get("val"), *_listed(p.get("weights")), *_listed(p.get("arch"))]
         if rank == 0:
             sio.check_outputs([output], force=p["force"], inputs=inputs)
             sio.check_checkpoint_name(output)
             if not resume_dir:
-                ckpt.check_new(run_dir, force=p["force"])
+                ckpt.check_new(run_dir, force=p["force"], inputs=files)
         # loader options in model order: MODEL, then TEACHER
-        model, teacher = (load_models(inputs, p.get("arch"), p.get("weights"), bool(p.get("trust_code")),
-                                      p.get("input")) + [None])[:2]
+        try:
+            model, teacher = (load_models(inputs, p.get("arch"), p.get("weights"), bool(p.get("trust_code")),
+                                          p.get("input"), from_file=bool(p.get("models_from_run"))) + [None])[:2]
+        except CodeNotNamed as e:  # a py: reference read from the run's config.json
+            raise SurgeryError(f"{Path(resume_dir or '.') / ckpt.CONFIG} {e}") from None
+        hashes = _input_hashes(p)
+        if resume_dir:
+            _check_same_inputs(hashes, p.get("recorded_sha256") or {}, resume_dir)
+        else:
+            p["inputs_sha256"] = hashes  # recorded in the run's config.json (the train closure reads p)
         bar = progress() if rank == 0 and not json_out else None
-        task = None
+        task = scan_task = None
+
+        def scanning(done, total, what):  # checking the image folders (100,000 files take a while)
+            nonlocal scan_task
+            if bar is None or not err_console.is_terminal:  # a log gets no half-drawn bar (nor its newline)
+                return
+            if scan_task is None:
+                bar.start()
+                scan_task = bar.add_task(what, total=total)
+            bar.update(scan_task, completed=done, total=total, description=what)
 
         def start(first, total):  # after every input check: a failure prints one line only
-            nonlocal task
+            nonlocal task, scan_task
             if bar is not None:
+                if scan_task is not None:
+                    bar.remove_task(scan_task)
+                    scan_task = None
                 bar.start()
                 task = bar.add_task(label, total=total, completed=first)
 
@@ -75,9 +98,15 @@ def run_training(p: dict, *, resume_dir: str | None, json_out: bool, label: str,
                                   f"held-out: {fmt_eval(record.get('eval', {}))}", markup=False)
 
         try:
-            net, rep = train(config, model, teacher, run_dir=run_dir, hooks=Hooks(start=start, step=step, epoch=epoch))
+            with tdata.reporting(scanning):
+                net, rep = train(config, model, teacher, run_dir=run_dir,
+                                 hooks=Hooks(start=start, step=step, epoch=epoch))
+        except BaseException:
+            if not resume_dir and rank == 0:  # refused before its first saved state: leave nothing behind
+                ckpt.discard_unstarted(run_dir)
+            raise
         finally:
-            if bar is not None and task is not None:
+            if bar is not None and (task is not None or scan_task is not None):
                 bar.stop()
         if rank != 0:
             return None
@@ -90,3 +119,46 @@ def run_training(p: dict, *, resume_dir: str | None, json_out: bool, label: str,
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def _listed(value) -> list:
+    return [] if value is None else [value] if isinstance(value, str) else [v for v in value if v and v != "-"]
+
+
+def _default_output(p: dict, resume_dir: str | None, tag: str):
+    """No -o: a resumed run writes beside its run directory (``X.run`` -> ``X.pt``, the name the
+    run started with by default); a new one the usual default name."""
+    from pathlib import Path
+
+    from surgery.core import io as sio
+
+    if resume_dir and Path(resume_dir).suffix == ".run":
+        return Path(resume_dir).with_suffix(".pt")
+    return sio.default_output([p["model"]], tag)
+
+
+def _input_hashes(p: dict) -> dict:
+    """sha256 of every model and weights file the run reads, by role (what a resume checks)."""
+    from pathlib import Path
+
+    from surgery.core import io as sio
+
+    out = {}
+    for role in ("model", "teacher"):
+        ref = p.get(role)
+        if ref and Path(ref).is_file():
+            out[role] = sio.sha256(Path(ref))
+    for i, w in enumerate(_listed(p.get("weights"))):
+        if Path(w).is_file():
+            out[f"weights{i}"] = sio.sha256(Path(w))
+    return out
+
+
+def _check_same_inputs(now: dict, recorded: dict, run_dir: str) -> None:
+    """A resumed run reads the files it started from: same sha256, else one line."""
+    from surgery.core.errors import SurgeryError
+
+    for role, digest in recorded.items():
+        if role in now and now[role] != digest:
+            raise SurgeryError(f"{run_dir}: the {role} file differs from the one the run started from (sha256 "
+                               f"{now[role][:12]}… vs {str(digest)[:12]}…); resume with the same file, or start a new run")

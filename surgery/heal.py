@@ -187,7 +187,8 @@ def heal(student: Net, teacher: Net | None, cfg: HealConfig, *, run_dir: str | P
     plan = _plan(student, teacher, cfg)
     d_rank = dist.env_rank()
     if run_dir is not None and not resume and d_rank == 0:  # rank 0 alone writes
-        ckpt.create(run_dir, run_config or {}, force=force)
+        ckpt.create(run_dir, run_config or {}, force=force,
+                    inputs=[cfg.data, cfg.val, student.source, teacher.source if teacher is not None else None])
     elif run_dir is not None and resume and ckpt.load_state(run_dir) is None and not Path(run_dir).is_dir():
         raise SurgeryError(f"run directory {str(run_dir)!r} does not exist")
     t_mod = teacher.module if teacher is not None else None
@@ -208,7 +209,7 @@ def heal(student: Net, teacher: Net | None, cfg: HealConfig, *, run_dir: str | P
     })
     meta = {**dict(student.metadata), "normalization": plan.data.norm.to_dict()}
     out = student.evolve(result.module, step, metadata=meta)
-    skipped = plan.data.train.skipped + (plan.data.val.skipped if plan.data.val is not None else ())
+    skipped = plan.data.train.skipped + (plan.data.val.skipped if plan.data.val is not None else ()) + result.undecodable
     rep = HealReport(
         model=student.source, teacher=teacher.source if teacher is not None else None, op=op, data=str(cfg.data),
         data_sha256=plan.digest, train_images=len(plan.data.train),

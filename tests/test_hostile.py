@@ -293,10 +293,28 @@ def test_tampered_checkpoints_are_one_error(tmp_path, edit, msg):
     cfg.write_text(TINY_CFG)
     ckpt = sio.checkpoint_dict(sio.load(str(cfg)))
     edit(ckpt)
-    ckpt.pop("state_dict_sha256")  # an attacker recomputes or drops it; the checks stand alone
+    ckpt.pop("state_dict_sha256")  # an attacker recomputes or drops them; the checks stand alone
+    ckpt.pop("content_sha256")
     torch.save(ckpt, tmp_path / "bad.pt")
     with pytest.raises(SurgeryError, match=msg):
         sio.load(str(tmp_path / "bad.pt"))
+
+
+def test_an_edited_arch_or_recipe_is_a_tampered_file(tmp_path):
+    """The content hash covers the arch spec (which may name code) and the recipe, not just the
+    weights: a checkpoint whose arch was edited and weights left alone is refused as tampered."""
+    cfg = tmp_path / "t.cfg"
+    cfg.write_text(TINY_CFG)
+    good = sio.checkpoint_dict(sio.load(str(cfg)))
+    for edit in (lambda c: c["arch"].update(cfg=c["arch"]["cfg"].replace("filters=", "filters=1")),
+                 lambda c: c.update(arch={"kind": "py", "name": "examples.mynet:MyNet", "kwargs": {}}),
+                 lambda c: c.update(recipe=[{"op": "fold", "args": {}}])):
+        ckpt = {**good, "arch": dict(good["arch"])}
+        edit(ckpt)
+        assert ckpt["state_dict_sha256"] == good["state_dict_sha256"]  # weights untouched
+        torch.save(ckpt, tmp_path / "edited.pt")
+        with pytest.raises(SurgeryError, match="architecture, recipe or weights do not match the content hash"):
+            sio.load(str(tmp_path / "edited.pt"))
 
 
 # ------------------------------------------------------------------ torn and racing writes

@@ -116,7 +116,10 @@ def test_surgeries_write_checkpoints_that_reload_without_pickle(cli, tmp_path, a
     assert f"wrote {tag}" in res.out + res.err
     ckpt = torch.load(out, weights_only=True)  # no pickled code in it
     assert ckpt["arch"]["kind"] == "py" and ckpt["arch"]["name"] == "examples.mynet:MyNet"
-    info = cli("info", out.name, "--json", cwd=tmp_path, env=ENV).json()
+    # the checkpoint names code: it imports it only when the user names that module too
+    refused = cli("info", out.name, "--json", cwd=tmp_path, env=ENV)
+    _one_line_error(refused, f"{tag} names code `py:examples.mynet:MyNet`", "--arch py:examples.mynet:MyNet")
+    info = cli("info", out.name, "--arch", "py:examples.mynet:MyNet", "--json", cwd=tmp_path, env=ENV).json()
     assert info["arch"] == REF and info["format"] == "checkpoint"
 
 
@@ -146,8 +149,10 @@ def test_trusted_pickle_becomes_editable(mynet, cli, tmp_path):
     assert res.code == 0, res.err
     ckpt = torch.load(tmp_path / "whole-folded.pt", weights_only=True)
     assert ckpt["arch"] == {"kind": "py", "name": "examples.mynet:MyNet", "kwargs": {}}
-    info = cli("info", "whole-folded.pt", "--json", cwd=tmp_path, env=ENV).json()  # no --trust-code needed
+    # a checkpoint: no pickle any more, but it names code, so the user names the module (or trusts it)
+    info = cli("info", "whole-folded.pt", "--arch", "py:examples.mynet:MyNet", "--json", cwd=tmp_path, env=ENV).json()
     assert [s["op"] for s in info["recipe"]] == ["fold"]
+    assert cli("info", "whole-folded.pt", "--trust-code", "--json", cwd=tmp_path, env=ENV).code == 0
     # built with other arguments: the class alone does not rebuild it; --arch says how
     torch.save(MyNet(width=4, classes=3), tmp_path / "small.pt")
     _one_line_error(cli("fold", "small.pt", "--trust-code", cwd=tmp_path, env=ENV), "--arch py:")
@@ -206,16 +211,16 @@ def test_bad_reference_exits_2_in_one_line(cli, tmp_path):
     assert list(tmp_path.iterdir()) == [tmp_path / "badfactories.py"]  # nothing written
 
 
-@pytest.mark.parametrize("name, kwargs, needle", [
-    ("os:system", {"command": "touch pwned"}, "standard library"),
-    ("subprocess:run", {"args": "touch pwned"}, "standard library"),
-    ("torch.hub:load", {"repo_or_dir": "x/y", "model": "m"}, "installed package"),
-    # reaching through the named package into another one's code
-    ("examples.mynet:torch.hub.load", {"repo_or_dir": "x/y", "model": "m"}, "not in the package 'examples'"),
-    ("examples.mynet:torch.nn.Conv2d", {"in_channels": 3, "out_channels": 4, "kernel_size": 1},
+@pytest.mark.parametrize("name, kwargs, trust, needle", [
+    ("os:system", {"command": "touch pwned"}, True, "standard library"),
+    ("subprocess:run", {"args": "touch pwned"}, True, "standard library"),
+    ("torch.hub:load", {"repo_or_dir": "x/y", "model": "m"}, False, "names code `py:torch.hub:load`"),
+    # reaching through the named package into another one's code: refused even when trusted
+    ("examples.mynet:torch.hub.load", {"repo_or_dir": "x/y", "model": "m"}, True, "not in the package 'examples'"),
+    ("examples.mynet:torch.nn.Conv2d", {"in_channels": 3, "out_channels": 4, "kernel_size": 1}, True,
      "not in the package 'examples'"),
 ])
-def test_checkpoint_naming_code_is_refused(tmp_path, monkeypatch, name, kwargs, needle):
+def test_checkpoint_naming_code_is_refused(tmp_path, monkeypatch, name, kwargs, trust, needle):
     from surgery.core import io as sio
     from surgery.core.errors import SurgeryError
 
@@ -224,6 +229,7 @@ def test_checkpoint_naming_code_is_refused(tmp_path, monkeypatch, name, kwargs, 
             "state_dict": {}}
     torch.save(ckpt, tmp_path / "evil.pt")
     monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(ROOT))
     with pytest.raises(SurgeryError, match=needle):
-        sio.load("evil.pt")
+        sio.load("evil.pt", trust_code=trust)
     assert not (tmp_path / "pwned").exists()

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 import surgery
-from surgery.core import safety
+from surgery.core import pyref, safety
 from surgery.core.errors import SurgeryError
 from surgery.core.net import ArchSpec, Net, Step
 from surgery.core.recipe import rebuild
@@ -125,6 +125,8 @@ def _check_input_fits(net: Net, ref: str) -> None:
     except NotImplementedError:  # an op without a meta kernel: nothing learned
         return
     except Exception as e:  # a shape error of the model's own forward
+        if "meta" in str(e):  # host-side shape arithmetic (.item(), .tolist()): meta cannot tell
+            return
         raise SurgeryError(f"{ref}: the network does not take input {shape} ({type(e).__name__}: "
                            f"{_first_line(e)}); give --input as the C x H x W its first layer expects") from None
 
@@ -173,11 +175,15 @@ def load(
     input_shape: tuple[int, ...] | None = None,
     trust_code: bool = False,
     weights_cutoff: int | None = None,
+    from_file: bool = False,
 ) -> Net:
     """Load a model reference into a :class:`Net` (eval mode).
 
     ``trust_code`` (alias ``trust_pickle``): allow formats whose loading or running executes
-    code from the file (a whole pickled module, TorchScript, a .pt2 run on real tensors).
+    code from the file (a whole pickled module, TorchScript, a .pt2 run on real tensors, a
+    checkpoint's ``py:`` arch the user did not name: :mod:`surgery.core.pyref`).
+    ``from_file``: ``ref`` and ``arch`` were read from a file (a run directory's config), not
+    typed by the user: a ``py:`` reference among them is not the user naming its code.
     ``weights_cutoff``: a Darknet ``.weights`` holds only layers ``0..N-1`` (``darknet53.conv.74``);
     without it a short file's cutoff is inferred from its size (``metadata["weights_load"]``)."""
     ref = str(ref)
@@ -187,16 +193,23 @@ def load(
         raise SurgeryError(f"{ref}: --weights applies to a .cfg (its Darknet .weights) or a py: reference (its "
                            f"state_dict); {'a zoo model' if ref.startswith('zoo:') else 'this file'} has its "
                            f"own weights")
-    trust_pickle = trust = bool(trust_code or trust_pickle)
+    trust = bool(trust_code or trust_pickle)
+    with pyref.trusting(trust):
+        return _load(ref, arch=arch, weights=weights, trust=trust, input_shape=input_shape,
+                     weights_cutoff=weights_cutoff, from_file=from_file)
+
+
+def _load(ref: str, *, arch, weights, trust: bool, input_shape, weights_cutoff, from_file: bool) -> Net:
+    trust_pickle = trust
+    if arch is not None and pyref.is_ref(arch) and not from_file:
+        pyref.name(pyref.parse(arch)[0])  # --arch py:pkg.mod:Net: the user names that code
     if input_shape is not None:
         input_shape = safety.check_shape(input_shape, "--input")
     if ref.startswith("zoo:"):
         name, kwargs = parse_zoo_ref(ref)
         net = build_zoo(name, kwargs)
     elif ref.startswith("py:"):  # the user's own factory (surgery.core.pyref); --weights: its state_dict
-        from surgery.core import pyref
-
-        net = pyref.load(ref, weights=weights, input_shape=input_shape)
+        net = pyref.load(ref, weights=weights, input_shape=input_shape, from_file=from_file)
     else:
         path = _existing(ref)
         suffix = path.suffix.lower()
@@ -415,7 +428,8 @@ def _load_torch_file(path: Path, *, arch: str | None, trust_pickle: bool, input_
         raise SurgeryError(f"{path}: neither a surgery checkpoint nor a state_dict (found {type(obj).__name__})")
     if not arch:
         raise SurgeryError(f"{path} is a bare state_dict; pass --arch (zoo:NAME[:k=v] or a Darknet .cfg) to say what it is")
-    net = load(arch)
+    net = _load(arch, arch=None, weights=None, trust=trust_pickle, input_shape=None, weights_cutoff=None,
+                from_file=pyref.is_ref(arch) and not pyref.named(pyref.parse(arch)[0]))
     net.require_editable("load a state_dict into")
     _load_state_strict(net.module, state, path)
     sources = {**dict(net.metadata.get("sources", {})), **meta["sources"]}
@@ -424,8 +438,6 @@ def _load_torch_file(path: Path, *, arch: str | None, trust_pickle: bool, input_
 
 
 def _load_pickled_module(path: Path, arch: str | None, meta: dict, input_shape=None) -> Net:
-    from surgery.core import pyref
-
     try:
         with pyref.cwd_on_path():  # its classes live in the user's code, as for py: references
             obj = torch.load(str(path), map_location="cpu", weights_only=False)
@@ -502,6 +514,18 @@ def state_hash(state: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def content_hash(arch, recipe, input_shape, weights_sha256: str) -> str:
+    """sha256 over everything a checkpoint rebuilds from: the arch spec (which may name code),
+    the recipe, the input shape and the weights (:func:`state_hash`). An edited arch is a
+    tampered file. (A hash is no signature: whoever edits the file can recompute it; what
+    keeps a file from running code is the naming rule of :mod:`surgery.core.pyref`.)"""
+    import json
+
+    head = json.dumps({"arch": _jsonable(arch), "recipe": _jsonable(recipe), "input_shape": list(input_shape)},
+                      sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(f"{head}\0{weights_sha256}".encode()).hexdigest()
+
+
 def _structure(build: Callable[[], nn.Module]) -> nn.Module:
     """Build a module for weights that are about to be loaded: on the meta device (no random
     init, no memory) when every tensor it holds is in its state_dict; otherwise for real."""
@@ -530,14 +554,20 @@ def _from_checkpoint(path: Path, ckpt: Mapping, meta: dict) -> Net:
     if not (isinstance(shape, (list, tuple)) and shape and all(type(d) is int for d in shape)):
         raise SurgeryError(f"{path}: the checkpoint's input_shape {shape!r} is not a list of integers; the file is damaged")
     shape = safety.check_shape(shape, f"{path}: the checkpoint's input_shape")
-    recorded = ckpt.get("state_dict_sha256")
-    if recorded is not None and recorded != state_hash(state):
+    recorded, weights_sha256 = ckpt.get("state_dict_sha256"), state_hash(state)
+    if recorded is not None and recorded != weights_sha256:
         raise SurgeryError(f"{path}: its weights do not match the content hash recorded when it was saved; "
                            f"the file is damaged or was edited (restore it from a good copy)")
+    content = ckpt.get("content_sha256")
+    if content is not None and content != content_hash(ckpt["arch"], ckpt["recipe"], shape, weights_sha256):
+        raise SurgeryError(f"{path}: its architecture, recipe or weights do not match the content hash recorded when "
+                           f"it was saved; the file is damaged or was edited (restore it from a good copy)")
     try:
         arch = ArchSpec.from_dict(ckpt["arch"])
         recipe = tuple(Step.from_dict(s) for s in ckpt["recipe"])
         module = _structure(lambda: rebuild(arch, recipe))
+    except pyref.CodeNotNamed as e:
+        raise SurgeryError(f"{path} {e}") from None
     except SurgeryError as e:
         raise SurgeryError(f"{path}: {e}") from None
     except Exception as e:  # untrusted data: a damaged arch/recipe fails in many ways
@@ -558,7 +588,7 @@ def checkpoint_dict(net: Net, extra_metadata: Mapping | None = None) -> dict:
     net.require_editable("save as a checkpoint")
     state = {k: v.detach().cpu().contiguous() for k, v in net.module.state_dict().items()}
     metadata = {**dict(net.metadata), **dict(extra_metadata or {}), "tool_version": surgery.__version__}
-    return {
+    ckpt = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_VERSION,
         "arch": net.arch.to_dict(),
@@ -568,6 +598,8 @@ def checkpoint_dict(net: Net, extra_metadata: Mapping | None = None) -> dict:
         "state_dict_sha256": state_hash(state),
         "metadata": _jsonable(metadata),
     }
+    ckpt["content_sha256"] = content_hash(ckpt["arch"], ckpt["recipe"], ckpt["input_shape"], ckpt["state_dict_sha256"])
+    return ckpt
 
 
 def _jsonable(x):

@@ -56,7 +56,8 @@ class ArchSpec:
         raise SurgeryError(f"unknown architecture kind {self.kind!r} (expected 'zoo', 'darknet', 'py' or 'onnx')")
 
     def build_own(self) -> nn.Module:
-        """Build what the user named themselves (a ``py:`` reference on the command line)."""
+        """Build what the user named themselves (a ``py:`` reference on the command line, a
+        trusted pickle's class): the module counts as named (``pyref.name``)."""
         return self._build_py(from_file=False) if self.kind == "py" else self.build()
 
     def _build_py(self, *, from_file: bool) -> nn.Module:
@@ -65,7 +66,9 @@ class ArchSpec:
         module, sep, factory = self.name.partition(":")
         if not sep:
             raise SurgeryError(f"py arch spec {self.name!r} is not 'package.module:factory'")
-        return pyref.build(module, factory, self.kwargs, from_file=from_file)
+        if not from_file:
+            pyref.name(module)
+        return pyref.build(module, factory, self.kwargs, from_file=True)
 
     def describe(self) -> str:
         if self.kind == "zoo":

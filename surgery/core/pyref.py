@@ -6,12 +6,17 @@ puts first on ``sys.path``, so the current directory is added here, as ``python 
 Arguments are written as in zoo references and read as Python literals where they are one
 (``width=16`` -> 16, ``mode=fast`` -> "fast", ``bias=true`` -> True).
 
-Running the user's own code is explicit when the user names it on the command line. A
-checkpoint's arch spec names code too, but the *file* names it: rebuilding from a checkpoint
-(:func:`build` with ``from_file=True``) therefore never imports the standard library and calls
-only ``nn.Module`` classes, or functions of the user's own code (a module outside the
-interpreter's library folders) — never a function of an installed package such as
-``torch.hub.load``.
+Importing a module *is* running code (Hugging Face's ``trust_remote_code`` model). A ``py:``
+reference the user types (a positional model, ``--arch py:...``, or a call of the library) is
+their decision: :func:`name` records its module for this process. A ``py:`` reference that
+comes *from a file* (a checkpoint's arch spec, a run directory's config) imports nothing unless
+the user named that same module, or allowed every file's code for this load with
+``--trust-code`` (:func:`trusting`); otherwise :class:`CodeNotNamed`, one line saying what to
+type. Whatever is imported, only an ``nn.Module`` subclass or a function defined in the package
+the reference names may be called, and only with literal arguments (numbers, strings, booleans,
+None, lists of them): checked *before* calling (:func:`check_callable`, :func:`check_literal`).
+A file never names the standard library. What the user's code prints goes to stderr (``--json``
+on stdout stays clean); ``sys.exit`` and ``KeyboardInterrupt`` inside it become one error line.
 
 Weights (``--weights FILE``) are a state_dict ``.pt`` (read with ``weights_only=True``) or a
 ``.safetensors`` file (when the ``safetensors`` package is installed), loaded strictly.
@@ -21,12 +26,13 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import contextvars
 import importlib
 import importlib.util
+import inspect
 import os
 import re
 import sys
-import sysconfig
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -97,20 +103,32 @@ def cwd_on_path():
                 sys.path.remove(cwd)
 
 
-def _library_dirs() -> list[Path]:
-    paths = sysconfig.get_paths()
-    dirs = {paths.get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")} | {sys.prefix, sys.base_prefix}
-    return [Path(d).resolve() for d in dirs if d]
+class CodeNotNamed(SurgeryError):
+    """A file names code the user did not name (the caller prefixes the file's name)."""
 
 
-def _is_library(file: str | None) -> bool:
-    if not file:
-        return True  # built into the interpreter
-    f = Path(file).resolve()
-    cwd = Path.cwd().resolve()
-    if f.is_relative_to(cwd):
-        return False
-    return any(f.is_relative_to(d) for d in _library_dirs())
+_NAMED: set[str] = set()  # modules the user named in this process (command line or library call)
+_TRUST: contextvars.ContextVar[bool] = contextvars.ContextVar("surgery_trust_code", default=False)
+
+
+def name(module: str) -> None:
+    """The user named ``module`` (``py:module:factory`` typed by them): a file may name it too."""
+    _NAMED.add(str(module))
+
+
+def named(module: str) -> bool:
+    return module in _NAMED or _TRUST.get()
+
+
+@contextlib.contextmanager
+def trusting(trust: bool = True):
+    """``--trust-code``: code that a file names may be imported while this context is open (and
+    a module imported so stays named for the process: the user vouched for it)."""
+    token = _TRUST.set(bool(trust) or _TRUST.get())
+    try:
+        yield
+    finally:
+        _TRUST.reset(token)
 
 
 def _refuse_stdlib(module: str, ref: str) -> None:
@@ -120,20 +138,73 @@ def _refuse_stdlib(module: str, ref: str) -> None:
                            f"surgery only builds networks from a checkpoint's own classes")
 
 
+def check_literal(kwargs: Mapping[str, Any], ref: str) -> None:
+    """Arguments from a reference or a file are literals only: numbers, strings, booleans, None
+    and lists/tuples of them (no mappings, no objects)."""
+    def ok(v, depth=0) -> bool:
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return True
+        return isinstance(v, (list, tuple)) and depth < 4 and all(ok(x, depth + 1) for x in v)
+
+    for k, v in dict(kwargs).items():
+        if not isinstance(k, str) or not k.isidentifier() or not ok(v):
+            raise SurgeryError(f"{ref}: argument {str(k)!r} is a {type(v).__name__}; arguments are numbers, strings, "
+                               f"booleans or lists of them")
+
+
+def check_callable(obj: Any, module: str, factory: str, ref: str) -> None:
+    """Only an ``nn.Module`` subclass or a plain function defined in the package ``module``
+    belongs to may be called (no reaching through an attribute path into another package:
+    ``examples.mynet:torch.hub.load``), decided before the call."""
+    top = module.split(".", 1)[0]
+    owner = getattr(obj, "__module__", "") or ""
+    if owner.split(".", 1)[0] != top:
+        raise SurgeryError(f"{ref}: {factory!r} is defined in {owner or 'no module'!r}, not in the package {top!r} the "
+                           f"reference names; refused. Name the package that defines it")
+    if isinstance(obj, type):
+        if not issubclass(obj, nn.Module):
+            raise SurgeryError(f"{ref}: {factory!r} is a class but not an nn.Module; name the network class or a "
+                               f"function that builds one")
+    elif not inspect.isfunction(obj):
+        raise SurgeryError(f"{ref}: {factory!r} is a {type(obj).__name__}, not a class or function that builds a network")
+
+
+@contextlib.contextmanager
+def _user_code(ref: str, what: str):
+    """Run the user's code: its prints go to stderr; ``sys.exit``/``KeyboardInterrupt`` inside it
+    become one error line instead of ending the tool."""
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    except SystemExit as e:
+        raise SurgeryError(f"{ref}: {what} called sys.exit({e.code!r}); a network factory must return a module") from None
+    except KeyboardInterrupt:
+        raise SurgeryError(f"{ref}: {what} raised KeyboardInterrupt (interrupted)") from None
+
+
 def resolve(module: str, factory: str, *, from_file: bool = False) -> Callable[..., Any]:
-    """Import ``module`` and return its attribute ``factory`` (dotted: ``Outer.make``)."""
+    """Import ``module`` and return its attribute ``factory`` (dotted: ``Outer.make``).
+
+    ``from_file``: a file names it; refused unless the user named ``module`` (:func:`name`)
+    or passed ``--trust-code`` (:func:`trusting`)."""
     ref = f"{PREFIX}{module}:{factory}"
     if from_file:
         _refuse_stdlib(module, ref)
-    with cwd_on_path():
+        if not named(module):
+            raise CodeNotNamed(f"names code `{ref}`; pass `--arch {ref}` (or `--trust-code`) to import it")
+    with cwd_on_path(), _user_code(ref, f"importing {module!r}"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:
             missing = e.name or module
             raise SurgeryError(f"{ref}: cannot import {module!r} (no module named {missing!r}); run from the folder "
                                f"that holds it or add that folder to PYTHONPATH") from None
+        except SurgeryError:
+            raise
         except Exception as e:  # the user's module itself fails on import
             raise SurgeryError(f"{ref}: importing {module!r} failed ({type(e).__name__}: {_first_line(e)})") from None
+    if from_file:
+        name(module)  # trusted once: later rebuilds of the same arch in this process need no flag
     obj: Any = mod
     for part in factory.split("."):
         if not hasattr(obj, part):
@@ -144,17 +215,7 @@ def resolve(module: str, factory: str, *, from_file: bool = False) -> Callable[.
         obj = getattr(obj, part)
     if not callable(obj):
         raise SurgeryError(f"{ref}: {factory!r} is a {type(obj).__name__}, not a class or function that builds a network")
-    owner = getattr(obj, "__module__", "") or ""
-    if from_file and owner.split(".", 1)[0] != module.split(".", 1)[0]:
-        # a checkpoint names code of the package it names: no reaching through an attribute
-        # path into another package (examples.mynet:torch.hub.load, ...:torch.nn.Conv2d)
-        raise SurgeryError(f"{ref}: {factory!r} is defined in {owner or 'no module'!r}, not in the package "
-                           f"{module.split('.', 1)[0]!r} the checkpoint names; refused. Rebuild it with "
-                           f"--arch py:... yourself if you trust it")
-    if from_file and not (isinstance(obj, type) and issubclass(obj, nn.Module)):
-        if _is_library(getattr(sys.modules.get(getattr(obj, "__module__", "") or ""), "__file__", None)):
-            raise SurgeryError(f"{ref}: a checkpoint may name an nn.Module class or a function of your own code, "
-                               f"not {factory!r} of an installed package; rebuild it with --arch py:... yourself")
+    check_callable(obj, module, factory, ref)
     return obj
 
 
@@ -165,10 +226,11 @@ def _first_line(e: BaseException) -> str:
 
 def build(module: str, factory: str, kwargs: Mapping[str, Any] | None = None, *, from_file: bool = False) -> nn.Module:
     """Call the factory with ``kwargs``; one-line errors when it raises or returns no module."""
-    fn = resolve(module, factory, from_file=from_file)
     ref = describe(module, factory, kwargs or {})
+    check_literal(kwargs or {}, ref)
+    fn = resolve(module, factory, from_file=from_file)
     try:
-        with cwd_on_path():
+        with cwd_on_path(), _user_code(ref, f"{factory}(...)"):
             obj = fn(**dict(kwargs or {}))
     except SurgeryError:
         raise
@@ -221,17 +283,21 @@ def input_shape_of(module: nn.Module, ref: str, given=None) -> tuple[int, ...]:
         raise SurgeryError(f"{ref}: its input_shape {shape!r} is not a list of integers; pass --input CxHxW") from None
 
 
-def load(ref: str, *, weights: str | None = None, input_shape=None):
-    """A ``py:`` reference -> an editable :class:`Net` (arch kind ``"py"``)."""
+def load(ref: str, *, weights: str | None = None, input_shape=None, from_file: bool = False):
+    """A ``py:`` reference -> an editable :class:`Net` (arch kind ``"py"``). ``from_file``: the
+    reference was read from a file (a run directory's config), not typed: it imports only what
+    the user named (module docstring)."""
     from surgery.core import io as sio
     from surgery.core import safety
     from surgery.core.net import ArchSpec, Net
 
     module_name, factory, kwargs = parse(ref)
+    if not from_file:
+        name(module_name)
     arch = ArchSpec("py", f"{module_name}:{factory}", kwargs)
-    sio._check_build(arch.build_own, ref)
+    sio._check_build(arch.build, ref)
     with sio.seeded(sio.DEFAULT_SEED):
-        module = arch.build_own()
+        module = arch.build()
     shape = safety.check_shape(input_shape_of(module, ref, input_shape), f"{ref}: input shape")
     meta: dict[str, Any] = {"seed": sio.DEFAULT_SEED, "weights": None}
     if weights:

@@ -40,11 +40,13 @@ Everything is a function of the seed: the same arguments write the same bytes.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from surgery.core import safety
 from surgery.core.errors import SurgeryError
 from surgery.datasets.folder import atomic_folder, check_new_folder
 
@@ -104,6 +106,9 @@ def _check_counts(n_train: int, n_val: int, test_rows: int, height: int) -> None
     for name, n in (("train pairs", n_train), ("val pairs", n_val)):
         if n < 2 or n % 2:
             raise SurgeryError(f"{name} = {n}: give an even number of at least 2 (half positive, half negative)")
+    # refused up front, with the amount: the pairs are held in memory before they are written
+    safety.check_memory((n_train + n_val) * 2 * PATCH * PATCH, f"{n_train + n_val:,} pairs of {PATCH}x{PATCH} windows",
+                        "ask for fewer pairs")
     if not 2 * PATCH <= test_rows <= height - 2 * PATCH:
         raise SurgeryError(f"test rows = {test_rows}: the held-out band needs {2 * PATCH}..{height - 2 * PATCH} rows "
                            f"so that both regions fit {PATCH}x{PATCH} windows")
@@ -194,6 +199,12 @@ def write_stereo_patches(out_dir: str | Path, *, n_train: int = DEFAULT_TRAIN, n
     from PIL import Image
 
     out = check_new_folder(out_dir, force=force)
+    _check_counts(n_train, n_val, test_rows, scene().disparity.shape[0])
+    need = (n_train + n_val) * (2 * PATCH * PATCH + 512)  # an upper bound: raw LA pixels plus PNG and manifest overhead
+    free = shutil.disk_usage(out.parent.resolve()).free
+    if need > free:
+        raise SurgeryError(f"{n_train + n_val:,} pairs need up to {safety.fmt_bytes(need)} on disk but "
+                           f"{out.parent.resolve()} has {safety.fmt_bytes(free)} free; ask for fewer pairs")
     sp = make_pairs(n_train, n_val, seed=seed, test_rows=test_rows)
     manifest = {"source": SOURCE, "patch": PATCH, "seed": seed, "test_rows": list(sp.test_rows),
                 "correspondence": "right = (y, round(x - disparity[y, x])); windows rows y-32..y+31",

@@ -303,7 +303,8 @@ def joint_train(net: Net, cfg: JointConfig, *, teacher: Net | None = None, run_d
     data.validate()
     digest = tdata.digest(train_f, val_f)
     if run_dir is not None and not resume and dist.env_rank() == 0:
-        ckpt.create(run_dir, run_config or {}, force=force)
+        ckpt.create(run_dir, run_config or {}, force=force,
+                    inputs=[cfg.data, cfg.val, net.source, teacher.source if teacher is not None else None])
     elif run_dir is not None and resume and not Path(run_dir).is_dir():
         raise SurgeryError(f"run directory {str(run_dir)!r} does not exist")
     t_mod = teacher.module.eval() if teacher is not None else None

@@ -2,7 +2,10 @@
 
 A run directory holds::
 
-    RUN/config.json   what was asked (written once, when training starts)
+    RUN/.surgery-run  marker: a run directory of surgery (``--force`` removes nothing else)
+    RUN/config.json   what was asked (written once, when training starts): training options
+                      and the sha256 of the files it read — data, never trust (``--resume``
+                      restores the options alone; see ``cli_commands/training_options.resumed``)
     RUN/state.pt      the training state after the last finished epoch (rewritten atomically)
     RUN/log.jsonl     one JSON line per finished epoch (loss terms, held-out metrics)
 
@@ -20,38 +23,76 @@ import os
 import pickle
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 
+from surgery.core import safety
 from surgery.core.errors import SurgeryError
 from surgery.core.io import atomic_write
 
 RUN_FORMAT = "surgery-run"
 RUN_VERSION = 1
-CONFIG, STATE, LOG = "config.json", "state.pt", "log.jsonl"
+CONFIG, STATE, LOG, MARKER = "config.json", "state.pt", "log.jsonl", ".surgery-run"
 
 
-def check_new(path: str | Path, *, force: bool) -> Path:
-    """Refuse to start a run in an existing run directory without ``force``."""
+def _overlap(run: Path, inputs: Iterable[str | Path]) -> str | None:
+    """Why ``run`` may not be (re)made given the inputs: it is one, holds one, or lies inside
+    an input folder (a data set). None when it touches none of them."""
+    try:
+        r = run.resolve()
+    except OSError:
+        return None
+    for i in inputs:
+        if not i or str(i).startswith(("zoo:", "py:")):
+            continue
+        try:
+            q = Path(i).resolve()
+        except OSError:
+            continue
+        if q == r:
+            return f"is the input {str(i)!r}"
+        if q.is_relative_to(r):
+            return f"holds the input {str(i)!r}"
+        if r.is_relative_to(q):
+            return f"lies inside the input folder {str(i)!r}"
+    return None
+
+
+def check_new(path: str | Path, *, force: bool, inputs: Iterable[str | Path] = ()) -> Path:
+    """Refuse to start a run in ``path`` when it is, holds or lies inside any input (models,
+    teacher, data, weights — and every file the loader read), when it exists without
+    ``force``, and when ``force`` would remove a directory that is not a run directory of
+    surgery (it has no marker file)."""
     p = Path(path)
+    read, _ = safety.read_inputs()
+    why = _overlap(p, [*inputs, *read])
+    if why:
+        raise SurgeryError(f"run directory {str(p)!r} {why}; choose another --run-dir (surgery never removes or "
+                           f"writes into its inputs)")
     if p.exists() and not p.is_dir():
         raise SurgeryError(f"run directory {str(p)!r} exists and is not a directory")
-    if p.is_dir() and any(p.iterdir()) and not force:
-        raise SurgeryError(f"run directory {str(p)!r} exists; continue it with --resume {p}, or pass --force to "
-                           "start again")
+    if p.is_dir() and any(p.iterdir()):
+        if not force:
+            raise SurgeryError(f"run directory {str(p)!r} exists; continue it with --resume {p}, or pass --force to "
+                               "start again")
+        if not (p / MARKER).is_file():
+            raise SurgeryError(f"{str(p)!r} is not a run directory of surgery (no {MARKER} inside), so --force will "
+                               f"not remove it; choose another --run-dir or remove it yourself")
     if not p.parent.resolve().is_dir():
         raise SurgeryError(f"parent of run directory {str(p)!r} does not exist")
     return p
 
 
-def create(path: str | Path, config: Mapping[str, Any], *, force: bool) -> Path:
-    """Make the run directory with its config (atomically: a temporary sibling renamed)."""
-    p = check_new(path, force=force)
+def create(path: str | Path, config: Mapping[str, Any], *, force: bool, inputs: Iterable[str | Path] = ()) -> Path:
+    """Make the run directory with its config and marker (atomically: a temporary sibling
+    renamed); an old run directory is replaced only under :func:`check_new`'s rules."""
+    p = check_new(path, force=force, inputs=inputs)
     tmp = p.parent / f".{p.name}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
+        (tmp / MARKER).write_text("a run directory of surgery: `surgery ... --resume DIR` continues it\n")
         (tmp / CONFIG).write_text(json.dumps(dict(config), indent=2) + "\n")
         if p.exists():
             shutil.rmtree(p)
@@ -61,14 +102,28 @@ def create(path: str | Path, config: Mapping[str, Any], *, force: bool) -> Path:
     return p
 
 
+def discard_unstarted(path: str | Path) -> None:
+    """Remove a run directory this invocation made when the run failed before its first saved
+    state (a refused device, an unreadable data set): the next run must not find it."""
+    p = Path(path)
+    if p.is_dir() and (p / MARKER).is_file() and not (p / STATE).exists():
+        shutil.rmtree(p, ignore_errors=True)
+
+
 def read_config(path: str | Path) -> dict:
     p = Path(path)
     if not (p / CONFIG).is_file():
-        raise SurgeryError(f"{str(p)!r} is not a run directory (no {CONFIG}); give the folder a previous heal wrote")
+        raise SurgeryError(f"{str(p)!r} is not a run directory (no {CONFIG}); give the folder a previous run wrote")
     try:
-        return json.loads((p / CONFIG).read_text())
-    except json.JSONDecodeError as e:
-        raise SurgeryError(f"{p / CONFIG}: not valid JSON ({e}); the run directory is damaged") from None
+        config = json.loads((p / CONFIG).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise SurgeryError(f"{p / CONFIG}: not valid JSON ({type(e).__name__}); the run directory is damaged") from None
+    except OSError as e:
+        raise SurgeryError(f"{p / CONFIG}: cannot be read ({e.strerror or e})") from None
+    if not isinstance(config, dict):
+        raise SurgeryError(f"{p / CONFIG}: holds a JSON {type(config).__name__}, not the object surgery writes; the run "
+                           f"directory is damaged")
+    return config
 
 
 def save_state(path: str | Path, state: Mapping[str, Any]) -> Path:

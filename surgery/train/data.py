@@ -21,10 +21,12 @@ and after a resume — kornia's generators draw from the global RNG in batch ord
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -58,39 +60,82 @@ class ImageFolder:
                            self.classes, self.skipped)
 
 
-def _listing(root: Path) -> list[str]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for f in sorted(filenames):
-            if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith("."):
-                out.append(str(Path(dirpath, f).relative_to(root)))
-    return sorted(out)
+def _listing(root: Path) -> tuple[list[str], list[str]]:
+    """(image files, other entries with an image name) under ``root``, relative and sorted; only
+    regular files are images: a FIFO, socket or device named ``x.png`` would block or never end
+    a read, so it is listed as skipped, never opened. Hidden names are left out."""
+    out, odd = [], []
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            entries = list(os.scandir(d))
+        except OSError:
+            continue
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            try:
+                if e.is_dir():  # not into linked folders (as os.walk): no loops
+                    if not e.is_symlink():
+                        stack.append(Path(e.path))
+                    continue
+                image = e.name.lower().endswith(IMAGE_SUFFIXES)
+                if image and e.is_file():
+                    out.append(os.path.relpath(e.path, root))
+                elif image:
+                    odd.append(os.path.relpath(e.path, root))
+            except OSError:
+                continue
+    return sorted(out), sorted(odd)
 
 
 def _readable(path: Path) -> bool:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
-            im.verify()  # header and (PNG) checksums without a full decode
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DecompressionBombWarning: a huge image is still one sample
+            with Image.open(path) as im:
+                im.verify()  # header and (PNG) checksums without a full decode
         return True
     except Exception:  # Pillow raises many types for a damaged file
         return False
 
 
+# Called as fn(done, total, what) while a folder is checked (the CLI shows progress; the library
+# never prints). Set by :func:`reporting`.
+_PROGRESS: list = []
+
+
+@contextlib.contextmanager
+def reporting(fn):
+    """Report folder scans to ``fn(done, total, what)`` inside this block."""
+    _PROGRESS.append(fn)
+    try:
+        yield
+    finally:
+        _PROGRESS.remove(fn)
+
+
 def scan(root: str | Path, *, labels: bool, what: str = "data folder") -> ImageFolder:
-    """The images under ``root``; ``labels``: class = first sub-folder (refused for loose files)."""
+    """The images under ``root``; ``labels``: class = first sub-folder (refused for loose files).
+    Linear in the number of files; non-regular files and images Pillow cannot read are skipped."""
     root = Path(root)
     if not root.exists():
         raise SurgeryError(f"{what} {str(root)!r} does not exist")
     if not root.is_dir():
         raise SurgeryError(f"{what} {str(root)!r} is not a directory; give a folder of .png/.jpg images")
-    files = _listing(root)
+    files, odd = _listing(root)
     if not files:
         raise SurgeryError(f"{what} {str(root)!r} holds no .png/.jpg/.jpeg images")
-    good = [f for f in files if _readable(root / f)]
-    skipped = tuple(f for f in files if f not in set(good))
+    good, bad = [], list(odd)
+    report = _PROGRESS[-1] if _PROGRESS else None
+    for i, f in enumerate(files):
+        (good if _readable(root / f) else bad).append(f)
+        if report is not None and (i % 500 == 0 or i == len(files) - 1):
+            report(i + 1, len(files), f"checking {root}")
+    skipped = tuple(sorted(bad))
     if not good:
         raise SurgeryError(f"{what} {str(root)!r}: none of its {len(files)} images can be read by Pillow")
     classes: tuple[str, ...] = ()
@@ -170,7 +215,9 @@ class FolderDataset(Dataset):
 
     Keys are ``(index, epoch)`` pairs (see :class:`EpochSampler`) or plain indices (epoch 0).
     Each sample is a dict: ``image`` (uint8 C x H x W), ``label`` (-1 when unlabelled),
-    ``box`` (4 x 2 crop corners, kornia's order), ``flip`` (bool), ``index``.
+    ``box`` (4 x 2 crop corners, kornia's order), ``flip`` (bool), ``index``, ``undecodable``
+    (the index of a file that passed ``verify()`` but failed to decode and was replaced by the
+    next one, else -1).
     """
 
     def __init__(self, folder: ImageFolder, shape: tuple[int, int, int], *, train: bool, seed: int = 0,
@@ -182,19 +229,17 @@ class FolderDataset(Dataset):
         return len(self.folder)
 
     def __getitem__(self, key):
-        import numpy as np
-        from PIL import Image
-
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         c, h, w = self.shape
-        path = self.folder.root / self.folder.files[index]
-        try:
-            with Image.open(path) as im:
-                mode = {1: "L", 2: "LA"}.get(c, "RGB")  # LA: a two-channel image (patch pairs, surgery.datasets.stereo_patches)
-                im = im.convert(mode).resize((w, h), Image.BILINEAR)
-                arr = np.asarray(im, dtype=np.uint8)
-        except Exception as e:  # a file that passed verify() but fails to decode
-            raise SurgeryError(f"{path}: Pillow cannot decode it ({type(e).__name__}: {e}); remove it") from None
+        bad = -1
+        for _ in range(len(self.folder)):  # a file that passed verify() but fails to decode: the next one
+            arr = self._decode(self.folder.root / self.folder.files[index], c, h, w)
+            if arr is not None:
+                break
+            bad = index if bad < 0 else bad
+            index = (index + 1) % len(self.folder)
+        else:
+            raise SurgeryError(f"{self.folder.root}: Pillow cannot decode any of its images")
         image = torch.from_numpy(arr.copy())
         image = image[None] if image.ndim == 2 else image.permute(2, 0, 1)
         if c not in (1, 2, 3):  # e.g. a 4-channel model: repeat the gray plane
@@ -208,7 +253,24 @@ class FolderDataset(Dataset):
         x0, y0, x1, y1 = left, top, left + cw - 1, top + ch - 1
         box = torch.tensor([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=torch.float32)
         label = -1 if self.folder.labels is None else self.folder.labels[index]
-        return {"image": image, "label": label, "box": box, "flip": flip, "index": index}
+        return {"image": image, "label": label, "box": box, "flip": flip, "index": index, "undecodable": bad}
+
+    @staticmethod
+    def _decode(path: Path, c: int, h: int, w: int):
+        """The image at ``path`` as a uint8 H x W (x C) array at the model's size, None when Pillow
+        cannot decode it (counted by the loop as skipped)."""
+        import numpy as np
+        from PIL import Image
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # DecompressionBombWarning
+                with Image.open(path) as im:
+                    mode = {1: "L", 2: "LA"}.get(c, "RGB")  # LA: a two-channel image (patch pairs, surgery.datasets.stereo_patches)
+                    im = im.convert(mode).resize((w, h), Image.BILINEAR)
+                    return np.asarray(im, dtype=np.uint8)
+        except Exception:  # Pillow raises many types for a damaged file
+            return None
 
 
 class EpochSampler(DistributedSampler):

@@ -47,10 +47,7 @@ def env_rank() -> int:
 def setup(device: str = "cpu") -> Dist:
     """Join torchrun's process group if there is one; the device this process trains on."""
     device = str(device)
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise SurgeryError(f"unknown device {device!r}; use cpu or cuda")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SurgeryError("--device cuda: no CUDA device is available here; use --device cpu")
+    check_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world <= 1:
         return Dist(0, 1, 0, device)
@@ -91,3 +88,11 @@ def mean(values: torch.Tensor, d: Dist) -> torch.Tensor:
 def teardown(d: Dist) -> None:
     if d.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def check_device(device: str) -> None:
+    """Refuse a device this machine cannot train on, in one line (before anything is made)."""
+    if not isinstance(device, str) or (device not in ("cpu", "cuda") and not device.startswith("cuda:")):
+        raise SurgeryError(f"unknown device {device!r}; use cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SurgeryError("--device cuda: no CUDA device is available here; use --device cpu")

@@ -74,6 +74,7 @@ class TrainConfig:
             raise SurgeryError(f"--weight-decay {self.weight_decay} must not be negative")
         if self.workers < 0:
             raise SurgeryError(f"--workers {self.workers} must not be negative")
+        dist.check_device(self.device)  # before any run directory is made
         for value, allowed, what in ((self.optimizer, OPTIMIZERS, "optimizer"), (self.schedule, SCHEDULES, "schedule"),
                                      (self.bn, BN_MODES, "bn mode")):
             if value not in allowed:
@@ -137,6 +138,7 @@ class TrainResult:
     world_size: int = 1
     resumed_at: int = 0  # the step a resumed run continued from (0: fresh)
     run_dir: str | None = None
+    undecodable: tuple[str, ...] = ()  # training files that passed verify() but failed to decode (skipped)
 
     def report_fields(self, cfg: TrainConfig, run_dir) -> dict:
         """The fields every training report (heal's, onion train's) shares, by their report names."""
@@ -174,6 +176,21 @@ def _schedule(cfg: TrainConfig, opt, total: int):
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total, 1))
     return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+
+
+def _extend(sched, opt, step: int, total: int, planned: int, run_dir) -> None:
+    """A resumed run given another length (``--epochs``/``--steps`` on resume): the learning-rate
+    schedule is re-planned over the new total from the step reached (cosine: its closed form at
+    ``step`` of ``total``), the optimizer state kept. Shorter than what is done: refused."""
+    if total < step:
+        raise SurgeryError(f"{run_dir}: the run has done {step} steps already; --epochs/--steps ask for {total} "
+                           f"in all (planned: {planned}); give more to extend it")
+    if isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR):
+        sched.T_max = max(total, 1)
+        sched.last_epoch = step
+        for group, lr in zip(opt.param_groups, sched._get_closed_form_lr()):
+            group["lr"] = lr
+        sched._last_lr = [g["lr"] for g in opt.param_groups]
 
 
 def _labels(sample: Mapping, device) -> Tensor | None:
@@ -293,11 +310,10 @@ def train(model: nn.Module, loss_fn: LossFn, data: TrainData, cfg: TrainConfig, 
             rng = state["rng"][d.rank] if d.rank < len(state["rng"]) else state["rng"][0]
             ckpt.set_rng_state(rng, device)
             if int(state["total_steps"]) != total:
-                raise SurgeryError(f"{run_dir}: the run was planned for {state['total_steps']} steps but these "
-                                   f"options give {total}; resume with the run's own options")
+                _extend(sched, opt, step, total, int(state["total_steps"]), run_dir)
         if d.main and hooks.start:
             hooks.start(step, total)
-        trained, t0 = 0, time.perf_counter()
+        trained, t0, undecodable = 0, time.perf_counter(), set()
         epoch = step // spe
         while step < total:
             sampler.set_epoch(epoch)
@@ -308,6 +324,7 @@ def train(model: nn.Module, loss_fn: LossFn, data: TrainData, cfg: TrainConfig, 
             for sample in loader:
                 if step >= total:
                     break
+                undecodable.update(int(i) for i in sample["undecodable"] if int(i) >= 0)
                 x = prepare(sample, data.norm, data.shape[1:], train=True, device=device)
                 batch = Batch(x, _labels(sample, device), sample["index"])
                 out, feats = student(x)
@@ -362,7 +379,8 @@ def train(model: nn.Module, loss_fn: LossFn, data: TrainData, cfg: TrainConfig, 
     final.load_state_dict({k: v.detach().cpu() for k, v in work.state_dict().items()})
     final.eval()
     return TrainResult(final, step, epoch, spe, trained, seconds, trained / seconds if seconds > 0 else 0.0,
-                       tuple(history), d.world, resumed_at, str(run_dir) if run_dir is not None else None)
+                       tuple(history), d.world, resumed_at, str(run_dir) if run_dir is not None else None,
+                       tuple(sorted(data.train.files[i] for i in undecodable)))
 
 
 class _Untap(nn.Module):
