@@ -244,7 +244,8 @@ def flops_cmd(
     shapes = parse_shapes(input)
     batches = parse_int_list(batch, "--batch") if batch is not None else None  # None: the model's batch unit
     spec = get_spec(device_spec) if device_spec else None
-    net = load_model(model, arch, weights, trust_pickle, None, weights_cutoff)
+    # one --input is the model's input (an imported .onnx folds its shapes for it); a sweep counts the loaded model
+    net = load_model(model, arch, weights, trust_pickle, input if shapes and len(shapes) == 1 else None, weights_cutoff)
     reports = sweep(net, shapes, batches, dtype=dtype, strict=strict)
     if len(reports) > 1:
         _sweep(net, reports, conv, spec, precision, backend, json_out, csv_out)

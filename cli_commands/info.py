@@ -40,6 +40,13 @@ def info(
     weights_line = describe_weights(rep.metadata)  # a Darknet net: where its weights came from
     if weights_line:
         rows.append(("weights", weights_line))
-    shown = ("sources",) + (("weights", "weights_load", "random_weights", "seed") if weights_line else ())
+    imported = rep.metadata.get("onnx_import")  # an .onnx import: what it came from and how exact it is
+    if isinstance(imported, dict):
+        v = imported.get("verify") or {}
+        rows.append(("onnx import", f"{imported.get('file')} (opset {imported.get('opset')}, {imported.get('producer')}) "
+                                    f"in {imported.get('import_s')} s; vs onnxruntime: max abs {v.get('max_abs', 0):.3g}, "
+                                    f"max rel {v.get('max_rel', 0):.3g} ({v.get('probes')} probes of batch "
+                                    f"{v.get('batch')})"))
+    shown = ("sources", "onnx_import") + (("weights", "weights_load", "random_weights", "seed") if weights_line else ())
     rows += [(k, str(v)) for k, v in rep.metadata.items() if k not in shown]
     out().print(table(None, ["field", "value"], rows, fold=("field", "value")))

@@ -193,7 +193,7 @@ def fold(model, opset: int, input_name: str, full_shape: tuple[int, ...], path, 
             nodes.append(n)
     shapes: dict[str, tuple[int, ...]] = {input_name: tuple(full_shape)}
     folded: set[str] = set()
-    for _ in range(8):
+    for _ in range(256):  # each round may resolve one more Reshape level (a ShuffleNet has 16)
         shapes.update(infer_shapes(model, opset, input_name, full_shape, nodes, consts, path, strict=strict))
         changed = False
         kept = []
