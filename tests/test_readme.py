@@ -31,7 +31,7 @@ def _self_contained(cmd: str) -> bool:
     args = shlex.split(cmd)[1:]
     if args[0] == "profile" or "cuda" in cmd:
         return False
-    inputs = [a for a in args[1:] if not a.startswith("-") and re.search(r"\.(pt|cfg|weights|pt2)$", a)]
+    inputs = [a for a in args[1:] if not a.startswith("-") and re.search(r"\.(pt|cfg|weights|pt2|onnx)$", a)]
     outputs = {args[i + 1] for i, a in enumerate(args[:-1]) if a in ("-o", "--output", "--plot", "--onnx", "--darknet")}
     inputs += [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--data", "--val")]  # folders from earlier lines
     return all(a in outputs for a in inputs)
