@@ -63,7 +63,8 @@ class Probe:
         if x.shape[0] < batch:
             x = x.repeat((-(-batch // x.shape[0]),) + (1,) * (x.dim() - 1))
         n = x.shape[0] - x.shape[0] % batch
-        return Probe(tuple(x[:n].split(batch)), self.kind, self.source, self.data)
+        source = f"{n} images from {self.data}" if self.kind == IMAGES and self.data else self.source
+        return Probe(tuple(x[:n].split(batch)), self.kind, source, self.data)
 
     def take(self, n: int) -> torch.Tensor:
         """The first ``n`` samples as one batch."""
