@@ -339,3 +339,21 @@ def test_verify_has_an_absolute_floor():
     rep = compare(Tiny(0.0), Tiny(1e-7), (4,))
     assert rep.max_rel > 1e-4 and rep.ok(1e-4)  # 1e-7 absolute on a near-zero map passes
     assert not compare(Tiny(0.0), Tiny(1e-3), (4,)).ok(1e-4)
+
+
+def test_readme_models_from_onnx_block_runs_in_order(cli, tmp_path):
+    """The README's "Models from ONNX" commands depend on each other: run them in one folder."""
+    import re
+    import shlex
+
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### Models from ONNX", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
+    cmds = [line.split("#", 1)[0].strip() for line in block.splitlines()]
+    cmds = [c for c in cmds if c.startswith("surgery ")]
+    assert len(cmds) >= 4
+    for cmd in cmds:
+        res = cli(*shlex.split(cmd)[1:], cwd=tmp_path)
+        assert res.code == 0, f"{cmd}\n{res.err}"
+    info = " ".join(cli("info", "r18.onnx", cwd=tmp_path).out.split())
+    assert "vs onnxruntime: max abs" in info and "r18.onnx (every layer)" in info
