@@ -6,7 +6,8 @@ Drawn from the summary statistics alone (as collections, a few artists per panel
 plotting costs the same however large the tensors were. Outliers are drawn as the most extreme value on each side (their
 count is in the report). The bias panel shows kinds ``bias`` and ``bn_bias`` (for Darknet
 models ``bias`` already is the BatchNorm beta of a batch-normalised conv). Rows with
-mean |A| = 0 (absolute differences) are not drawn; the panel says how many.
+mean |A| = 0 (absolute differences) are not drawn; the panel says how many. Models with no
+bias tensor in common (convs without bias or BatchNorm) get the weight panel alone.
 """
 
 from __future__ import annotations
@@ -85,10 +86,12 @@ def plot_diff(report: DiffReport, path: str | Path, *, fmt: str = "png", dpi: in
     all_idx = [r.index for r in report.layers] + [s.index for s in report.skipped]
     lo_idx, hi_idx = (min(all_idx), max(all_idx)) if all_idx else (0, 1)
     span = hi_idx - lo_idx + 1
-    width, height = figure_width(span), 7.5
+    # a panel per parameter kind the models have: no empty bias panel for nets without biases
+    panels = [(label, kinds) for label, kinds in PANELS if any(r.kind in kinds for r in report.layers)] or [PANELS[0]]
+    width, height = figure_width(span), 7.5 if len(panels) > 1 else 4.6
     fig = Figure(figsize=(width, height), dpi=dpi)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 1, sharex=True)
+    axes = list(fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0])
     # fixed margins in inches (constrained layout measures every artist: slow for wide plots)
     handles = _legend(report, bool(report.skipped))
     ncol = max(1, min(len(handles), int(width // 3.3)))
@@ -96,7 +99,7 @@ def plot_diff(report: DiffReport, path: str | Path, *, fmt: str = "png", dpi: in
     fig.subplots_adjust(left=1.0 / width, right=1 - 0.25 / width, bottom=0.7 / height,
                         top=1 - (0.75 + 0.2 * legend_rows) / height, hspace=0.18)
     skipped_idx = sorted({s.index for s in report.skipped})
-    for ax, (label, kinds) in zip(axes, PANELS):
+    for ax, (label, kinds) in zip(axes, panels):
         rows = _drawable(r for r in report.layers if r.kind in kinds)
         hidden = sum(1 for r in report.layers if r.kind in kinds and not r.relative)
         if rows:
@@ -121,7 +124,8 @@ def plot_diff(report: DiffReport, path: str | Path, *, fmt: str = "png", dpi: in
     ax.set_xlabel("layer index" + (" (Darknet)" if report.darknet else ""))
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.42 / height), ncol=ncol,
                fontsize=8, frameon=False)
-    fig.suptitle(f"Relative differences of weights and biases: {_short(report.b)} vs {_short(report.a)}",
+    what = " and ".join(label for label, _ in panels)
+    fig.suptitle(f"Relative differences of {what}: {_short(report.b)} vs {_short(report.a)}",
                  fontsize=11, y=1 - 0.12 / height, va="top")
     fig.savefig(path, format=fmt, dpi=dpi)
 

@@ -233,6 +233,9 @@ def curve_cmd(
                         right=cols))
     ms = ", ".join(f"{rt} {rep.t_m.ms[rt]:.1f} ms" for rt in rep.runtimes)
     console.print(f"t_M ({rep.baseline}): {rep.t_m.macs / 1e9:.3f} GMACs; {ms}")
+    if rep.calibrated_pass_fraction is not None:
+        console.print(f"calibrated operating point: p̄ = {100 * rep.calibrated_pass_fraction:.1f}% of samples pass S1 "
+                      "(`surgery profile` times the cascade there)")
     ck = rep.checks
     even = ck["complexity_break_even_p"]
     even_text = "-" if even is None else f"{100 * even:.0f}%"

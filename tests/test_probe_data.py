@@ -184,3 +184,16 @@ def test_progress_lines_in_a_log(tmp_path):
     lines = [l for l in res.stderr.splitlines() if "elapsed" in l]
     assert lines and all("\x1b" not in l for l in lines)
     assert any("/2 (" in l for l in lines)  # done/total of the two runs (batch 1, 2)
+
+
+def test_curve_marks_the_calibrated_operating_point(cli, calibrated, tmp_path):
+    path, cal = calibrated
+    p_bar = cal["operating_points"][0]["val"]["pass_fraction"]
+    res = cli("onion", "curve", path, "--batch", "4", "--points", "2", "--runtime", "torch", "--min-time", "0",
+              "--plot", "c.png", "--json", cwd=tmp_path)
+    assert res.code == 0, res.err
+    assert res.json()["calibrated_pass_fraction"] == pytest.approx(p_bar)
+    assert (tmp_path / "c.png").stat().st_size > 10_000
+    plain = cli("onion", "curve", "zoo:onion_p", "--batch", "2", "--points", "2", "--runtime", "torch", "--min-time",
+                "0", "--json", cwd=tmp_path).json()
+    assert plain["calibrated_pass_fraction"] is None

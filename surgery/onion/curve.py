@@ -67,6 +67,7 @@ class CurveReport:
     device: str
     threads: int
     notes: tuple[str, ...] = ()
+    calibrated_pass_fraction: float | None = None  # p̄ of the thresholds the cascade carries (onion calibrate)
 
 
 def non_sharing(cascade: OnionCascade) -> OnionCascade:
@@ -145,7 +146,14 @@ def curve(net: Net, *, baseline: Net | None = None, batch: int = 120, points: in
              "t_NS uses a randomly initialised non-sharing baseline (only its cost matters)"]
     return CurveReport(net.source, baseline.source if baseline is not None else "monolithic of the cascade (n1+n2)",
                        batch, shape, tuple(runtimes), tuple(pts), t_m, _checks(pts, t_m, runtimes), "cpu", threads,
-                       tuple(notes))
+                       tuple(notes), _calibrated(net))
+
+
+def _calibrated(net: Net) -> float | None:
+    from surgery.onion.operating import calibrated
+
+    cal = calibrated(net)
+    return cal[0] if cal else None
 
 
 def require_cascade(net: Net) -> None:
@@ -216,7 +224,8 @@ def _ort_pairs(cascade: OnionCascade, ns: OnionCascade, mono: nn.Module, shape) 
 
 def plot(report: CurveReport, path, *, force: bool = False, inputs=()):
     """Figure 3 of the paper: measured time (top, one line style per variant, one colour per
-    runtime) and complexity (bottom, GMACs) against the pass fraction."""
+    runtime) and complexity (bottom, GMACs) against the pass fraction; a marker at every
+    measured point, and the calibrated p̄ (when the cascade carries one) as a vertical line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -227,16 +236,20 @@ def plot(report: CurveReport, path, *, force: bool = False, inputs=()):
     colours = {"torch": "tab:blue", "onnxruntime": "tab:orange"}
     for rt in report.runtimes:
         c = colours.get(rt, None)
-        top.plot(ps, [q.t.ms[rt] for q in report.points], "-", color=c, label=f"t ({rt})")
-        top.plot(ps, [q.t_ns.ms[rt] for q in report.points], "--", color=c, label=f"t_NS ({rt})")
+        top.plot(ps, [q.t.ms[rt] for q in report.points], "-o", color=c, ms=4, label=f"t ({rt})")
+        top.plot(ps, [q.t_ns.ms[rt] for q in report.points], "--s", color=c, ms=4, label=f"t_NS ({rt})")
         top.plot(ps, [report.t_m.ms[rt]] * len(ps), ":", color=c, label=f"t_M ({rt})")
     top.set_ylabel(f"measured time per batch of {report.batch} [ms]")
     top.set_title(f"{report.model}: time vs pass fraction (CPU, {report.threads} thread(s))", fontsize=10)
     top.legend(fontsize=7, ncol=len(report.runtimes))
     top.grid(alpha=0.3)
     g = 1e9
-    bottom.plot(ps, [q.t.conv_macs / g for q in report.points], "-k", label="t")
-    bottom.plot(ps, [q.t_ns.conv_macs / g for q in report.points], "--k", label="t_NS")
+    bottom.plot(ps, [q.t.conv_macs / g for q in report.points], "-ok", ms=4, label="t")
+    bottom.plot(ps, [q.t_ns.conv_macs / g for q in report.points], "--sk", ms=4, label="t_NS")
+    if report.calibrated_pass_fraction is not None:
+        pb = 100 * report.calibrated_pass_fraction
+        for ax in (top, bottom):
+            ax.axvline(pb, color="tab:red", lw=1.2, ls="-.", label=f"calibrated p̄ = {pb:.1f}%")
     bottom.plot(ps, [report.t_m.conv_macs / g] * len(ps), ":k", label="t_M")
     bottom.set_xlabel("p: samples passing S1 [%]")
     bottom.set_ylabel(f"time complexity [GMACs of convs per batch]")
