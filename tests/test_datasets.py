@@ -46,6 +46,12 @@ def test_existing_folder_needs_force(tmp_path, cli):
     (tmp_path / "d" / "x.txt").write_text("mine")
     with pytest.raises(SurgeryError, match="--force"):
         write_digits(tmp_path / "d")
+    # a folder surgery did not write is never replaced, --force or not
     res = cli("data", "digits", tmp_path / "d", "--per-class", "1", "--force", "--json")
+    assert res.code == 2 and "not written by `surgery data`" in res.err and (tmp_path / "d" / "x.txt").exists()
+    # one it wrote (its .surgery-data marker inside) is replaced with --force
+    assert cli("data", "digits", tmp_path / "e", "--per-class", "1").code == 0
+    assert (tmp_path / "e" / ".surgery-data").is_file()
+    res = cli("data", "digits", tmp_path / "e", "--per-class", "2", "--force", "--json")
     assert res.code == 0, res.err
-    assert res.json()["train_images"] == 10 and not (tmp_path / "d" / "x.txt").exists()
+    assert res.json()["train_images"] == 20
