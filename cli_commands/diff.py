@@ -9,7 +9,8 @@ import typer
 
 from cli_commands.base import (ArchEachOpt, CsvOpt, ForceOpt, InputOpt, JsonOpt, SurgeryError, TrustOpt, WeightsEachOpt,
                                app, check_formats, err_console, examples, fmt_num, load_models, out, per_model, print_csv,
-                               print_json, progress, shape_str, table, wrote)
+                               print_json, progress, shape_str, table, to_jsonable, wrote)
+from cli_commands.probing import check_data
 
 PLOT_FORMATS = ("png", "svg", "pdf")
 CSV_COLUMNS = ["index", "name", "param", "kind", "shape", "relative", "scale", "mean", "q1", "median", "q3",
@@ -48,6 +49,10 @@ def diff_cmd(
     trust_pickle: bool = TrustOpt,
     input: Optional[str] = InputOpt,
     force: bool = ForceOpt,
+    data: Optional[str] = typer.Option(None, "--data", metavar="DIR",
+                                       help="Also measure how far B's outputs moved from A's on real images from this "
+                                            "folder (its val/ when it has train/ and val/): top-1 agreement, KL, "
+                                            "accuracy of both."),
 ):
     """Relative weight differences of B against A per layer (|B-A| / mean|A|: mean, quartiles,
     whiskers at 1.5 IQR, outliers) and a suggested layer to cut a shared backbone: the
@@ -57,6 +62,7 @@ def diff_cmd(
     from surgery.core import io as sio
 
     check_formats(json_out, csv_out)
+    check_data(data)
     fmt = None
     if plot is not None:
         fmt = plot.suffix.lower().lstrip(".")
@@ -82,12 +88,35 @@ def diff_cmd(
         sio.atomic_write([plot], lambda tmps: plot_diff(rep, tmps[0], fmt=fmt), force=force,
                          inputs=[a, b, *[w for w in weights or [] if w != '-']])
         wrote(plot)
+    moved = _moved(net_a, net_b, data) if data else None
     if json_out:
-        print_json(rep)
+        print_json({**to_jsonable(rep), "moved": moved} if moved else rep)
     elif csv_out:
         _csv(rep)
     else:
         _tables(rep, tensors)
+    if moved and not json_out:
+        (err_console if csv_out else out()).print(
+            f"moved on {moved['probe']['source']}: top-1 agreement of B with A {100 * moved['top1_agreement']:.1f}%, "
+            f"KL(A || B) {fmt_num(moved['kl'])} nats"
+            + (f"; accuracy A {100 * moved['accuracy_a']:.1f}%, B {100 * moved['accuracy_b']:.1f}%"
+               if moved["accuracy_a"] is not None and moved["accuracy_b"] is not None else ""),
+            markup=False, soft_wrap=True)
+
+
+def _moved(net_a, net_b, data: str) -> dict:
+    """How far B's outputs moved from A's on the images of ``data`` (``surgery eval B --teacher A``)."""
+    from surgery.evaluate import evaluate
+
+    ev = evaluate([net_b], data, teacher=net_a)
+    b = ev.models[0]
+    if b.top1_agreement is None:
+        raise SurgeryError(f"--data: {net_b.source} and {net_a.source} do not output class scores; diff measures "
+                           "top-1 agreement and KL of classifiers")
+    return {"probe": {"kind": "images", "source": f"{ev.images} images from {ev.data}", "images": ev.images,
+                      "data": ev.data},
+            "top1_agreement": b.top1_agreement, "kl": b.kl_to_teacher,
+            "accuracy_a": ev.teacher.accuracy if ev.teacher else None, "accuracy_b": b.accuracy}
 
 
 def _csv(rep) -> None:

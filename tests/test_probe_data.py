@@ -197,3 +197,18 @@ def test_curve_marks_the_calibrated_operating_point(cli, calibrated, tmp_path):
     plain = cli("onion", "curve", "zoo:onion_p", "--batch", "2", "--points", "2", "--runtime", "torch", "--min-time",
                 "0", "--json", cwd=tmp_path).json()
     assert plain["calibrated_pass_fraction"] is None
+
+
+def test_diff_moved_on_images_is_what_eval_measures(cli, digits, tmp_path):
+    assert cli("zoo", "build", "digits_cnn:width=2", "--seed", "1", "-o", "b.pt", cwd=tmp_path).code == 0
+    res = cli("diff", MODEL, "b.pt", "--data", digits, "--json", cwd=tmp_path)
+    assert res.code == 0, res.err
+    moved = res.json()["moved"]
+    _images(moved["probe"], 40, digits / "val")
+    ev = cli("eval", "b.pt", "--teacher", MODEL, "--data", digits, "--json", cwd=tmp_path).json()
+    assert moved["top1_agreement"] == pytest.approx(ev["models"][0]["top1_agreement"])
+    assert moved["kl"] == pytest.approx(ev["models"][0]["kl_to_teacher"])
+    assert moved["accuracy_a"] == pytest.approx(ev["teacher"]["accuracy"])
+    text = cli("diff", MODEL, "b.pt", "--data", digits, cwd=tmp_path)
+    assert f"moved on 40 images from {digits / 'val'}: top-1 agreement" in text.out
+    assert "moved" not in cli("diff", MODEL, "b.pt", "--json", cwd=tmp_path).json()
