@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                           highlight=False, soft_wrap=True)
         return 128 + e.signum
     except KeyboardInterrupt:
-        err_console.print("surgery: interrupted; partial outputs removed", markup=False, emoji=False, highlight=False,
+        err_console.print(f"surgery: {safety.interrupted_message(None)}", markup=False, emoji=False, highlight=False,
                           soft_wrap=True)
         return 130
     finally:

@@ -8,10 +8,10 @@ from typing import List, Optional
 import typer
 
 from cli_commands.base import (ArchEachOpt, ArchOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsEachOpt,
-                               WeightsOpt, app, examples, out, print_json, table, wrote)
-from cli_commands.training_options import (BatchOpt, BnOpt, CropScaleOpt, DeviceOpt, EpochsOpt, LrOpt, OptimizerOpt,
-                                           ScheduleOpt, StepsOpt, ValOpt, WeightDecayOpt, WorkersOpt, resumed,
-                                           run_rows, train_config)
+                               WeightsOpt, app, err_console, examples, out, print_json, table, wrote)
+from cli_commands.training_options import (BatchOpt, BnOpt, CropScaleOpt, DeviceOpt, EpochsOpt, KeepOpt, LrOpt,
+                                           OptimizerOpt, SaveEveryOpt, ScheduleOpt, StepsOpt, ThreadsOpt, ValOpt,
+                                           WeightDecayOpt, WorkersOpt, resumed, run_rows, train_config)
 from cli_commands.training_run import run_training
 
 
@@ -71,10 +71,41 @@ def _run(params: dict, *, resume_dir: str | None, json_out: bool, op: str) -> No
     rows += run_rows(rep)
     if rep.teacher_eval.get("accuracy") is not None:
         rows.append(("teacher held-out", _fmt_eval(rep.teacher_eval)))
-    rows += [("before", _fmt_eval(rep.before)), ("after", _fmt_eval(rep.after)), ("run", str(rep.run_dir))]
+    rows += [("before", _fmt_eval(rep.before)), ("after", _fmt_eval(rep.after))]
+    if rep.kept == "best" and rep.best:
+        rows.append(("kept", f"epoch {rep.best['epoch']} (step {rep.best['step']}), the best held-out "
+                             f"{_METRIC[rep.best['metric']]}"))
+    rows.append(("run", str(rep.run_dir)))
     con = out()
     con.print(table(f"{op} {rep.model}", ["", "value"], rows))
+    worse = worse_than_start(rep)
+    if worse:
+        err_console.print(f"warning: {worse}", markup=False, soft_wrap=True)
     wrote(rep.output)
+
+
+_METRIC = {"kl_to_teacher": "KL to the teacher", "accuracy": "accuracy", "mse_to_teacher": "MSE to the teacher"}
+
+
+def worse_than_start(rep) -> str | None:
+    """One line when the run ended (its last epoch) worse on the held-out figure it is judged by
+    than it started, naming the best epoch; None otherwise."""
+    from surgery.train.loop import score
+
+    last = rep.history[-1].get("eval", {}) if rep.history else {}
+    b, a = score(rep.before), score(last)
+    if b is None or a is None or b[0] != a[0] or a[1] >= b[1]:
+        return None
+    name = _METRIC[a[0]]
+
+    def show(v):
+        return f"{100 * abs(v):.1f}%" if a[0] == "accuracy" else f"{abs(v):.4g}"
+
+    best = rep.best
+    where = (f"; the best epoch was {best['epoch']} ({name} {show(best['score'])})"
+             + (", which the output holds (--keep best)" if rep.kept == "best" else
+                "; --keep best writes that epoch instead of the last") if best else "")
+    return f"held-out {name} ended worse than it started ({show(b[1])} before, {show(a[1])} after){where}"
 
 
 _HEAL_EXAMPLES = examples(
@@ -120,6 +151,9 @@ def heal_cmd(
     flip: bool = typer.Option(True, "--flip/--no-flip", help="Random horizontal flips."),
     device: str = DeviceOpt,
     workers: Optional[int] = WorkersOpt,
+    threads: Optional[int] = ThreadsOpt,
+    save_every: Optional[int] = SaveEveryOpt,
+    keep: str = KeepOpt,
     seed: int = typer.Option(0, "--seed", help="Seed of the data order, augmentation and dropout."),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Output checkpoint (default: STUDENT-healed.pt)."),
     run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Run directory for epoch checkpoints "
@@ -145,7 +179,8 @@ def heal_cmd(
                    freeze=freeze, match=match, temperature=temperature, kd_weight=kd_weight, beta=beta,
                    feat_weight=feat_weight, ce_weight=ce_weight, bn=bn, crop_scale=crop_scale, flip=flip,
                    device=device, workers=workers, seed=seed, output=output, run_dir=run_dir, force=force,
-                   arch=arch, weights=weights, trust_code=trust_code, input=input)
+                   arch=arch, weights=weights, trust_code=trust_code, input=input, threads=threads,
+                   save_every=save_every, keep=keep)
     _dispatch(params, resume, json_out, "heal")
 
 
@@ -185,6 +220,9 @@ def train_cmd(
     flip: bool = typer.Option(True, "--flip/--no-flip", help="Random horizontal flips (off for digits and text)."),
     device: str = DeviceOpt,
     workers: Optional[int] = WorkersOpt,
+    threads: Optional[int] = ThreadsOpt,
+    save_every: Optional[int] = SaveEveryOpt,
+    keep: str = KeepOpt,
     seed: int = typer.Option(0, "--seed", help="Seed of the data order, augmentation and dropout."),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Output checkpoint (default: MODEL-trained.pt)."),
     run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Run directory (default: the output with .run)."),
@@ -202,5 +240,5 @@ def train_cmd(
                    freeze=freeze, match=None, temperature=4.0, kd_weight=1.0, beta=1000.0, feat_weight=1.0,
                    ce_weight=1.0, bn=bn, crop_scale=crop_scale, flip=flip, device=device, workers=workers,
                    seed=seed, output=output, run_dir=run_dir, force=force, arch=arch, weights=weights,
-                   trust_code=trust_code, input=input)
+                   trust_code=trust_code, input=input, threads=threads, save_every=save_every, keep=keep)
     _dispatch(params, resume, json_out, "train")

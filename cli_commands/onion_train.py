@@ -11,8 +11,9 @@ import typer
 from cli_commands.base import (ArchEachOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsEachOpt, examples,
                                load_models, out, print_json, table, wrote)
 from cli_commands.onion import onion_app
-from cli_commands.training_options import (BatchOpt, DeviceOpt, EpochsOpt, LrOpt, OptimizerOpt, ScheduleOpt, StepsOpt,
-                                           ValOpt, WeightDecayOpt, resumed, run_rows, train_config)
+from cli_commands.training_options import (BatchOpt, DeviceOpt, EpochsOpt, LrOpt, OptimizerOpt, SaveEveryOpt,
+                                           ScheduleOpt, StepsOpt, ThreadsOpt, ValOpt, WeightDecayOpt, resumed, run_rows,
+                                           train_config)
 from cli_commands.training_run import run_training
 
 
@@ -99,6 +100,8 @@ def train_cmd(
     flip: bool = typer.Option(True, "--flip/--no-flip", help="Random horizontal flips (the paper's)."),
     device: str = DeviceOpt,
     workers: int = typer.Option(2, "--workers", help="DataLoader worker processes."),
+    threads: Optional[int] = ThreadsOpt,
+    save_every: Optional[int] = SaveEveryOpt,
     seed: int = typer.Option(0, "--seed", help="Seed of the data order, augmentation and initialisation order."),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Output checkpoint (default: CASCADE-trained.pt)."),
     run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Run directory (default: the output with .run)."),
@@ -121,7 +124,7 @@ def train_cmd(
              temperature=temperature, epochs=epochs, steps=steps, batch=batch, lr=lr, optimizer=optimizer,
              schedule=schedule, weight_decay=weight_decay, crop_scale=crop_scale, flip=flip, device=device,
              workers=workers, seed=seed, output=output, run_dir=run_dir, force=force, arch=arch, weights=weights,
-             trust_code=trust_code, input=input)
+             trust_code=trust_code, input=input, threads=threads, save_every=save_every)
     p = resumed(p, resume, "onion-train")
     if not p["model"]:
         raise SurgeryError("give the cascade to train (or --resume RUN_DIR)")
@@ -189,7 +192,7 @@ def calibrate_cmd(
     rows = []
     digits = distinct_digits([v for r in rep.operating_points for v in r.thresholds if v != float("inf")])
     for r in rep.operating_points:
-        thr = " ".join("-" if v == float("inf") else f"{v:.{digits}g}" for v in r.thresholds)
+        thr = " ".join("-" if v == float("inf") else f"{v:#.{digits}g}" for v in r.thresholds)
         c, v = r.calibration, r.val
         rows.append((f"{r.tpr_target:g}", thr, _pct(c.tpr), _pct(c.fpr), _pct(c.pass_fraction),
                      _pct(v.tpr if v else None), _pct(v.fpr if v else None), _pct(v.pass_fraction if v else None)))

@@ -19,6 +19,13 @@ BnOpt = typer.Option("update", "--bn", help="BatchNorm statistics: update (train
 CropScaleOpt = typer.Option(0.25, "--crop-scale", help="Smallest area fraction of the random resized crop.")
 DeviceOpt = typer.Option("cpu", "--device", help="cpu or cuda.")
 WorkersOpt = typer.Option(None, "--workers", help="DataLoader worker processes (default: CPU cores - 2, at most 4).")
+ThreadsOpt = typer.Option(None, "--threads", help="torch threads per process (default: the cores left by the "
+                                                   "DataLoader workers, shared by the processes; at least 1).")
+SaveEveryOpt = typer.Option(None, "--save-every", metavar="STEPS",
+                            help="Save the run state every STEPS steps inside an epoch too (default: every 3 minutes "
+                                 "of work; --resume continues exactly from there).")
+KeepOpt = typer.Option("last", "--keep", help="last: the weights after the last step; best: the epoch with the best "
+                                              "held-out KL to the teacher (else accuracy).")
 
 
 def auto_workers() -> int:
@@ -41,7 +48,31 @@ def train_config(p: dict, **extra):
                        lr=p["lr"] if p["lr"] is not None else (0.05 if p["optimizer"] == "sgd" else 1e-3),
                        optimizer=p["optimizer"], weight_decay=p["weight_decay"], schedule=p["schedule"],
                        seed=p["seed"], workers=p["workers"] if p["workers"] is not None else auto_workers(),
-                       device=p["device"], **extra)
+                       device=p["device"], save_every=p.get("save_every"), keep=p.get("keep") or "last", **extra)
+
+
+def auto_threads(workers: int, processes: int | None = None) -> int:
+    """torch threads per training process so that threads x processes + workers does not exceed
+    the cores (torchrun's processes each count; DataLoader workers each take a core)."""
+    import os
+
+    procs = processes if processes is not None else int(os.environ.get("WORLD_SIZE", os.environ.get(
+        "LOCAL_WORLD_SIZE", "1")) or 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, (cores - workers) // max(1, procs))
+
+
+def set_threads(p: dict, workers: int) -> int:
+    """Apply ``--threads`` (or :func:`auto_threads`) to torch in this process; returns it."""
+    import torch
+
+    if p.get("threads") is not None and int(p["threads"]) < 1:
+        from surgery.core.errors import SurgeryError
+
+        raise SurgeryError(f"--threads {p['threads']}: give at least 1")
+    n = int(p["threads"]) if p.get("threads") is not None else auto_threads(workers)
+    torch.set_num_threads(n)
+    return n
 
 
 # What ``--resume`` restores from a run directory's config.json: how to train (steps, lr, losses,
@@ -54,7 +85,7 @@ _NEVER_RESTORED = ("trust_code", "output", "force", "run_dir")
 _MODELS = ("model", "teacher", "arch", "weights")
 # the kind of the options whose default is None (the others: the kind of their default)
 _KINDS = {"lr": "number", "epochs": "number", "steps": "number", "workers": "number", "data": "str", "val": "str",
-          "freeze": "str", "match": "str", "input": "str"}
+          "freeze": "str", "match": "str", "input": "str", "threads": "number", "save_every": "number"}
 
 
 def _restored(key: str, value, default, where: str):
@@ -119,5 +150,7 @@ def run_rows(rep) -> list[tuple[str, str]]:
                   f"batch {rep.batch}, "
                   f"{rep.world_size} process{'es' if rep.world_size > 1 else ''})"
                   + (f", resumed at step {rep.resumed_at}" if rep.resumed_at else "")),
-        ("speed", f"{rep.images_per_s:,.0f} images/s ({rep.seconds:.1f} s)"),
+        ("speed", f"{rep.images_per_s:,.0f} images/s ({rep.seconds:.1f} s; {rep.threads} thread"
+                  f"{'s' if rep.threads != 1 else ''} x {rep.world_size} process{'es' if rep.world_size > 1 else ''}, "
+                  f"{rep.workers} DataLoader worker{'s' if rep.workers != 1 else ''} each)"),
     ]

@@ -12,6 +12,7 @@ from typing import Callable
 import typer
 
 from cli_commands.base import err_console, load_models, progress
+from cli_commands.training_options import set_threads
 
 
 def loss_terms(terms: dict) -> str:
@@ -35,6 +36,7 @@ def run_training(p: dict, *, resume_dir: str | None, json_out: bool, label: str,
     import torch
 
     from surgery.core import io as sio
+    from surgery.core import safety
     from surgery.core.errors import SurgeryError
     from surgery.core.pyref import CodeNotNamed
     from surgery.train import checkpoint as ckpt
@@ -47,6 +49,7 @@ def run_training(p: dict, *, resume_dir: str | None, json_out: bool, label: str,
         if p["epochs"] is not None and p["steps"] is not None:
             raise SurgeryError("give --epochs or --steps, not both")
         config = configure()
+        set_threads(p, getattr(config, "train", config).workers)  # threads x processes + workers <= cores
         output = Path(p["output"]) if p["output"] else _default_output(p, resume_dir, output_tag)
         inputs = [r for r in (p["model"], p["teacher"]) if r]
         run_dir = Path(resume_dir) if resume_dir else Path(p["run_dir"]) if p["run_dir"] else output.with_suffix(".run")
@@ -101,9 +104,11 @@ def run_training(p: dict, *, resume_dir: str | None, json_out: bool, label: str,
             with tdata.reporting(scanning):
                 net, rep = train(config, model, teacher, run_dir=run_dir,
                                  hooks=Hooks(start=start, step=step, epoch=epoch))
-        except BaseException:
+        except BaseException as e:
             if not resume_dir and rank == 0:  # refused before its first saved state: leave nothing behind
                 ckpt.discard_unstarted(run_dir)
+            if isinstance(e, (safety.Interrupted, KeyboardInterrupt)) and (Path(run_dir) / ckpt.STATE).exists():
+                safety.set_hint(f"resume with `surgery {label} --resume {run_dir}`")
             raise
         finally:
             if bar is not None and (task is not None or scan_task is not None):

@@ -87,6 +87,10 @@ class HealReport:
     history: tuple[Mapping[str, Any], ...]
     resumed_at: int = 0
     run_dir: str | None = None
+    best: Mapping[str, Any] | None = None  # the best held-out epoch (epoch, step, metric, score: higher = better)
+    kept: str = "last"  # which weights the output holds: "last" step's or the "best" epoch's
+    threads: int = 1  # torch threads per process while training (the images/s figure's conditions)
+    workers: int = 0  # DataLoader workers per process
     output: str = ""
 
     def to_json(self) -> dict:
@@ -199,6 +203,8 @@ def heal(student: Net, teacher: Net | None, cfg: HealConfig, *, run_dir: str | P
                    taps=(tuple(p.student.node for p in plan.pairs), tuple(p.teacher.node for p in plan.pairs)),
                    frozen=plan.frozen_names, run_dir=run_dir, resume=resume, hooks=hooks, interrupt=interrupt)
     after = dict(result.history[-1].get("eval", {})) if result.history else {}
+    if result.kept == "best" and result.best is not None:  # the output holds the best epoch: report its figures
+        after = dict(next((r.get("eval", {}) for r in result.history if r["epoch"] == result.best["epoch"]), after))
     op = "heal" if teacher is not None else "train"
     step = Step(op, {
         "teacher": teacher.source if teacher is not None else None,

@@ -164,3 +164,36 @@ def test_darknet_detector_distils_on_raw_head_outputs(digits, tmp_path):
     # two yolo heads, not class logits: kd is their mean squared error, evaluated as such
     assert set(rep.before) == {"images", "mse_to_teacher"} and rep.before["mse_to_teacher"] == 0.0
     assert rep.history[-1]["loss"] == {"kd": 0.0}
+
+
+def test_interrupted_run_says_how_to_resume_and_resumes(digits, tmp_path):
+    """Ctrl-C (SIGINT) after a saved state: exit 130, one line naming the resume command, which
+    then finishes the run (--epochs on resume sets its length)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from conftest import SURGERY, run_cli
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    env.pop("SURGERY_DEBUG", None)
+    proc = subprocess.Popen([SURGERY, "train", TEACHER, "--data", str(digits), "--epochs", "400", "--save-every", "2",
+                             *FAST, "-o", "m.pt"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    state = tmp_path / "m.run" / "state.pt"
+    deadline = time.time() + 120
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert state.exists(), proc.communicate()[1]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    lines = [l for l in err.strip().splitlines() if l.startswith("surgery:")]
+    assert lines == ["surgery: interrupted (SIGINT); partial outputs removed; resume with "
+                     "`surgery train --resume m.run`"], err
+    assert not (tmp_path / "m.pt").exists()
+    done = run_cli("train", "--resume", "m.run", "--epochs", "40", "--json", cwd=tmp_path)
+    assert done.code == 0, done.err
+    rep = done.json()
+    assert 2 <= rep["resumed_at"] < 200 and rep["steps"] == 200 and (tmp_path / "m.pt").is_file()

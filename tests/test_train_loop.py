@@ -112,6 +112,81 @@ def test_resume_equals_uninterrupted_run(digits, tmp_path):
     assert len((run / "log.jsonl").read_text().splitlines()) == 3
 
 
+def test_mid_epoch_save_resumes_exactly(digits, tmp_path):
+    """--save-every: a run killed inside an epoch (here: a KeyboardInterrupt from the step hook at
+    step 7 of 5-step epochs) resumes from the last mid-epoch save (step 6) to the same weights and
+    the same per-epoch losses as an uninterrupted run."""
+    from surgery.train import checkpoint as ckpt
+    from surgery.train.loop import Hooks
+
+    net = sio.load(MODEL)
+    data = _data(digits)
+    cfg = TrainConfig(batch=8, epochs=3, lr=1e-2, optimizer="adamw", save_every=3)
+    loss = distillation(LossSpec.parse("ce"))
+    whole = train(net.module, loss, data, cfg, run_dir=ckpt.create(tmp_path / "a", {}, force=False))
+    run = ckpt.create(tmp_path / "b", {}, force=False)
+
+    def kill(step, terms, ips):
+        if step == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(net.module, loss, data, cfg, run_dir=run, hooks=Hooks(step=kill))
+    state = torch.load(run / "state.pt", weights_only=True)
+    assert state["step"] == 6 and state["sampler"] == {"epoch": 1, "start": 8}  # 1 step into epoch 2
+    assert state["partial"]["count"] == 1 and len(state["history"]) == 1
+    resumed = train(net.module, loss, data, cfg, run_dir=run, resume=True)
+    assert resumed.resumed_at == 6 and resumed.steps == 15
+    a, b = whole.module.state_dict(), resumed.module.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in whole.history]
+
+
+def test_resume_extends_a_finished_run(digits, tmp_path):
+    """--epochs on resume extends: the cosine schedule is re-planned over the new total from the
+    step reached (its closed form), a shorter total than what is done is refused."""
+    import math
+
+    from surgery.train import checkpoint as ckpt
+
+    net = sio.load(MODEL)
+    data = _data(digits)
+    loss = distillation(LossSpec.parse("ce"))
+    run = ckpt.create(tmp_path / "r", {}, force=False)
+    first = train(net.module, loss, data, TrainConfig(batch=8, epochs=1, lr=1e-2), run_dir=run)
+    assert first.steps == 5
+    longer = train(net.module, loss, data, TrainConfig(batch=8, epochs=3, lr=1e-2), run_dir=run, resume=True)
+    assert longer.resumed_at == 5 and longer.steps == 15 and len(longer.history) == 3
+    state = torch.load(run / "state.pt", weights_only=True)
+    assert state["total_steps"] == 15 and state["scheduler"]["T_max"] == 15
+    lr_end = state["optimizer"]["param_groups"][0]["lr"]
+    assert lr_end == pytest.approx(1e-2 * (1 + math.cos(math.pi * 15 / 15)) / 2, abs=1e-12)
+    with pytest.raises(SurgeryError, match="has done 15 steps already"):
+        train(net.module, loss, data, TrainConfig(batch=8, epochs=2, lr=1e-2), run_dir=run, resume=True)
+
+
+def test_keep_best_returns_the_best_epoch(digits):
+    """--keep best: the output holds the epoch with the best held-out score (here accuracy, a
+    labelled folder and no teacher); the result names it."""
+    from surgery.train.loop import score
+
+    net = sio.load(MODEL)
+    data = _data(digits)
+    loss = distillation(LossSpec.parse("ce"))
+    # a learning rate high enough that the held-out accuracy does not rise every epoch
+    cfg = dict(batch=8, epochs=4, lr=0.5, optimizer="sgd", schedule="constant")
+    last = train(net.module, loss, data, TrainConfig(**cfg))
+    best = train(net.module, loss, data, TrainConfig(**cfg, keep="best"))
+    scores = [score(r["eval"])[1] for r in best.history]
+    i = max(range(len(scores)), key=lambda j: (scores[j], -j))
+    assert best.best["epoch"] == i + 1 and best.best["score"] == scores[i] and best.kept == "best"
+    assert best.best["metric"] == "accuracy"
+    got = evaluate(best.module, None, data)["accuracy"]
+    assert got == pytest.approx(scores[i])
+    assert last.kept == "last" and evaluate(last.module, None, data)["accuracy"] == pytest.approx(scores[-1])
+
+
 def test_input_model_is_not_mutated(digits):
     net = sio.load(MODEL)
     before = _state(net.module)
@@ -126,6 +201,8 @@ def test_input_model_is_not_mutated(digits):
     ({"batch": 1000}, "fewer than one batch"),
     ({"optimizer": "lion"}, "unknown optimizer"),
     ({"lr": -1.0}, "--lr"),
+    ({"save_every": 0}, "--save-every"),
+    ({"keep": "first"}, "--keep"),
 ])
 def test_bad_options_refused(digits, kw, msg):
     net = sio.load(MODEL)

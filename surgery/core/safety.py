@@ -192,8 +192,16 @@ def read_inputs() -> tuple[set[Path], set[tuple[int, int]]]:
     return set(_READ_PATHS), set(_READ_INODES)
 
 
-def interrupted_message(signum: int) -> str:
-    return f"interrupted ({_signal_name(signum)}); partial outputs removed"
+_HINT: list[str] = []  # what to do next after an interruption (a training run: how to resume it)
+
+
+def set_hint(text: str) -> None:
+    _HINT[:] = [text]
+
+
+def interrupted_message(signum: int | None) -> str:
+    what = f"interrupted ({_signal_name(signum)})" if signum is not None else "interrupted"
+    return f"{what}; partial outputs removed" + (f"; {_HINT[0]}" if _HINT else "")
 
 
 # ------------------------------------------------------------------------ exclusive create

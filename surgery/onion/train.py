@@ -99,6 +99,10 @@ class JointReport:
     history: tuple[Mapping[str, Any], ...]
     resumed_at: int = 0
     run_dir: str | None = None
+    best: Mapping[str, Any] | None = None  # the best held-out epoch (epoch, step, metric, score: higher = better)
+    kept: str = "last"  # which weights the output holds: "last" step's or the "best" epoch's
+    threads: int = 1  # torch threads per process while training (the images/s figure's conditions)
+    workers: int = 0  # DataLoader workers per process
     output: str = ""
 
 

@@ -42,6 +42,16 @@ from surgery.train.matching import Tapped
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
 BN_MODES = ("update", "freeze")
+KEEP = ("last", "best")
+
+
+def score(ev: Mapping[str, Any]) -> tuple[str, float] | None:
+    """The held-out figure a run is judged by, higher = better, with its name: KL to the teacher
+    (negated) when there is one, else accuracy, else MSE to the teacher (negated)."""
+    for key, sign in (("kl_to_teacher", -1.0), ("accuracy", 1.0), ("mse_to_teacher", -1.0)):
+        if ev.get(key) is not None:
+            return key, sign * float(ev[key])
+    return None
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,9 @@ class TrainConfig:
     workers: int = 0  # DataLoader worker processes
     device: str = "cpu"
     bn: str = "update"  # "freeze": every BatchNorm keeps its running statistics
+    save_every: int | None = None  # steps between mid-epoch saves of the run state; None: every save_seconds
+    save_seconds: float = 180.0  # a few minutes of work at most is lost to an interruption
+    keep: str = "last"  # "best": the output is the epoch with the best held-out score (``score``)
 
     def validate(self) -> None:
         if self.steps is None and self.epochs is None:
@@ -75,6 +88,10 @@ class TrainConfig:
         if self.workers < 0:
             raise SurgeryError(f"--workers {self.workers} must not be negative")
         dist.check_device(self.device)  # before any run directory is made
+        if self.save_every is not None and self.save_every < 1:
+            raise SurgeryError(f"--save-every {self.save_every}: save at least every 1 step (or leave it out)")
+        if self.keep not in KEEP:
+            raise SurgeryError(f"--keep {self.keep!r}: choose {' or '.join(KEEP)}")
         for value, allowed, what in ((self.optimizer, OPTIMIZERS, "optimizer"), (self.schedule, SCHEDULES, "schedule"),
                                      (self.bn, BN_MODES, "bn mode")):
             if value not in allowed:
@@ -139,13 +156,18 @@ class TrainResult:
     resumed_at: int = 0  # the step a resumed run continued from (0: fresh)
     run_dir: str | None = None
     undecodable: tuple[str, ...] = ()  # training files that passed verify() but failed to decode (skipped)
+    best: Mapping[str, Any] | None = None  # the best held-out epoch: epoch, step, metric, score (higher = better)
+    kept: str = "last"  # which weights ``module`` holds: the last step's or the best epoch's
+    threads: int = 1  # torch threads of each process while it trained
+    workers: int = 0  # DataLoader worker processes of each process
 
     def report_fields(self, cfg: TrainConfig, run_dir) -> dict:
         """The fields every training report (heal's, onion train's) shares, by their report names."""
         return dict(steps=self.steps, epochs=self.epochs, steps_per_epoch=self.steps_per_epoch, batch=cfg.batch,
                     world_size=self.world_size, seconds=self.seconds, images_per_s=self.images_per_s,
                     history=self.history, resumed_at=self.resumed_at,
-                    run_dir=str(run_dir) if run_dir is not None else None)
+                    run_dir=str(run_dir) if run_dir is not None else None, best=self.best, kept=self.kept,
+                    threads=self.threads, workers=self.workers)
 
     def recipe_fields(self, cfg: TrainConfig) -> dict:
         """What every training recipe step records about the run (after the step's own fields)."""
@@ -191,6 +213,17 @@ def _extend(sched, opt, step: int, total: int, planned: int, run_dir) -> None:
         for group, lr in zip(opt.param_groups, sched._get_closed_form_lr()):
             group["lr"] = lr
         sched._last_lr = [g["lr"] for g in opt.param_groups]
+
+
+def _due(cfg: TrainConfig, step: int, last_save: float, d) -> bool:
+    """Is a mid-epoch save due? Every ``save_every`` steps, else after ``save_seconds`` of work
+    (rank 0's clock decides for every rank: they must save at the same step)."""
+    if cfg.save_every is not None:
+        return step % cfg.save_every == 0
+    due = torch.tensor([float(time.perf_counter() - last_save >= cfg.save_seconds)])
+    if d.world > 1:
+        torch.distributed.broadcast(due, src=0)
+    return bool(due.item())
 
 
 def _labels(sample: Mapping, device) -> Tensor | None:
@@ -299,7 +332,7 @@ def train(model: nn.Module, loss_fn: LossFn, data: TrainData, cfg: TrainConfig, 
 
     with torch.random.fork_rng(devices=[d.local_rank] if device.startswith("cuda") else []):
         torch.manual_seed(cfg.seed + d.rank)  # dropout and other random layers
-        step, history, resumed_at = 0, [], 0
+        step, history, resumed_at, partial, best = 0, [], 0, {}, None
         state = ckpt.load_state(run_dir) if (resume and run_dir is not None) else None
         if state is not None:
             work.load_state_dict(state["model"])
@@ -307,6 +340,8 @@ def train(model: nn.Module, loss_fn: LossFn, data: TrainData, cfg: TrainConfig, 
             sched.load_state_dict(state["scheduler"])
             step = resumed_at = int(state["step"])
             history = list(state["history"])
+            partial = dict(state.get("partial") or {})
+            best = state.get("best")
             rng = state["rng"][d.rank] if d.rank < len(state["rng"]) else state["rng"][0]
             ckpt.set_rng_state(rng, device)
             if int(state["total_steps"]) != total:
@@ -315,12 +350,28 @@ def train(model: nn.Module, loss_fn: LossFn, data: TrainData, cfg: TrainConfig, 
             hooks.start(step, total)
         trained, t0, undecodable = 0, time.perf_counter(), set()
         epoch = step // spe
+        last_save = time.perf_counter()
+
+        def save(sums: Mapping[str, float], count: int) -> None:
+            """The run state at ``step`` (every rank takes part: the RNG states are gathered)."""
+            rngs = _gather_rng(device, d)
+            if d.main and run_dir is not None:
+                ckpt.save_state(run_dir, {
+                    "model": {k: v.detach().cpu() for k, v in work.state_dict().items()},
+                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "step": step, "epoch": step // spe, "total_steps": total, "steps_per_epoch": spe,
+                    "sampler": {"epoch": step // spe, "start": (step % spe) * per_rank},
+                    "rng": rngs, "history": history, "best": best,
+                    "partial": {"sums": dict(sums), "count": count} if step % spe else None})
+                ckpt.write_log(run_dir, history)
+
         while step < total:
             sampler.set_epoch(epoch)
             sampler.start = (step - epoch * spe) * per_rank
             _set_modes(student, work, frozen, cfg.bn)
-            sums: dict[str, float] = {}
-            count = 0
+            sums: dict[str, float] = dict(partial.get("sums") or {}) if step % spe else {}
+            count = int(partial.get("count") or 0) if step % spe else 0
+            partial = {}
             for sample in loader:
                 if step >= total:
                     break
@@ -350,6 +401,9 @@ def train(model: nn.Module, loss_fn: LossFn, data: TrainData, cfg: TrainConfig, 
                 if d.main and hooks.step:
                     dt = time.perf_counter() - t0
                     hooks.step(step, {k: float(v.detach()) for k, v in terms.items()}, trained / dt if dt > 0 else 0.0)
+                if run_dir is not None and step % spe and step < total and _due(cfg, step, last_save, d):
+                    save(sums, count)  # mid-epoch: the sampler position and the epoch's sums so far
+                    last_save = time.perf_counter()
             names = sorted(sums)
             mean_terms = dist.mean(torch.tensor([sums[k] / max(count, 1) for k in names], dtype=torch.float64), d)
             record: dict[str, Any] = {"epoch": epoch + 1, "step": step,
@@ -358,15 +412,13 @@ def train(model: nn.Module, loss_fn: LossFn, data: TrainData, cfg: TrainConfig, 
                 record["eval"] = evaluate(work, _Untap(t_model) if t_model is not None else None, data,
                                           device=device, batch=max(per_rank, 64))
             history.append(record)
-            rngs = _gather_rng(device, d)
-            if d.main and run_dir is not None:
-                ckpt.save_state(run_dir, {
-                    "model": {k: v.detach().cpu() for k, v in work.state_dict().items()},
-                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "step": step, "epoch": epoch + 1, "total_steps": total, "steps_per_epoch": spe,
-                    "sampler": {"epoch": epoch + 1 if step % spe == 0 else epoch, "start": (step % spe) * per_rank},
-                    "rng": rngs, "history": history})
-                ckpt.write_log(run_dir, history)
+            judged = score(record.get("eval", {})) if d.main else None
+            if judged is not None and (best is None or judged[1] > best["score"]):
+                best = {"epoch": epoch + 1, "step": step, "metric": judged[0], "score": judged[1],
+                        "model": ({k: v.detach().cpu().clone() for k, v in work.state_dict().items()}
+                                  if cfg.keep == "best" else None)}
+            save({}, 0)  # the epoch's record is in the history now
+            last_save = time.perf_counter()
             if d.main and hooks.epoch:
                 hooks.epoch(record)
             dist.barrier(d)
@@ -376,11 +428,14 @@ def train(model: nn.Module, loss_fn: LossFn, data: TrainData, cfg: TrainConfig, 
         seconds = time.perf_counter() - t0
 
     final = copy.deepcopy(model)
-    final.load_state_dict({k: v.detach().cpu() for k, v in work.state_dict().items()})
+    kept = best["model"] if (cfg.keep == "best" and best is not None and best.get("model") is not None) else None
+    final.load_state_dict(kept if kept is not None else {k: v.detach().cpu() for k, v in work.state_dict().items()})
     final.eval()
+    best_info = {k: v for k, v in best.items() if k != "model"} if best is not None else None
     return TrainResult(final, step, epoch, spe, trained, seconds, trained / seconds if seconds > 0 else 0.0,
                        tuple(history), d.world, resumed_at, str(run_dir) if run_dir is not None else None,
-                       tuple(sorted(data.train.files[i] for i in undecodable)))
+                       tuple(sorted(data.train.files[i] for i in undecodable)), best_info,
+                       "best" if kept is not None else "last", torch.get_num_threads(), cfg.workers)
 
 
 class _Untap(nn.Module):
