@@ -53,13 +53,16 @@ def train_config(p: dict, **extra):
 
 def auto_threads(workers: int, processes: int | None = None) -> int:
     """torch threads per training process so that threads x processes + workers does not exceed
-    the cores (torchrun's processes each count; DataLoader workers each take a core)."""
+    the cores (torchrun's processes each count; DataLoader workers each take a core, and with no
+    workers the process decodes and augments the images itself, which takes one core too: idle
+    OpenMP threads spin and steal it — 2 threads on 2 cores trained the digits 6x slower than 1,
+    docs/BENCHMARKS.md "train threads")."""
     import os
 
     procs = processes if processes is not None else int(os.environ.get("WORLD_SIZE", os.environ.get(
         "LOCAL_WORLD_SIZE", "1")) or 1)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, (cores - workers) // max(1, procs))
+    return max(1, (cores - max(1, workers)) // max(1, procs))
 
 
 def set_threads(p: dict, workers: int) -> int:
