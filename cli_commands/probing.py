@@ -12,13 +12,14 @@ ProbeDataOpt = typer.Option(None, "--data", metavar="DIR",
                                  "val/) instead of random normal inputs: 64 images spread over the folder.")
 
 
-def probe_for(data: str | None, net):
-    """The image probe of ``--data DIR`` for ``net`` (None without ``--data``)."""
+def probe_for(data: str | None, net, **kw):
+    """The image probe of ``--data DIR`` for ``net`` (None without ``--data``); ``kw``:
+    :func:`surgery.evaluate.image_probe`'s ``images`` and ``batch``."""
     if not data:
         return None
     from surgery.evaluate import image_probe
 
-    return image_probe(data, net)
+    return image_probe(data, net, **kw)
 
 
 def check_data(data: str | None) -> None:

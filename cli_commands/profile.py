@@ -19,6 +19,7 @@ CSV_FIELDS = ["model", "runtime", "device", "batch", "dtype", "status", "median_
               "macs_ratio", "pareto", "threads", "setup_s", "warning", "error", "cost_error"]
 
 
+PASS_IMAGES = 256  # images a cascade's pass fraction is measured on (--data)
 _NARROW_DROP = ("p10–p90 ms", "runs", "params", "GMAC/s", "×MACs", "CV")
 
 
@@ -120,7 +121,7 @@ def _operating(net, data: str | None, label: str, cascades: list):
         return net
     from cli_commands.probing import probe_for
 
-    op = operating_point(net, probe_for(data, net))
+    op = operating_point(net, probe_for(data, net, images=PASS_IMAGES, batch=64))
     m = macs_at(net, op.pass_fraction)
     cascades.append({"model": label, **op.to_json(), "macs_at_p": m["at_p"], "macs_s1": m["s1"],
                      "macs_all_pass": m["all_pass"]})
