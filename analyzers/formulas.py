@@ -311,6 +311,28 @@ def formula(func, args, kwargs, out, fn: str = "") -> Formula:
     return Formula("uncounted", "uncounted")
 
 
+def category_of(packet) -> str:
+    """The category of an aten op packet from its name alone (what a profiler reports, no
+    arguments): ``conv``, ``matmul``, ``batch_norm``, ``norm``, ``activation``, ``elementwise``,
+    ``pool``, ``reduction``, ``softmax``, ``upsample``, ``concat``, ``movement``, ``view``,
+    ``alloc``, or ``uncounted`` for a packet no table names (a composite such as ``conv2d``:
+    look at what it runs)."""
+    for table, category in ((_CONV, "conv"), (_MATMUL, "matmul"), (_BATCH_NORM, "batch_norm"), (_NORMS, "norm"),
+                            (_ACTIVATIONS, "activation"), (_ELEMENTWISE | _ELEMENTWISE_2, "elementwise"),
+                            (_POOL | _ADAPTIVE_POOL, "pool"), (_REDUCE | _REDUCE_2 | _SCATTER_REDUCE, "reduction"),
+                            (_SOFTMAX, "softmax"), (_UPSAMPLE_NEAREST | set(_UPSAMPLE_LINEAR), "upsample"),
+                            (_packets("cat", "stack"), "concat"), (_MOVEMENT, "movement"), (_VIEWS, "view"),
+                            (_ALLOC, "alloc")):
+        if packet in table:
+            return category
+    try:
+        if any(is_view(getattr(packet, o)) for o in packet.overloads()):
+            return "view"
+    except (AttributeError, RuntimeError):
+        pass
+    return "uncounted"
+
+
 def _bn_training(packet, args, kwargs) -> bool:
     if packet in _packets("_native_batch_norm_legit_no_training", "_batch_norm_no_update"):
         return False

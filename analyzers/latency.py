@@ -444,8 +444,13 @@ def check_ort(runtime: str, device: torch.device) -> None:
 
 
 def ort_session(path, runtime: str, device: torch.device, *, threads: int | None = None,
-                dtype: torch.dtype = torch.float32, tf32: bool = False):
-    """An ONNX Runtime session for ``runtime`` (``onnxruntime:cpu|cuda|tensorrt``), or Unavailable."""
+                dtype: torch.dtype = torch.float32, tf32: bool = False, profile_prefix: str | None = None,
+                optimized_path: str | None = None):
+    """An ONNX Runtime session for ``runtime`` (``onnxruntime:cpu|cuda|tensorrt``), or Unavailable.
+
+    ``profile_prefix`` turns on ONNX Runtime's own profiler (``session.end_profiling()`` writes
+    its JSON under that prefix); ``optimized_path`` saves the optimized graph it runs (whose node
+    names the profile reports)."""
     import onnxruntime as ort
 
     check_ort(runtime, device)
@@ -454,6 +459,11 @@ def ort_session(path, runtime: str, device: torch.device, *, threads: int | None
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = str(profile_prefix)
+    if optimized_path:
+        so.optimized_model_filepath = str(optimized_path)
     if runtime == "onnxruntime:cpu":
         so.intra_op_num_threads = threads or torch.get_num_threads()
         so.inter_op_num_threads = 1
