@@ -8,7 +8,7 @@ from importlib import import_module
 
 from zoo.registry import ZooEntry, entries, get, names, register  # noqa: F401
 
-_FAMILIES = ["resnet", "shufflenet", "diracnet", "wrn", "patchnets", "onion", "darknet_zoo", "digits"]
+_FAMILIES = ["resnet", "shufflenet", "mobilenet", "diracnet", "wrn", "patchnets", "onion", "darknet_zoo", "digits"]
 
 for _fam in _FAMILIES:
     import_module(f"zoo.{_fam}")
