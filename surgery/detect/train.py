@@ -1,0 +1,134 @@
+"""``surgery train MODEL --data DIR`` for detectors: Darknet ``[yolo]`` heads trained on a
+YOLO-format folder with Darknet's loss (:mod:`surgery.detect.loss`), through the one loop
+(:func:`surgery.train.loop.train`) — optimizer, schedule, ``--freeze`` (weights and BatchNorm
+statistics of the frozen layers kept exactly), run directories, resume and torchrun as for
+every other training — and held-out mAP after every epoch (:mod:`surgery.detect.metrics`).
+
+The result is a normal checkpoint whose recipe gains a ``train`` step (as ``surgery train`` on a
+classifier), recording the folder's digest, the heads' loss settings and the frozen layers.
+Images are fed as Darknet feeds them — RGB in 0..1, no mean or standard deviation — unless the
+checkpoint records a normalisation (then that one, as for every model).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from surgery.core.errors import SurgeryError
+from surgery.core.graph import layer_graph, select
+from surgery.core.net import Net, Step
+from surgery.detect.data import Augment
+from surgery.detect.heads import YoloHead, net_hw, yolo_heads
+from surgery.detect.labels import is_yolo_folder, yolo_folders
+from surgery.detect import labels as dlabels
+from surgery.detect.task import DetectionTask
+from surgery.heal import HealConfig, HealReport
+from surgery.train import checkpoint as ckpt
+from surgery.train import data as tdata
+from surgery.train import dist
+from surgery.train.loop import Hooks, TrainData, evaluate, train
+
+
+def wants_detection(student: Net, data: str | Path | None) -> bool:
+    """Whether ``surgery train STUDENT --data DATA`` is detection training: a detector, or a
+    YOLO-format folder (then :func:`train_detector` says what does not fit)."""
+    return bool(yolo_heads(student.module)) or (data is not None and is_yolo_folder(data))
+
+
+def darknet_normalization(meta: Mapping | None, channels: int) -> tdata.Normalization:
+    n = (meta or {}).get("normalization")
+    if isinstance(n, dict):
+        return tdata.Normalization.from_metadata(meta, channels)
+    return tdata.Normalization((0.0,) * channels, (1.0,) * channels)
+
+
+def _heads(student: Net, data) -> tuple[YoloHead, ...]:
+    heads = yolo_heads(student.module)
+    if not heads:
+        raise SurgeryError(f"{data} is a YOLO-format detection folder (images/ + labels/) but {student.source} has no "
+                           "Darknet [yolo] heads to train on it; give a YOLO detector (a Darknet cfg with [yolo] "
+                           "layers, zoo:yolov3, zoo:yolov3_tiny, or one retargeted from them)")
+    if not is_yolo_folder(data):
+        raise SurgeryError(f"{student.source} is a detector ([yolo] heads at layers "
+                           f"{', '.join(str(h.index) for h in heads)}): --data needs a YOLO-format folder "
+                           f"(images/*.jpg + labels/*.txt, or train/ and val/ of them), not {data}; "
+                           "`surgery data synth-text DIR` writes one")
+    if len({h.classes for h in heads}) > 1:
+        raise SurgeryError(f"{student.source} has [yolo] heads for different class counts "
+                           f"({', '.join(f'layer {h.index}: {h.classes}' for h in heads)}), a shared multi-task "
+                           "net; train each task's own model, then `surgery share` them")
+    return heads
+
+
+def _plan(student: Net, cfg: HealConfig):
+    heads = _heads(student, cfg.data)
+    student.require_editable("train")
+    cfg.train.validate()
+    shape = tuple(student.input_shape)
+    if len(shape) != 3 or shape[0] not in (1, 3):
+        raise SurgeryError(f"{student.source} takes {list(shape)}; detection training needs an image model "
+                           "(1 or 3 x H x W)")
+    if cfg.losses.kinds != ("ce",):
+        raise SurgeryError(f"--loss {','.join(cfg.losses.kinds)}: a detector trains with Darknet's [yolo] loss; "
+                           "drop --loss")
+    if cfg.match:
+        raise SurgeryError("--match pairs layers for distillation; detection training has no teacher")
+    train_f, val_f = yolo_folders(cfg.data, cfg.val, classes=heads[0].classes)
+    if train_f.num_boxes == 0:
+        raise SurgeryError(f"{train_f.root.parent}: none of its {len(train_f)} label files holds a box; nothing to "
+                           "learn (labels/<name>.txt: one 'class cx cy w h' line per box)")
+    frozen_names: tuple[str, ...] = ()
+    frozen_layers: tuple[int, ...] = ()
+    frozen_params = 0
+    if cfg.freeze:
+        chosen = select(layer_graph(student.module), cfg.freeze)
+        mods = [l for l in chosen if l.kind == "module"]
+        frozen_names = tuple(l.name for l in mods)
+        frozen_layers = tuple(l.index for l in chosen)
+        frozen_params = sum(p.numel() for n in frozen_names for p in student.module.get_submodule(n).parameters())
+    task = DetectionTask(heads, net_hw(student.module, shape), Augment(flip=cfg.flip),
+                         max_boxes=max(train_f.max_boxes, val_f.max_boxes, 1))
+    norm = darknet_normalization(student.metadata, shape[0])
+    data = TrainData(train_f, val_f, shape, norm, task=task)
+    data.validate()
+    return data, task, frozen_names, frozen_layers, frozen_params
+
+
+def loss_settings(heads) -> dict[str, Any]:
+    h = heads[0]
+    return {"yolo": {"heads": len(heads), "ignore_thresh": h.ignore_thresh, "truth_thresh": h.truth_thresh,
+                     "scale_x_y": h.scale_x_y}}
+
+
+def train_detector(student: Net, cfg: HealConfig, *, run_dir: str | Path | None = None,
+                   run_config: Mapping[str, Any] | None = None, resume: bool = False, force: bool = False,
+                   hooks: Hooks | None = None, interrupt=None) -> tuple[Net, HealReport]:
+    """Train ``student``'s [yolo] heads on the YOLO folder ``cfg.data`` (see the module
+    docstring); ``student`` is not mutated. Run directories as :func:`surgery.heal.heal`."""
+    data, task, frozen_names, frozen_layers, frozen_params = _plan(student, cfg)
+    digest = dlabels.digest(data.train, data.val)
+    rank = dist.env_rank()
+    if run_dir is not None and not resume and rank == 0:
+        ckpt.create(run_dir, run_config or {}, force=force, inputs=[cfg.data, cfg.val, student.source])
+    elif run_dir is not None and resume and ckpt.load_state(run_dir) is None and not Path(run_dir).is_dir():
+        raise SurgeryError(f"run directory {str(run_dir)!r} does not exist")
+    before = evaluate(student.module, None, data) if rank == 0 else {}
+    result = train(student.module, task.loss, data, cfg.train, frozen=frozen_names, run_dir=run_dir, resume=resume,
+                   hooks=hooks, interrupt=interrupt)
+    after = dict(result.history[-1].get("eval", {})) if result.history else {}
+    losses = loss_settings(task.heads)
+    step = Step("train", {
+        "teacher": None, "data": str(cfg.data), "data_sha256": digest, "train_images": len(data.train),
+        "losses": losses, "pairs": [], "frozen_layers": list(frozen_layers), **result.recipe_fields(cfg.train),
+    })
+    meta = {**dict(student.metadata), "normalization": data.norm.to_dict()}
+    out = student.evolve(result.module, step, metadata=meta)
+    skipped = data.train.skipped + data.val.skipped + result.undecodable
+    rep = HealReport(
+        model=student.source, teacher=None, op="train", data=str(cfg.data), data_sha256=digest,
+        train_images=len(data.train), val_images=len(data.val), skipped_images=len(set(skipped)),
+        skipped=tuple(sorted(set(skipped)))[:5], losses=losses, pairs=(), frozen_layers=frozen_layers,
+        frozen_params=frozen_params, before=before, after=after, teacher_eval={},
+        **result.report_fields(cfg.train, run_dir))
+    return out, rep
