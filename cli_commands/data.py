@@ -61,3 +61,37 @@ def stereo_patches_cmd(
                 f"corresponding) from rows {rep.test_rows[0]}..{rep.test_rows[1] - 1}; "
                 f"{'x'.join(map(str, rep.image_shape))} two-channel PNGs (left, right)")
     wrote(rep.output)
+
+
+@data_app.command("synth-text", epilog=examples(
+    "surgery data synth-text text",
+    "surgery data synth-text text --train 2000 --val 400 --size 416 --seed 1 --force",
+))
+def synth_text_cmd(
+    out_dir: str = typer.Argument(..., metavar="OUT_DIR", help="Folder to write ({train,val}/images/*.jpg, "
+                                                               "{train,val}/labels/*.txt, classes.txt, synth.json)."),
+    train: int = typer.Option(200, "--train", help="Training images."),
+    val: int = typer.Option(50, "--val", help="Held-out images (cut from other photographs than the training ones)."),
+    size: int = typer.Option(256, "--size", help="Image side in pixels (square images)."),
+    max_words: int = typer.Option(4, "--max-words", help="Words per image: 1..N."),
+    max_angle: float = typer.Option(5.0, "--max-angle", help="Rotation of a word: within ±N degrees."),
+    seed: int = typer.Option(0, "--seed", help="Seed of everything drawn (same seed, same bytes)."),
+    force: bool = ForceOpt,
+    json_out: bool = JsonOpt,
+):
+    """SynthText-style text detection data: words in matplotlib's DejaVu fonts on the bundled photographs,
+    YOLO-format boxes (class 0 = text), train/val split by photograph."""
+    from cli_commands.base import progress
+    from surgery.datasets.synth_text import write_synth_text
+
+    with progress() as bar:
+        task = bar.add_task("rendering", total=train + val)
+        rep = write_synth_text(out_dir, n_train=train, n_val=val, size=size, max_words=max_words, max_angle=max_angle,
+                               seed=seed, force=force, progress=lambda d, t: bar.update(task, completed=d))
+    if json_out:
+        print_json(rep)
+        return
+    out().print(f"synth-text: {rep.train_images} training images ({rep.train_boxes} words) from "
+                f"{len(rep.train_photos)} photographs, {rep.val_images} held-out images ({rep.val_boxes} words) from "
+                f"{len(rep.val_photos)} others; {'x'.join(map(str, rep.image_shape))} JPEGs, YOLO labels")
+    wrote(rep.output)

@@ -109,6 +109,10 @@ class TrainData:
     norm: Normalization
     crop_scale: float = 0.25
     flip: bool = True
+    # Another kind of sample (e.g. :class:`surgery.detect.task.DetectionTask`: YOLO folders, boxes,
+    # mAP): it makes the datasets (``dataset``), the batches (``batch``) and the held-out metrics
+    # (``evaluate``); None: image folders for classification and distillation.
+    task: Any = None
 
     def validate(self) -> None:
         if not 0 < self.crop_scale <= 1:
@@ -122,6 +126,7 @@ class Batch:
     images: Tensor  # (B, C, H, W), augmented and normalised
     labels: Tensor | None  # (B,) class indices when the folder is labelled
     index: Tensor  # (B,) sample indices in the folder
+    targets: Tensor | None = None  # a task's targets (detection: (B, max boxes, 5) class, cx, cy, w, h)
 
 
 @dataclass(frozen=True)
@@ -242,6 +247,8 @@ def evaluate(model: nn.Module, teacher: nn.Module | None, data: TrainData, folde
     folder = folder if folder is not None else data.val
     if folder is None:
         return {}
+    if data.task is not None:
+        return data.task.evaluate(model, folder, data, batch=batch, device=device)
     was = model.training
     model.eval()
     ds = FolderDataset(folder, data.shape, train=False)
@@ -324,8 +331,9 @@ def train(model: nn.Module, loss_fn: LossFn, data: TrainData, cfg: TrainConfig, 
 
     opt = _optimizer(cfg, params)
     sched = _schedule(cfg, opt, total)
-    dataset = FolderDataset(data.train, data.shape, train=True, seed=cfg.seed, crop_scale=data.crop_scale,
-                            flip=data.flip)
+    dataset = (data.task.dataset(data.train, data.shape, train=True, seed=cfg.seed) if data.task is not None else
+               FolderDataset(data.train, data.shape, train=True, seed=cfg.seed, crop_scale=data.crop_scale,
+                             flip=data.flip))
     sampler = EpochSampler(dataset, num_replicas=d.world, rank=d.rank, seed=cfg.seed)
     loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, drop_last=True, num_workers=cfg.workers,
                         persistent_workers=cfg.workers > 0, pin_memory=device.startswith("cuda"))
@@ -376,8 +384,12 @@ def train(model: nn.Module, loss_fn: LossFn, data: TrainData, cfg: TrainConfig, 
                 if step >= total:
                     break
                 undecodable.update(int(i) for i in sample["undecodable"] if int(i) >= 0)
-                x = prepare(sample, data.norm, data.shape[1:], train=True, device=device)
-                batch = Batch(x, _labels(sample, device), sample["index"])
+                if data.task is not None:
+                    batch = data.task.batch(sample, data, train=True, device=device)
+                    x = batch.images
+                else:
+                    x = prepare(sample, data.norm, data.shape[1:], train=True, device=device)
+                    batch = Batch(x, _labels(sample, device), sample["index"])
                 out, feats = student(x)
                 t_fwd = None
                 if t_model is not None:
