@@ -131,6 +131,8 @@ def _operating(net, data: str | None, label: str, cascades: list):
 @app.command("profile", epilog=examples("surgery profile zoo:resnet18 zoo:resnet18:root=8 --batch 1,8",
                                         "surgery profile base.pt+text.pt shared.pt",
                                         "surgery profile model.pt --runtime torch,onnxruntime --dtype float32,bfloat16",
+                                        "surgery profile zoo:shufflenet_v2_x1_0 --by kind --threads 1",
+                                        "surgery profile zoo:mobilenet_v2 --by layer --top 10 --runtime onnxruntime",
                                         "surgery profile model.pt --device cuda --device-spec h100-sxm --json"))
 def profile_cmd(
     models: list[str] = typer.Argument(..., help="Model references: FILE.pt, FILE.cfg, FILE.pt2 or zoo:NAME[:k=v]; "
@@ -167,6 +169,10 @@ def profile_cmd(
     data: Optional[str] = typer.Option(None, "--data", metavar="DIR",
                                        help="OnionNet cascades: measure the pass fraction p on real images from this "
                                             "folder (default: the p̄ `onion calibrate` stored)."),
+    by: Optional[str] = typer.Option(None, "--by", help="layer or kind: measured time per layer (the indices of "
+                                     "`surgery layers`) or per operator kind (convolution, data movement, "
+                                     "element-wise, channel shuffle, other), beside MACs and bytes; one model."),
+    top: Optional[int] = typer.Option(None, "--top", help="With --by layer: the N slowest layers only."),
 ):
     """Time models (PyTorch eager, CUDA graphs, torch.compile, ONNX Runtime) beside their MACs."""
     from analyzers.latency import TimingConfig, expand_runtimes, resolve_device
@@ -186,6 +192,13 @@ def profile_cmd(
     dtypes = parse_dtypes([d for d in dtype.split(",") if d.strip()])
     timing = TimingConfig(warmup=warmup, warmup_s=warmup_time, min_runs=min_runs, max_runs=max_runs,
                           min_time_s=min_time, max_time_s=max_time, max_cv=max_cv)
+    if by is not None or top is not None:  # where the milliseconds go: cli_commands/profile_layers.py
+        from cli_commands.profile_layers import profile_by
+
+        return profile_by(models, by, top, device=device, runtimes=runtimes, batches=batches, dtypes=dtypes,
+                          timing=timing, threads=threads, device_spec=device_spec, json_out=json_out, csv_out=csv_out,
+                          plot=plot, force=force, load=lambda refs: load_models(refs, arch, weights, trust_pickle,
+                                                                               input, weights_cutoff))
     parts = {m: entry_parts(m) for m in models}
     inputs = [p for m in models for p in parts[m]]
     if plot:
