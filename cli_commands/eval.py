@@ -42,14 +42,19 @@ def eval_cmd(
     then the teacher.
     """
     from surgery.evaluate import evaluate, eval_folder
+    from surgery.train import data as tdata
 
-    eval_folder(data)  # a missing or empty folder fails before any model loads
-    nets = load_models(list(models) + ([teacher] if teacher else []), arch, weights, trust_code, input)
-    t_net = nets.pop() if teacher else None
     with progress() as bar:
-        task = bar.add_task("evaluating", total=None)
-        rep = evaluate(nets, data, teacher=t_net, batch=batch, device=device,
-                       progress=lambda d, t, label: bar.update(task, completed=d, total=t, description=label))
+        task = bar.add_task("checking the images", total=None)
+
+        def update(d, t, label):
+            bar.update(task, completed=d, total=t, description=label)
+
+        with tdata.reporting(update):  # a large folder takes a while to check
+            folder = eval_folder(data)  # a missing or empty folder fails before any model loads
+            nets = load_models(list(models) + ([teacher] if teacher else []), arch, weights, trust_code, input)
+            t_net = nets.pop() if teacher else None
+            rep = evaluate(nets, folder, teacher=t_net, batch=batch, device=device, progress=update)
     if json_out:
         print_json(rep)
         return

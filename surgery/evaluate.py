@@ -50,10 +50,6 @@ def eval_folder(data: str | Path) -> tdata.ImageFolder:
         return tdata.scan(root, labels=False)
 
 
-def _label(folder: tdata.ImageFolder, given: str | Path) -> str:
-    return str(folder.root) if Path(given) != folder.root else str(given)
-
-
 @dataclass(frozen=True)
 class ModelEval:
     model: str
@@ -103,9 +99,10 @@ def _row(net: Net, metrics: Mapping[str, Any]) -> ModelEval:
                      metrics.get("kl_to_teacher"), metrics.get("mse_to_teacher"))
 
 
-def evaluate(models: Sequence[Net], data: str | Path, *, teacher: Net | None = None, batch: int = 256,
-             device: str = "cpu", progress=None) -> EvalReport:
-    """Every model of ``models`` on the images of ``data`` (and against ``teacher``).
+def evaluate(models: Sequence[Net], data: str | Path | tdata.ImageFolder, *, teacher: Net | None = None,
+             batch: int = 256, device: str = "cpu", progress=None) -> EvalReport:
+    """Every model of ``models`` on the images of ``data`` (a folder, or :func:`eval_folder`'s
+    result) and against ``teacher``.
 
     ``progress(done, total, label)`` is called before each model (library code never prints)."""
     from surgery.train.loop import evaluate as run_eval
@@ -114,7 +111,7 @@ def evaluate(models: Sequence[Net], data: str | Path, *, teacher: Net | None = N
         raise SurgeryError("give at least one model to evaluate")
     if batch < 1:
         raise SurgeryError(f"--batch {batch} must be at least 1")
-    folder = eval_folder(data)
+    folder = data if isinstance(data, tdata.ImageFolder) else eval_folder(data)
     for net in models:
         if teacher is not None and tuple(teacher.input_shape) != tuple(net.input_shape):
             raise SurgeryError(f"teacher {teacher.source} takes {'x'.join(map(str, teacher.input_shape))} but "
@@ -137,7 +134,7 @@ def evaluate(models: Sequence[Net], data: str | Path, *, teacher: Net | None = N
         rows.append(_row(net, run_eval(m, t_mod, _train_data(folder, net), folder, batch=batch, device=device)))
     if progress:
         progress(total, total, "evaluated")
-    return EvalReport(_label(folder, data), len(folder), tuple(folder.classes), len(folder.skipped), t_row, tuple(rows))
+    return EvalReport(str(folder.root), len(folder), tuple(folder.classes), len(folder.skipped), t_row, tuple(rows))
 
 
 # ----------------------------------------------------------------------------- probes
@@ -171,7 +168,7 @@ def image_probe(data: str | Path, net: Net, *, images: int = PROBE_IMAGES, batch
     folder = folder.subset(spread(len(folder), images))
     norm = tdata.Normalization.from_metadata(net.metadata, net.input_shape[0])
     xs = tuple(x for x, _ in image_batches(folder, net.input_shape, norm, batch=batch))
-    return Probe(xs, IMAGES, f"{len(folder)} images from {_label(folder, data)}", _label(folder, data))
+    return Probe(xs, IMAGES, f"{len(folder)} images from {folder.root}", str(folder.root))
 
 
 def probe_for(data: str | Path | None, net: Net, **kw) -> Probe | None:
