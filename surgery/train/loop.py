@@ -47,8 +47,9 @@ KEEP = ("last", "best")
 
 def score(ev: Mapping[str, Any]) -> tuple[str, float] | None:
     """The held-out figure a run is judged by, higher = better, with its name: KL to the teacher
-    (negated) when there is one, else accuracy, else MSE to the teacher (negated)."""
-    for key, sign in (("kl_to_teacher", -1.0), ("accuracy", 1.0), ("mse_to_teacher", -1.0)):
+    (negated) when there is one, else accuracy, else MSE to the teacher (negated), else a detector's
+    mAP@0.5 (:mod:`surgery.detect.metrics`)."""
+    for key, sign in (("kl_to_teacher", -1.0), ("accuracy", 1.0), ("mse_to_teacher", -1.0), ("map50", 1.0)):
         if ev.get(key) is not None:
             return key, sign * float(ev[key])
     return None
