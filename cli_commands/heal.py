@@ -25,6 +25,8 @@ def _fmt_eval(e) -> str:
         parts.append(f"MSE {e['mse_to_teacher']:.4g}")
     if e.get("accuracy") is not None:
         parts.append(f"accuracy {100 * e['accuracy']:.1f}%")
+    if e.get("map50") is not None:  # detectors (surgery.detect.metrics)
+        parts.append(f"mAP@0.5 {100 * e['map50']:.1f}%, mAP@0.5:0.95 {100 * e['map']:.1f}%")
     return ", ".join(parts) or "-"
 
 
@@ -44,8 +46,12 @@ def _run(params: dict, *, resume_dir: str | None, json_out: bool, op: str) -> No
                           crop_scale=p["crop_scale"], flip=p["flip"])
 
     def train(cfg, student, teacher, *, run_dir, hooks):
-        return heal(student, teacher, cfg, run_dir=run_dir, run_config={"op": op, **p}, resume=bool(resume_dir),
-                    force=p["force"], hooks=hooks)
+        from surgery.detect.train import train_detector, wants_detection
+
+        fn = train_detector if teacher is None and wants_detection(student, cfg.data) else heal  # YOLO heads + folders
+        args = (student, cfg) if fn is train_detector else (student, teacher, cfg)
+        return fn(*args, run_dir=run_dir, run_config={"op": op, **p}, resume=bool(resume_dir), force=p["force"],
+                  hooks=hooks)
 
     rep = run_training(p, resume_dir=resume_dir, json_out=json_out, label=op,
                        output_tag="-healed" if op == "heal" else "-trained", configure=configure, train=train,

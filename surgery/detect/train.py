@@ -117,6 +117,8 @@ def train_detector(student: Net, cfg: HealConfig, *, run_dir: str | Path | None 
     result = train(student.module, task.loss, data, cfg.train, frozen=frozen_names, run_dir=run_dir, resume=resume,
                    hooks=hooks, interrupt=interrupt)
     after = dict(result.history[-1].get("eval", {})) if result.history else {}
+    if result.kept == "best" and result.best is not None:  # the output holds the best epoch: report its figures
+        after = dict(next((r.get("eval", {}) for r in result.history if r["epoch"] == result.best["epoch"]), after))
     losses = loss_settings(task.heads)
     step = Step("train", {
         "teacher": None, "data": str(cfg.data), "data_sha256": digest, "train_images": len(data.train),
