@@ -41,6 +41,13 @@ def eval_cmd(
     are the ones heal prints). --arch/--weights given once per model: the MODELs in order,
     then the teacher.
     """
+    from surgery.detect.labels import is_yolo_folder
+
+    if is_yolo_folder(data):  # images/ + labels/: detectors, mAP (cli_commands/eval_detect.py)
+        from cli_commands.eval_detect import run_detection_eval
+
+        return run_detection_eval(models, data, teacher=teacher, batch=batch, device=device, json_out=json_out,
+                                  arch=arch, weights=weights, trust_code=trust_code, input=input)
     from surgery.evaluate import evaluate, eval_folder
     from surgery.train import data as tdata
 
