@@ -492,8 +492,10 @@ def _measure_ort(net: Net, module: nn.Module, x: torch.Tensor, runtime: str, con
         op = e.get("args", {}).get("op_name", "")
         kind = kind_of_ort(op)
         idx = _layer_of_ort_node(node, opt_nodes)
-        if idx is not None and kind == "convolution":
-            idx = conv_of(idx)  # a fused conv(+BN)(+act) kernel named after its last op is the conv's time
+        if idx is not None and (kind == "convolution" or op.startswith("Reorder")):
+            # a fused conv(+BN)(+act) kernel named after its last op is the conv's time, and so are the
+            # layout reorders of its blocked (NCHWc) output
+            idx = conv_of(idx)
         per_run[i][idx] += e["dur"] / 1e3
         kinds[idx][kind] += e["dur"]
         if idx is None:
