@@ -263,7 +263,7 @@ def test_deep_roots_table1(root):
 
 
 MACS_ENTRIES = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wrn50_2",
-                "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0"]
+                "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0", "mobilenet_v2"]
 
 
 @pytest.mark.parametrize("name", MACS_ENTRIES)
