@@ -446,7 +446,7 @@ def test_cli_in_process(tmp_path, capsys):
     assert "also an input" in capsys.readouterr().err
     assert _main(["fold", str(src), "-o", str(tmp_path / "again.pt"), "--dtype", "float64"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "(float64, eval)" in out and "max rel" in out and "DiracConv2d" in out
+    assert "float64, eval)" in out and "max rel" in out and "DiracConv2d" in out
     again = sio.load(str(tmp_path / "again.pt"))
     assert [s.args["only"] for s in again.recipe] == [["bn"], ["dirac", "bn", "branches"]]
     assert set(module_counts(again.module)) <= PURE_CHAIN
