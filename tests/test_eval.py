@@ -135,3 +135,19 @@ def test_kl_is_zero_for_a_model_against_itself(cli, digits, models, tmp_path):
     assert rep["data"] == str(digits / "val")
     r = rep["models"][0]
     assert r["top1_agreement"] == 1.0 and math.isclose(r["kl_to_teacher"], 0.0, abs_tol=1e-6)
+
+
+def test_eval_help_imports_nothing_heavy():
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = ("import sys, contextlib, io; from cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    try: main(['eval', '--help'])\n"
+            "    except SystemExit as e: assert e.code in (0, None), e.code\n"
+            "print(','.join(sorted(m for m in ('torch', 'numpy', 'PIL', 'matplotlib') if m in sys.modules)))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "", f"imported by `surgery eval --help`: {res.stdout.strip()}"
