@@ -20,6 +20,7 @@ import typer  # noqa: E402
 
 import surgery
 from cli_commands.base import app, discard_notes, err_console, flush_notes
+from surgery.core import files
 from surgery.core.errors import SurgeryError
 
 # Each module adds its command(s) to ``app``; the order here is the order in --help.
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (typer's own usage errors exit 2 via SystemExit)."""
     debug = os.environ.get("SURGERY_DEBUG") == "1"
     previous = safety.install_signal_handlers(running=True)  # SIGTERM/SIGINT remove temp files
-    safety.track_inputs(True)  # every file a command reads is an input, never an output
+    files.track_inputs(True)  # every file a command reads is an input, never an output
     try:
         with warnings.catch_warnings():
             if not debug:  # libraries' warnings (torch's pickle protocol, Pillow's decompression bomb)
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         safety.remove_temps()
-        safety.track_inputs(False)
+        files.track_inputs(False)
         safety.restore_signal_handlers(previous)
     return 0
 

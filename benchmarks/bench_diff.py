@@ -57,8 +57,9 @@ def make_checkpoints(d: Path) -> tuple[Path, Path]:
     import torch
 
     from surgery.core import io as sio
+    from zoo.plugin import build_zoo
 
-    a = sio.build_zoo("yolov3", {}, seed=0)
+    a = build_zoo("yolov3", {}, seed=0)
     pa = sio.save(a, d / "yolov3_a.pt")
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():

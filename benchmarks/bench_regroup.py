@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import pick_device, time_models  # noqa: E402
 from surgery.core import io as sio  # noqa: E402
+from zoo.plugin import build_zoo  # noqa: E402
 from surgery.core.net import ArchSpec, Net  # noqa: E402
 from surgery.partition import contiguous  # noqa: E402
 from surgery.regroup import regroup  # noqa: E402
@@ -158,7 +159,7 @@ def part_latency(roots, repeats: int, plot: str | None, runtimes=("torch", "torc
                  thread_counts=(1, 2), batches=(1, 8)) -> dict:
     from analyzers.cost import analyze
 
-    nets = {r: sio.build_zoo("resnet50", {"variant": "v1", "root": r}) for r in roots}
+    nets = {r: build_zoo("resnet50", {"variant": "v1", "root": r}) for r in roots}
     costs = {}
     for r, n in nets.items():
         t = analyze(n).totals

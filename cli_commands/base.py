@@ -9,13 +9,11 @@ functions; ``tests/test_cli.py`` checks that ``import cli`` leaves torch unimpor
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import math
 import os
 import sys
-from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import typer
@@ -245,19 +243,10 @@ def note_random_weights(net) -> None:
 
 
 def to_jsonable(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        if hasattr(obj, "to_json"):
-            return to_jsonable(obj.to_json())
-        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj) if not f.name.startswith("_")}
-    if isinstance(obj, dict) or hasattr(obj, "items"):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
+    """The JSON of a report (one implementation: :func:`surgery.core.jsonable.to_jsonable`)."""
+    from surgery.core.jsonable import to_jsonable as impl
+
+    return impl(obj)
 
 
 def print_json(obj: Any) -> None:

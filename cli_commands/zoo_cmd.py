@@ -63,7 +63,9 @@ def zoo_build(
         output = str(sio.default_output([f"zoo:{zname}"], tag))
     sio.check_outputs([output], force=force)
     sio.check_checkpoint_name(output)
-    net = sio.build_zoo(zname, kwargs, seed=seed)
+    from zoo.plugin import build_zoo
+
+    net = build_zoo(zname, kwargs, seed=seed)
     path = sio.save(net, output, force=force)
     rep = {"output": str(path), "model": ref, "arch": net.arch.describe(), "params": net.params, "input_shape": list(net.input_shape),
            "seed": seed}

@@ -25,6 +25,7 @@ from typing import Any, Mapping
 
 import torch
 
+from surgery.core.callable_module import make_callable
 from surgery.core.errors import SurgeryError
 from surgery.core.graph import layer_graph, output_tensors, select
 from surgery.core.net import Net, Step
@@ -224,3 +225,6 @@ def heal(student: Net, teacher: Net | None, cfg: HealConfig, *, run_dir: str | P
         pairs=plan.pairs, frozen_layers=plan.frozen_layers, frozen_params=plan.frozen_params, before=before,
         after=after, teacher_eval=teacher_eval, **result.report_fields(cfg.train, run_dir))
     return out, rep
+
+
+make_callable(__name__, heal)  # surgery.heal(...) calls heal() (the public API)

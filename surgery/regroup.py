@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from surgery import partition
+from surgery.core.callable_module import make_callable
 from surgery.core import safety
 from surgery.core.errors import SurgeryError
 from surgery.core.graph import is_darknet, layer_graph, select
@@ -724,3 +725,6 @@ def regroup(net: Net, root: int, *, schedule: str = "deep-roots", layers: str | 
         how=how, layers=tuple(rows), skipped=tuple(skipped), before=before, after=after, moved=moved,
         search_s=search_s, input_shape=tuple(net.input_shape))
     return result, report
+
+
+make_callable(__name__, regroup)  # surgery.regroup(...) calls regroup() (the public API)

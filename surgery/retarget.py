@@ -35,6 +35,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from surgery.core.callable_module import make_callable
 from surgery.core.errors import SurgeryError
 from surgery.core.graph import is_darknet, layer_graph, resolve
 from surgery.core.net import ArchSpec, Net, Step, count_params
@@ -311,3 +312,6 @@ def _params_upto(net: Net, k: int) -> int:
     from analyzers.cost import analyze
 
     return int(analyze(net).upto(k).params)
+
+
+make_callable(__name__, retarget)  # surgery.retarget(...) calls retarget() (the public API)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from surgery.core import io as sio
+from zoo.plugin import build_zoo
 from surgery.core.errors import SurgeryError
 from surgery.core.net import ArchSpec, Net
 from surgery.core.verify import compare
@@ -133,7 +134,7 @@ def test_resnet50_v1_becomes_the_zoo_root_topology(root):
     net = sio.load("zoo:resnet50:variant=v1")
     new, rep = regroup(net, root, permute="none", cost=False, probes=0)
     mine = new.module.state_dict()
-    zoo = sio.build_zoo("resnet50", {"variant": "v1", "root": root}).module.state_dict()
+    zoo = build_zoo("resnet50", {"variant": "v1", "root": root}).module.state_dict()
     assert {k: tuple(v.shape) for k, v in mine.items()} == {k: tuple(v.shape) for k, v in zoo.items()}
     assert float(f"{_table1_params(mine):.3g}") == DEEP_ROOTS_TABLE1[root][1]
     # the schedule: root, root/2, root/4, root/8 groups in res2..res5, never below 1

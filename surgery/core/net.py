@@ -17,7 +17,17 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from surgery.core import plugins
 from surgery.core.errors import SurgeryError
+
+
+def describe_py(module: str, factory: str, kwargs: Mapping[str, Any]) -> str:
+    """``py:module:factory[:k=v,...]``, as the user writes it (lists as comma lists)."""
+    def show(v: Any) -> str:
+        return ",".join(str(x) for x in v) if isinstance(v, (list, tuple)) else str(v)
+
+    args = ",".join(f"{k}={show(v)}" for k, v in kwargs.items())
+    return f"py:{module}:{factory}" + (f":{args}" if args else "")
 
 
 @dataclass(frozen=True)
@@ -36,48 +46,22 @@ class ArchSpec:
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     cfg: str | None = None
 
-    def build(self) -> nn.Module:
-        if self.kind == "zoo":
-            from zoo import registry
-
-            return registry.get(self.name).build(**dict(self.kwargs))
-        if self.kind == "darknet":
-            from zoo.darknet import build_darknet
-
-            if not self.cfg:
-                raise SurgeryError(f"darknet arch spec {self.name!r} carries no cfg text")
-            return build_darknet(self.cfg, source=self.name)
-        if self.kind == "py":
-            return self._build_py(from_file=True)
-        if self.kind == "onnx":  # an imported ONNX graph: its spec (no weights, no code) in cfg
-            from surgery.core.onnx_import import build_module
-
-            return build_module(self.cfg or "", source=self.name)
-        raise SurgeryError(f"unknown architecture kind {self.kind!r} (expected 'zoo', 'darknet', 'py' or 'onnx')")
+    def build(self, *, own: bool = False) -> nn.Module:
+        """Build the structure with the builder registered for ``kind``
+        (:mod:`surgery.core.plugins`). ``own``: the user named this spec themselves (a ``py:``
+        reference on the command line, a trusted pickle's class), not a file."""
+        return plugins.arch_builder(self.kind)(self, own=own)
 
     def build_own(self) -> nn.Module:
-        """Build what the user named themselves (a ``py:`` reference on the command line, a
-        trusted pickle's class): the module counts as named (``pyref.name``)."""
-        return self._build_py(from_file=False) if self.kind == "py" else self.build()
-
-    def _build_py(self, *, from_file: bool) -> nn.Module:
-        from surgery.core import pyref
-
-        module, sep, factory = self.name.partition(":")
-        if not sep:
-            raise SurgeryError(f"py arch spec {self.name!r} is not 'package.module:factory'")
-        if not from_file:
-            pyref.name(module)
-        return pyref.build(module, factory, self.kwargs, from_file=True)
+        """Build what the user named themselves: its ``py:`` module counts as named."""
+        return self.build(own=True)
 
     def describe(self) -> str:
         if self.kind == "zoo":
             args = ",".join(f"{k}={v}" for k, v in self.kwargs.items())
             return f"zoo:{self.name}" + (f":{args}" if args else "")
         if self.kind == "py":
-            from surgery.core import pyref
-
-            return pyref.describe(*self.name.partition(":")[::2], self.kwargs)
+            return describe_py(*self.name.partition(":")[::2], self.kwargs)
         if self.kind == "onnx":
             return f"onnx:{self.name}"
         return f"darknet:{self.name}"

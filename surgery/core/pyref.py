@@ -36,9 +36,15 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import torch
 from torch import nn
 
+from surgery.core import plugins, safety
+from surgery.core.build import DEFAULT_SEED, check_build, find_state_dict, load_state_strict, seeded
 from surgery.core.errors import SurgeryError
+from surgery.core.files import existing, sha256
+from surgery.core.net import ArchSpec, Net, describe_py
+from surgery.core.refs import parse_zoo_ref
 
 PREFIX = "py:"
 _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -63,8 +69,6 @@ def _value(text: str) -> Any:
 
 def parse(ref: str) -> tuple[str, str, dict[str, Any]]:
     """``py:pkg.mod:factory[:k=v,...]`` -> ("pkg.mod", "factory", {k: value})."""
-    from surgery.core.io import parse_zoo_ref  # one argument syntax for zoo: and py:
-
     body = str(ref)[len(PREFIX):]
     module, sep, rest = body.partition(":")
     if not sep or not rest:
@@ -78,15 +82,7 @@ def parse(ref: str) -> tuple[str, str, dict[str, Any]]:
     return module, factory, {k: _value(v) for k, v in raw.items()}
 
 
-def describe(module: str, factory: str, kwargs: Mapping[str, Any]) -> str:
-    args = ",".join(f"{k}={_show(v)}" for k, v in kwargs.items())
-    return f"{PREFIX}{module}:{factory}" + (f":{args}" if args else "")
-
-
-def _show(v: Any) -> str:
-    if isinstance(v, (list, tuple)):
-        return ",".join(str(x) for x in v)
-    return str(v)
+describe = describe_py  # py:module:factory[:k=v,...] (surgery.core.net)
 
 
 @contextlib.contextmanager
@@ -245,11 +241,7 @@ def build(module: str, factory: str, kwargs: Mapping[str, Any] | None = None, *,
 
 def read_state(path: str | Path) -> dict:
     """A state_dict from ``.pt``/``.pth`` (weights only, no pickled code) or ``.safetensors``."""
-    import torch
-
-    from surgery.core.io import _existing, _find_state_dict
-
-    p = _existing(path, "weights file")
+    p = existing(path, "weights file")
     if p.suffix.lower() == ".safetensors":
         try:
             from safetensors.torch import load_file
@@ -267,7 +259,7 @@ def read_state(path: str | Path) -> dict:
                            f"{_first_line(e)}); save it with torch.save(model.state_dict(), ...)") from None
     if isinstance(obj, Mapping) and obj.get("format") == "surgery-checkpoint":
         obj = obj.get("state_dict")
-    state = _find_state_dict(obj)
+    state = find_state_dict(obj)
     if state is None:
         raise SurgeryError(f"{p}: holds no state_dict (found {type(obj).__name__}); save model.state_dict()")
     return state
@@ -287,23 +279,19 @@ def load(ref: str, *, weights: str | None = None, input_shape=None, from_file: b
     """A ``py:`` reference -> an editable :class:`Net` (arch kind ``"py"``). ``from_file``: the
     reference was read from a file (a run directory's config), not typed: it imports only what
     the user named (module docstring)."""
-    from surgery.core import io as sio
-    from surgery.core import safety
-    from surgery.core.net import ArchSpec, Net
-
     module_name, factory, kwargs = parse(ref)
     if not from_file:
         name(module_name)
     arch = ArchSpec("py", f"{module_name}:{factory}", kwargs)
-    sio._check_build(arch.build, ref)
-    with sio.seeded(sio.DEFAULT_SEED):
+    check_build(arch.build, ref)
+    with seeded(DEFAULT_SEED):
         module = arch.build()
     shape = safety.check_shape(input_shape_of(module, ref, input_shape), f"{ref}: input shape")
-    meta: dict[str, Any] = {"seed": sio.DEFAULT_SEED, "weights": None}
+    meta: dict[str, Any] = {"seed": DEFAULT_SEED, "weights": None}
     if weights:
         state = read_state(weights)
-        sio._load_state_strict(module, state, weights)
-        meta = {"weights": str(weights), "sources": {str(weights): sio.sha256(Path(weights))}}
+        load_state_strict(module, state, weights)
+        meta = {"weights": str(weights), "sources": {str(weights): sha256(Path(weights))}}
     module.eval()
     return Net(module, arch, shape, source=ref, format="py", metadata=meta)
 
@@ -314,8 +302,6 @@ def arch_of_pickled(obj: nn.Module, path, arch: str | None):
     The spec is ``--arch py:...`` when given, else its class called without arguments — which
     must rebuild the same tensors. A class that cannot be imported again (defined in a script's
     ``__main__`` or a function) leaves the module analysable but not editable."""
-    from surgery.core.net import ArchSpec
-
     if arch and is_ref(arch):
         module_name, factory, kwargs = parse(arch)
         spec = ArchSpec("py", f"{module_name}:{factory}", kwargs)
@@ -327,8 +313,6 @@ def arch_of_pickled(obj: nn.Module, path, arch: str | None):
                           f"move the class into a module and pass --arch py:MODULE:{cls.__name__}")
         spec = ArchSpec("py", f"{module_name}:{qual}", {})
     try:
-        import torch
-
         with torch.device("meta"):
             rebuilt = spec.build_own()
     except SurgeryError as e:
@@ -340,3 +324,20 @@ def arch_of_pickled(obj: nn.Module, path, arch: str | None):
         return None, (f"{spec.describe()} builds other tensors than the pickled module (e.g. {diff[0]}); "
                       f"pass --arch py:MODULE:FACTORY[:k=v] with the arguments it was built with")
     return spec, None
+
+
+@plugins.arch_kind("py")
+def _build_spec(spec: ArchSpec, *, own: bool = False) -> nn.Module:
+    """A ``py`` arch spec: what a file names imports only what the user named (``own``: they
+    named this very spec, e.g. a trusted pickle's class or their own reference)."""
+    module, sep, factory = spec.name.partition(":")
+    if not sep:
+        raise SurgeryError(f"py arch spec {spec.name!r} is not 'package.module:factory'")
+    if own:
+        name(module)
+    return build(module, factory, spec.kwargs, from_file=True)
+
+
+@plugins.prefix_loader(PREFIX)
+def _load_ref(ref: str, *, weights=None, input_shape=None, from_file: bool = False, **_options) -> Net:
+    return load(ref, weights=weights, input_shape=input_shape, from_file=from_file)

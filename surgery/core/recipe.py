@@ -4,23 +4,21 @@ A checkpoint stores the arch spec and the list of surgeries applied. Loading reb
 arch, replays each step *structurally* (module shapes only; values are irrelevant because
 the state_dict is loaded strictly afterwards), so no pickle is ever needed.
 
-Each surgery module registers its replay with ``@replayable("op")``.
+Each surgery module registers its replay with ``@replayable("op")``; the modules that do are
+the entry points of :data:`surgery.core.plugins.GROUP` (the core names none of them).
 """
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import Callable, Mapping
 
 from torch import nn
 
+from surgery.core import plugins
 from surgery.core.errors import SurgeryError, suggest
 
 ReplayFn = Callable[[nn.Module, Mapping], nn.Module]
 _REPLAY: dict[str, ReplayFn] = {}
-# Modules whose import registers replays. Listed on purpose so loading a checkpoint never
-# depends on what happened to be imported before.
-_SURGERY_MODULES = ("surgery.share", "surgery.fold", "surgery.retarget", "surgery.regroup", "surgery.onion.split", "surgery.onion.train", "surgery.onion.calibrate", "surgery.heal")
 
 
 def replayable(op: str):
@@ -39,14 +37,9 @@ def replayable(op: str):
     return deco
 
 
-def _load() -> None:
-    for name in _SURGERY_MODULES:
-        import_module(name)
-
-
 def rebuild(arch, recipe) -> nn.Module:
     """Build ``arch`` and replay every step of ``recipe`` structurally."""
-    _load()
+    plugins.load_plugins()  # the surgeries' modules register their replays (pyproject.toml entry points)
     module = arch.build()
     for step in recipe:
         fn = _REPLAY.get(step.op)

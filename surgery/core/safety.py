@@ -21,7 +21,6 @@ This module imports no torch at module level: ``cli.py`` uses it at start-up.
 
 from __future__ import annotations
 
-import errno
 import math
 import os
 import re
@@ -158,40 +157,6 @@ def restore_signal_handlers(previous: dict) -> None:
         signal.signal(sig, h if h is not None else signal.SIG_DFL)
 
 
-# ------------------------------------------------------------------------ inputs of this process
-
-_READ_PATHS: set[Path] = set()
-_READ_INODES: set[tuple[int, int]] = set()
-_TRACKING = False
-
-
-def track_inputs(on: bool = True) -> None:
-    """Record every model file read (``surgery.core.io.load``) as an input of this process;
-    the CLI turns this on (one process, one command), so no output of the command can name
-    any file it read — implicit ones included (a same-stem .weights, --weights, --arch)."""
-    global _TRACKING
-    _TRACKING = on
-    if not on:
-        _READ_PATHS.clear()
-        _READ_INODES.clear()
-
-
-def note_input(path: str | os.PathLike) -> None:
-    if not _TRACKING:
-        return
-    p = Path(path)
-    try:
-        st = p.stat()
-        _READ_PATHS.add(p.resolve())
-    except (OSError, RuntimeError):
-        return
-    _READ_INODES.add((st.st_dev, st.st_ino))
-
-
-def read_inputs() -> tuple[set[Path], set[tuple[int, int]]]:
-    return set(_READ_PATHS), set(_READ_INODES)
-
-
 _HINT: list[str] = []  # what to do next after an interruption (a training run: how to resume it)
 
 
@@ -202,28 +167,6 @@ def set_hint(text: str) -> None:
 def interrupted_message(signum: int | None) -> str:
     what = f"interrupted ({_signal_name(signum)})" if signum is not None else "interrupted"
     return f"{what}; partial outputs removed" + (f"; {_HINT[0]}" if _HINT else "")
-
-
-# ------------------------------------------------------------------------ exclusive create
-
-
-def link_exclusive(tmp: Path, out: Path) -> None:
-    """Give ``tmp`` the name ``out`` only if ``out`` does not exist (atomic: ``link(2)``
-    fails with EEXIST), then drop the temporary name. Raises :class:`FileExistsError` when
-    another writer got there first. Filesystems without hard links get an ``O_EXCL``
-    placeholder that is then replaced by the finished file."""
-    try:
-        os.link(tmp, out)
-    except FileExistsError:
-        raise
-    except OSError as e:
-        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.EXDEV, errno.ENOSYS):
-            raise
-        fd = os.open(out, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)  # FileExistsError if taken
-        os.close(fd)
-        os.replace(tmp, out)
-        return
-    os.unlink(tmp)
 
 
 # ------------------------------------------------------------------------ sizes

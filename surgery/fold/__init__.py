@@ -42,6 +42,7 @@ from typing import Iterable, Mapping
 import torch
 from torch import fx, nn
 
+from surgery.core.callable_module import make_callable
 from surgery.core.errors import SurgeryError, suggest
 from surgery.core.safety import check_finite_nonneg
 from surgery.core.graph import is_darknet, trace
@@ -229,3 +230,6 @@ def module_counts(module: nn.Module) -> dict[str, int]:
 def _replay(module: nn.Module, args: Mapping) -> nn.Module:
     """Structural replay: the same folds on the freshly built module (values are loaded after)."""
     return fold_module(module, only=parse_only(args.get("only", KINDS)))[0]
+
+
+make_callable(__name__, fold)  # surgery.fold(...) calls fold() (the public API)

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from surgery.core.callable_module import make_callable
 from surgery.core.errors import SurgeryError
 from surgery.core.net import Net, Step
 from surgery.core.recipe import replayable
@@ -313,3 +314,6 @@ def cascade_copy(cascade: OnionCascade) -> OnionCascade:
 def stored(net: Net) -> Mapping[str, Any] | None:
     """The calibration a checkpoint carries (its report without model/output), or None."""
     return (net.metadata or {}).get(META_KEY)
+
+
+make_callable(__name__, calibrate)  # surgery.onion.calibrate(...) calls calibrate() (the public API)

@@ -48,6 +48,7 @@ import torch
 from torch import fx, nn
 
 from surgery import partition
+from surgery.core.callable_module import make_callable
 from surgery.core.errors import SurgeryError
 from surgery.core.graph import layer_graph, meta_copy
 from surgery.core.net import Net, Step
@@ -495,3 +496,6 @@ def _replay(module: nn.Module, args: Mapping) -> nn.Module:
         raise SurgeryError("checkpoint recipe step onion_split lacks n1/s1_classes/input_shape; "
                            "the file is damaged") from None
     return _structure(module, shape, n1, k)[2]
+
+
+make_callable(__name__, split)  # surgery.onion.split(...) calls split() (the public API)

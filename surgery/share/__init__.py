@@ -56,6 +56,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from surgery.core.callable_module import make_callable
 from surgery.core.errors import SurgeryError
 from surgery.core.safety import check_finite_nonneg
 from surgery.core.graph import layer_graph
@@ -232,3 +233,6 @@ def sweep(base: Net, tasks: Sequence[Net], ats: Sequence[int | str]) -> SweepRep
         rows.append(SweepRow(cut.at, cut.name, Fraction(frac["params"], frac["macs"]),
                              {"params": int(up.params), "macs": int(up.macs)}))
     return SweepReport((base.source, *(t.source for t in tasks)), {"params": bp, "macs": bm}, tuple(rows))
+
+
+make_callable(__name__, share)  # surgery.share(...) calls share() (the public API)

@@ -27,9 +27,9 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from surgery.core import safety
+from surgery.core import files
 from surgery.core.errors import SurgeryError
-from surgery.core.io import atomic_write
+from surgery.core.files import atomic_write
 
 RUN_FORMAT = "surgery-run"
 RUN_VERSION = 1
@@ -65,7 +65,7 @@ def check_new(path: str | Path, *, force: bool, inputs: Iterable[str | Path] = (
     ``force``, and when ``force`` would remove a directory that is not a run directory of
     surgery (it has no marker file)."""
     p = Path(path)
-    read, _ = safety.read_inputs()
+    read, _ = files.read_inputs()
     why = _overlap(p, [*inputs, *read])
     if why:
         raise SurgeryError(f"run directory {str(p)!r} {why}; choose another --run-dir (surgery never removes or "

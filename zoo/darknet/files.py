@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from surgery.core.files import atomic_write
 from zoo.darknet.cfg import read_cfg_file
 from zoo.darknet.net import DarknetNet, build_darknet
 from zoo.darknet.weights import read_weights, write_weights
@@ -23,8 +24,7 @@ def load_darknet(cfg_path: str | os.PathLike, weights_path: str | os.PathLike | 
 def save_darknet(net: DarknetNet, cfg_path: str | os.PathLike, weights_path: str | os.PathLike | None = None,
                  *, overwrite: bool = False) -> None:
     """Write ``net.cfg_text()`` and (if a path is given) its weights: both destinations are
-    checked first, and either both files appear or neither (:func:`surgery.core.io.atomic_write`)."""
-    from surgery.core.io import atomic_write
+    checked first, and either both files appear or neither (:func:`surgery.core.files.atomic_write`)."""
 
     paths = [cfg_path] + ([weights_path] if weights_path is not None else [])
 

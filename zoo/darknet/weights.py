@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from surgery.core.errors import SurgeryError
+from surgery.core.files import atomic_write
 from typing import TYPE_CHECKING
 
 from zoo.darknet.layers import ConnectedLayer, ConvolutionalLayer, DarknetLayer, LocalLayer
@@ -303,8 +304,7 @@ def write_weights(net: DarknetNet, dest: str | os.PathLike | BinaryIO, *, header
         raise SurgeryError(f"{_name(dest)}: cannot write weights of a network on the meta device")
     data = _serialize(net, header or net.weights_header, cutoff)
     if isinstance(dest, (str, os.PathLike)):
-        from surgery.core.io import atomic_write
-
+    
         atomic_write([dest], lambda tmps: tmps[0].write_bytes(data), force=overwrite)
     else:
         dest.write(data)

@@ -28,6 +28,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from surgery.core import plugins
+from surgery.core.files import existing
+from surgery.core.files import sha256 as file_sha256
 from surgery.core.onnx_import.build import build_module, parse_spec, spec_text  # noqa: F401
 
 FORMAT = "onnx"
@@ -79,3 +82,16 @@ def load_onnx(path: str | Path, input_shape: tuple[int, ...] | None = None, *, s
     meta = {"sources": {str(path): sha256}, "onnx_import": info,
             "weights_load": {"file": str(path), "cutoff": None}}
     return Net(module, arch, prep.input_shape, source=str(path), format=FORMAT, metadata=meta)
+
+
+@plugins.arch_kind("onnx")
+def _build_spec(spec, **_options):
+    """An imported ONNX graph's arch spec: its layer spec (no weights, no code) in ``cfg``."""
+    return build_module(spec.cfg or "", source=spec.name)
+
+
+@plugins.suffix_loader(".onnx")
+def _load(ref: str, *, input_shape=None, **_options):
+    """An ``.onnx`` reference: imported into standard torch modules, checked against onnxruntime."""
+    path = existing(ref)
+    return load_onnx(path, input_shape, sha256=file_sha256(path))
