@@ -28,7 +28,9 @@ _SUFFIXES: dict[str, Callable[..., Any]] = {}
 _LOADED = False
 
 
-def _register(table: dict, key: str, fn: Callable, what: str) -> Callable:
+def register(table: dict, key: str, fn: Callable, what: str) -> Callable:
+    """``table[key] = fn``; the same key registered by another function is refused (RuntimeError):
+    two builders for one key would make loading depend on import order."""
     old = table.get(key)
     if old is not None and (old.__module__, old.__qualname__) != (fn.__module__, fn.__qualname__):
         raise RuntimeError(f"{what} {key!r} registered twice: {old.__module__}.{old.__qualname__} and "
@@ -39,19 +41,19 @@ def _register(table: dict, key: str, fn: Callable, what: str) -> Callable:
 
 def arch_kind(kind: str):
     """Register ``fn(spec) -> nn.Module`` as the builder of arch specs of ``kind``."""
-    return lambda fn: _register(_ARCH_KINDS, kind, fn, "architecture kind")
+    return lambda fn: register(_ARCH_KINDS, kind, fn, "architecture kind")
 
 
 def prefix_loader(prefix: str):
     """Register ``fn(ref, **options) -> Net`` for references starting with ``prefix``."""
-    return lambda fn: _register(_PREFIXES, prefix, fn, "reference prefix")
+    return lambda fn: register(_PREFIXES, prefix, fn, "reference prefix")
 
 
 def suffix_loader(*suffixes: str):
     """Register ``fn(path, **options) -> Net`` for files ending in any of ``suffixes``."""
     def deco(fn):
         for s in suffixes:
-            _register(_SUFFIXES, s.lower(), fn, "file suffix")
+            register(_SUFFIXES, s.lower(), fn, "file suffix")
         return fn
 
     return deco

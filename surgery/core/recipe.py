@@ -26,15 +26,7 @@ def replayable(op: str):
     An op registered twice by different functions is refused (RuntimeError), as zoo entries
     are: two replays for one op would make checkpoints load differently by import order."""
 
-    def deco(fn: ReplayFn) -> ReplayFn:
-        old = _REPLAY.get(op)
-        if old is not None and (old.__module__, old.__qualname__) != (fn.__module__, fn.__qualname__):
-            raise RuntimeError(f"recipe op {op!r} registered twice: {old.__module__}.{old.__qualname__} and "
-                               f"{fn.__module__}.{fn.__qualname__}")
-        _REPLAY[op] = fn
-        return fn
-
-    return deco
+    return lambda fn: plugins.register(_REPLAY, op, fn, "recipe op")
 
 
 def rebuild(arch, recipe) -> nn.Module:
