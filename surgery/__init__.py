@@ -34,6 +34,7 @@ _API: dict[str, tuple[str, str | None]] = {
     "analyze": ("analyzers.cost", "analyze"),
     "diff": ("analyzers.diff", "diff"),
     "profile": ("analyzers.profile", "profile"),
+    "profile_layers": ("analyzers.layer_profile", "profile_layers"),
     "evaluate": ("surgery.evaluate", "evaluate"),
     # surgeries
     "fold": ("surgery.fold", None),
