@@ -55,6 +55,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -64,6 +65,7 @@ from torch import fx, nn
 from analyzers import latency as lat
 from analyzers.latency import DTYPES, TimingConfig, Unavailable
 from surgery.core.errors import SurgeryError
+from surgery.core.graph import LayerGraph, layer_graph
 from surgery.core.net import Net
 
 KINDS = ("convolution", "data movement", "element-wise", "channel shuffle", "other")
@@ -278,11 +280,9 @@ def shuffle_layers(lg, cost) -> set[int]:
 # ----------------------------------------------------------------------------- torch: ranges in the graph
 
 
-def ranged_module(module: nn.Module) -> tuple[fx.GraphModule, "object"]:
+def ranged_module(module: nn.Module) -> tuple[fx.GraphModule, LayerGraph]:
     """(GraphModule, LayerGraph): the model's layer graph with a ``record_function`` range named
     ``surgery_layer_<index>`` around every layer node (a graph edit: lint, recompile)."""
-    from surgery.core.graph import layer_graph
-
     lg = layer_graph(module)
     gm = copy.deepcopy(lg.gm)
     g = gm.graph
@@ -320,11 +320,9 @@ class _Scope(nn.Module):
         return self.fn(*args, **kwargs)
 
 
-def scoped_module(module: nn.Module) -> tuple[fx.GraphModule, "object"]:
+def scoped_module(module: nn.Module) -> tuple[fx.GraphModule, LayerGraph]:
     """(GraphModule, LayerGraph): every layer node turned into a call of a ``surgery_layer_<index>``
     module (module layers keep their module inside it), so that exported ONNX names carry the layer."""
-    from surgery.core.graph import layer_graph
-
     lg = layer_graph(module)
     gm = copy.deepcopy(lg.gm)
     for n in list(gm.graph.nodes):
@@ -387,7 +385,7 @@ def _event_kind(e) -> str:
     return "other"
 
 
-def _measure_torch(net: Net, module: nn.Module, x: torch.Tensor, config: TimingConfig, threads) -> _Measured:
+def _measure_torch(module: nn.Module, x: torch.Tensor, config: TimingConfig, threads) -> _Measured:
     from torch.profiler import ProfilerActivity, profile, record_function
 
     cuda = x.device.type == "cuda"
@@ -444,14 +442,15 @@ def _layer_of_ort_node(node, opt_nodes: dict) -> int | None:
 
 
 def _measure_ort(net: Net, module: nn.Module, x: torch.Tensor, runtime: str, config: TimingConfig, threads,
-                 lg_types: dict, conv_of: callable, tmp: Path) -> _Measured:
+                 conv_of: Callable[[int], int], tmp: Path) -> _Measured:
     import onnx
 
     from surgery.core.onnx_io import export_model, verify_session
 
     device = x.device
     lat.check_ort(runtime, device)
-    scoped, _ = scoped_module(module)
+    host = module if device.type == "cpu" else copy.deepcopy(module).cpu()  # exported and verified on the host
+    scoped, _ = scoped_module(host)
     xe = x.detach().cpu()
     try:
         exported = export_model(scoped, xe, exporter="torchscript")
@@ -460,7 +459,7 @@ def _measure_ort(net: Net, module: nn.Module, x: torch.Tensor, runtime: str, con
     path = tmp / "scoped.onnx"
     path.write_bytes(exported.data)
     sess = lat.ort_session(path, runtime, device, threads=threads, dtype=x.dtype)
-    rep = verify_session(sess, module, net.input_shape, batch=x.shape[0], dtype=x.dtype, probes=1,
+    rep = verify_session(sess, host, net.input_shape, batch=x.shape[0], dtype=x.dtype, probes=1,
                          what=f"ONNX model ({runtime})")
     whole = lat.time_onnxruntime(sess, x, runtime, config=config, threads=threads)
     del sess
@@ -543,7 +542,6 @@ def profile_layers(net: Net | str, *, runtime: str = "torch", device: str = "cpu
     (default: this CPU, measured, or the GPU's datasheet)."""
     from analyzers.cost import CostCounter
     from analyzers.profile import parse_dtypes, roofline_spec_name
-    from surgery.core.graph import layer_graph
     from surgery.core.io import load
 
     net = net if isinstance(net, Net) else load(net)
@@ -591,9 +589,9 @@ def profile_layers(net: Net | str, *, runtime: str = "torch", device: str = "cpu
         x = net.example_input(batch, device=dev if rt != "onnxruntime:cpu" else "cpu", dtype=DTYPES[dtype])
         try:
             if rt == "torch":
-                m = _measure_torch(net, module, x, timing, threads)
+                m = _measure_torch(module, x, timing, threads)
             else:
-                m = _measure_ort(net, module, x, rt, timing, threads, static_kind, conv_of, Path(tmp))
+                m = _measure_ort(net, module, x, rt, timing, threads, conv_of, Path(tmp))
         except Unavailable as e:
             raise SurgeryError(f"{rt}: {e}") from None
         used_threads = threads or (torch.get_num_threads() if dev.type == "cpu" or rt == "onnxruntime:cpu" else None)
