@@ -246,7 +246,7 @@ def write_synth_text(out_dir: str | Path, *, n_train: int = 200, n_val: int = 50
                 name = names[int(rng.integers(0, len(names)))]
                 img, rec = compose(rng, name, size, max_words, max_angle, cache)
                 stem = f"{i:0{digits}d}"
-                img.save(tmp / split / "images" / f"{stem}.jpg", quality=JPEG_QUALITY)
+                img.save(tmp / split / "images" / f"{stem}.jpg", quality=JPEG_QUALITY, subsampling=0)  # 4:4:4: thin coloured strokes
                 lines = []
                 for wd in rec["words"]:
                     x1, y1, x2, y2 = wd["box"]
