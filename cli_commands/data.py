@@ -63,6 +63,37 @@ def stereo_patches_cmd(
     wrote(rep.output)
 
 
+@data_app.command("patch-pairs", epilog=examples(
+    "surgery data patch-pairs pairs --pairs 20000",
+    "surgery data patch-pairs pairs --source warps --pairs 40000 --val-fraction 0.25 --seed 1 --force",
+))
+def patch_pairs_cmd(
+    out_dir: str = typer.Argument(..., metavar="OUT_DIR", help="Folder to write ({train,val}/{neg,pos}/*.png, pairs.json)."),
+    source: str = typer.Option("both", "--source", help="stereo (Middlebury pair), warps (bundled photographs under "
+                                                        "random homographies) or both (half each)."),
+    pairs: int = typer.Option(20000, "--pairs", help="Pairs in all (train + val; half corresponding)."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", help="Fraction held out (from held-out photographs "
+                                                                   "/ the stereo pair's held-out rows)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of everything drawn (same seed, same bytes)."),
+    force: bool = ForceOpt,
+    json_out: bool = JsonOpt,
+):
+    """64x64 greyscale patch pairs, HPatches-style: windows of the bundled photographs and of their views
+    under known homographies + blur + noise + illumination change (positives at the warped location, hard
+    negatives 8..64 px away, random ones); train/val split by photograph."""
+    from surgery.datasets.patch_pairs import write_patch_pairs
+
+    rep = write_patch_pairs(out_dir, pairs, source=source, val_fraction=val_fraction, seed=seed, force=force)
+    if json_out:
+        print_json(rep)
+        return
+    out().print(f"patch pairs ({rep.source}): {rep.train_pairs} training pairs ({rep.train_positives} corresponding) "
+                f"from {len(rep.train_photos)} photographs, {rep.val_pairs} held-out pairs ({rep.val_positives} "
+                f"corresponding) from {len(rep.val_photos)} others; {'x'.join(map(str, rep.image_shape))} two-channel "
+                f"PNGs, {rep.bytes_on_disk / 1e6:.1f} MB")
+    wrote(rep.output)
+
+
 @data_app.command("synth-text", epilog=examples(
     "surgery data synth-text text",
     "surgery data synth-text text --train 2000 --val 400 --size 416 --seed 1 --force",
