@@ -68,7 +68,8 @@ def run_cli(*args: str, cwd=None, env=None, timeout=600) -> CliResult:
     """Run the installed ``surgery`` console script as a user would."""
     e = dict(os.environ)
     e.pop("SURGERY_DEBUG", None)
-    e.setdefault("COLUMNS", "200")
+    # pytest-xdist's workers inherit COLUMNS=80 (execnet): a width a test asks for is passed in env
+    e["COLUMNS"] = "200"
     e["OMP_NUM_THREADS"] = "1"
     if env:
         e.update(env)
