@@ -57,6 +57,16 @@ def main(argv=None) -> int:
         tail = dict(collections.Counter(src[low].tolist()))
         print(f"{split}: {int(pos.sum())} positives; threshold at TPR {1 - args.tail:g}: {thr:.4f}; lowest "
               f"{int(low.sum())} positives by source: {tail}")
+        from PIL import Image
+
+        def mad(idx):  # mean |left - right| grey levels of these pairs' windows
+            return float(np.mean([np.abs(np.asarray(Image.open(folder.root / folder.files[i]), np.float64)
+                                         @ np.array([1.0, -1.0])).mean() for i in idx])) if len(idx) else float("nan")
+
+        for s in sorted(set(src.tolist())):
+            ps = pos & (src == s)
+            print(f"  {s}: mean |left - right| of the tail positives {mad(np.flatnonzero(low & ps)):.1f} grey "
+                  f"levels, of the other positives {mad(np.flatnonzero(ps & ~low)):.1f}")
         for s in sorted(set(src.tolist())):
             neg = ~pos & (src == s)
             kinds = {k: round(float((scores[neg & (kind == k)] >= thr).mean()), 3)
