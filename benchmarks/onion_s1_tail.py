@@ -67,6 +67,21 @@ def main(argv=None) -> int:
             ps = pos & (src == s)
             print(f"  {s}: mean |left - right| of the tail positives {mad(np.flatnonzero(low & ps)):.1f} grey "
                   f"levels, of the other positives {mad(np.flatnonzero(ps & ~low)):.1f}")
+        if "stereo" in set(src.tolist()):  # the ground truth under the stereo windows
+            from surgery.datasets.stereo_patches import scene
+
+            disp = scene().disparity
+
+            def gt(idx):  # unknown-disparity fraction, disparity range (px) in the left windows
+                ws = [disp[meta[i]["left"][0] - 32:meta[i]["left"][0] + 32,
+                           meta[i]["left"][1] - 32:meta[i]["left"][1] + 32] for i in idx]
+                return (np.mean([(~np.isfinite(w)).mean() for w in ws]),
+                        np.median([np.ptp(w[np.isfinite(w)]) for w in ws if np.isfinite(w).any()]))
+
+            ps = pos & (src == "stereo")
+            (ua, ra), (ub, rb) = gt(np.flatnonzero(low & ps)), gt(np.flatnonzero(ps & ~low))
+            print(f"  stereo positives' left windows: unknown disparity {ua:.3f} (tail) vs {ub:.3f} (rest); "
+                  f"median disparity range {ra:.1f} px vs {rb:.1f} px")
         for s in sorted(set(src.tolist())):
             neg = ~pos & (src == s)
             kinds = {k: round(float((scores[neg & (kind == k)] >= thr).mean()), 3)
