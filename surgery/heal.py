@@ -167,19 +167,21 @@ def _plan(student: Net, teacher: Net | None, cfg: HealConfig) -> _Plan:
                                        "shapes (use at, or --match other layers)")
     elif cfg.match:
         raise SurgeryError("--match pairs layers for the at and feat losses; add at or feat to --loss")
-    frozen_names: tuple[str, ...] = ()
-    frozen_layers: tuple[int, ...] = ()
-    frozen_params = 0
-    if cfg.freeze:
-        chosen = select(layer_graph(student.module), cfg.freeze)
-        mods = [l for l in chosen if l.kind == "module"]
-        frozen_names = tuple(l.name for l in mods)
-        frozen_layers = tuple(l.index for l in chosen)
-        frozen_params = sum(p.numel() for n in frozen_names for p in student.module.get_submodule(n).parameters())
+    frozen_names, frozen_layers, frozen_params = frozen_selection(student.module, cfg.freeze)
     norm = tdata.Normalization.from_metadata(student.metadata, student.input_shape[0])
     data = TrainData(train_f, val_f, tuple(student.input_shape), norm, cfg.crop_scale, cfg.flip)
     data.validate()
     return _Plan(data, tdata.digest(train_f, val_f), pairs, frozen_names, frozen_layers, frozen_params)
+
+
+def frozen_selection(module: torch.nn.Module, freeze: str | None) -> tuple[tuple[str, ...], tuple[int, ...], int]:
+    """``--freeze``: (module names kept exactly, their layer indices, their parameter count)."""
+    if not freeze:
+        return (), (), 0
+    chosen = select(layer_graph(module), freeze)
+    names = tuple(l.name for l in chosen if l.kind == "module")
+    params = sum(p.numel() for n in names for p in module.get_submodule(n).parameters())
+    return names, tuple(l.index for l in chosen), params
 
 
 def heal(student: Net, teacher: Net | None, cfg: HealConfig, *, run_dir: str | Path | None = None,

@@ -24,9 +24,9 @@ from typing import Sequence
 import numpy as np
 
 from surgery.core.errors import SurgeryError
+from surgery.train.data import hold_out
 
 EDGE_TOLERANCE = 0.01  # a box edge may lie this far (relative) outside the image; it is clipped
-HOLDOUT_PERCENT = 10  # as surgery.train.data: a folder without a split holds out 10% by path hash
 
 
 @dataclass(frozen=True)
@@ -152,17 +152,7 @@ def yolo_folders(data: str | Path, val: str | Path | None = None, *,
     if is_yolo_folder(root / "train") and is_yolo_folder(root / "val"):
         return (scan_split(root / "train", classes=classes),
                 scan_split(root / "val", classes=classes, what="validation folder"))
-    full = scan_split(root, classes=classes)
-
-    def held(f: str) -> bool:
-        return int(hashlib.sha256(f.encode()).hexdigest(), 16) % 100 < HOLDOUT_PERCENT
-
-    keep = [i for i, f in enumerate(full.files) if not held(f)]
-    out = [i for i, f in enumerate(full.files) if held(f)]
-    if not keep or not out:
-        raise SurgeryError(f"data folder {str(root)!r} has too few images ({len(full)}) to hold out "
-                           f"{HOLDOUT_PERCENT}% for evaluation; pass --val DIR")
-    return full.subset(keep), full.subset(out)
+    return hold_out(scan_split(root, classes=classes), root)  # the classification folders' own rule
 
 
 def eval_split(data: str | Path, *, classes: int | None = None) -> DetectionFolder:

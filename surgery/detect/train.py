@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from surgery.core.errors import SurgeryError
-from surgery.core.graph import layer_graph, select
 from surgery.core.net import Net, Step
 from surgery.detect.data import Augment
 from surgery.detect.heads import YoloHead, net_hw, yolo_heads
 from surgery.detect.labels import is_yolo_folder, yolo_folders
 from surgery.detect import labels as dlabels
 from surgery.detect.task import DetectionTask
-from surgery.heal import HealConfig, HealReport
+from surgery.heal import HealConfig, HealReport, frozen_selection
 from surgery.train import checkpoint as ckpt
 from surgery.train import data as tdata
 from surgery.train import dist
@@ -78,15 +77,7 @@ def _plan(student: Net, cfg: HealConfig):
     if train_f.num_boxes == 0:
         raise SurgeryError(f"{train_f.root.parent}: none of its {len(train_f)} label files holds a box; nothing to "
                            "learn (labels/<name>.txt: one 'class cx cy w h' line per box)")
-    frozen_names: tuple[str, ...] = ()
-    frozen_layers: tuple[int, ...] = ()
-    frozen_params = 0
-    if cfg.freeze:
-        chosen = select(layer_graph(student.module), cfg.freeze)
-        mods = [l for l in chosen if l.kind == "module"]
-        frozen_names = tuple(l.name for l in mods)
-        frozen_layers = tuple(l.index for l in chosen)
-        frozen_params = sum(p.numel() for n in frozen_names for p in student.module.get_submodule(n).parameters())
+    frozen_names, frozen_layers, frozen_params = frozen_selection(student.module, cfg.freeze)
     task = DetectionTask(heads, net_hw(student.module, shape), Augment(flip=cfg.flip),
                          max_boxes=max(train_f.max_boxes, val_f.max_boxes, 1))
     norm = darknet_normalization(student.metadata, shape[0])

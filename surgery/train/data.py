@@ -159,8 +159,13 @@ def folders(data: str | Path, val: str | Path | None, *, labels: bool) -> tuple[
     if (root / "train").is_dir() and (root / "val").is_dir():
         return (scan(root / "train", labels=labels),
                 scan(root / "val", labels=labels, what="validation folder"))
-    full = scan(root, labels=labels)
+    return hold_out(scan(root, labels=labels), root)
 
+
+def hold_out(full, root):
+    """(train, held-out) of a folder without a split: a deterministic ``HOLDOUT_PERCENT`` of its
+    files by a hash of the relative path. ``full`` has ``files``, ``__len__`` and ``subset``
+    (an :class:`ImageFolder`, a detection folder)."""
     def held(f: str) -> bool:
         return int(hashlib.sha256(f.encode()).hexdigest(), 16) % 100 < HOLDOUT_PERCENT
 
