@@ -49,6 +49,9 @@ class VerifyReport:
     max_abs: float
     max_rel: float
     outputs: tuple[OutputDiff, ...]
+    # One class-score output (batch, classes[, 1, 1]): the fraction of probe samples whose
+    # arg-max agrees (one score per sample: whose sign agrees); None for any other output.
+    top1_agreement: float | None = None
 
     @property
     def atol(self) -> float:
@@ -61,6 +64,24 @@ class VerifyReport:
         if not self.outputs:
             return self.max_rel <= rtol
         return all(o.ok(rtol, atol) for o in self.outputs)
+
+
+def class_scores(output: torch.Tensor) -> torch.Tensor | None:
+    """``output`` as (batch, classes) class scores, or None when it is not one (a feature map,
+    a detector's head): a classifier's (B, C) or (B, C, 1, 1), or (B,) / (B, 1) single scores."""
+    if output.dim() == 1:
+        return output[:, None]
+    if output.dim() < 2 or any(int(d) != 1 for d in output.shape[2:]):
+        return None
+    return output.flatten(1)
+
+
+def agreeing(a: torch.Tensor, b: torch.Tensor) -> int:
+    """How many rows of two (batch, classes) score tensors pick the same class (one score per
+    row: the same sign, i.e. the same side of a logit threshold at 0)."""
+    if a.shape[1] == 1:
+        return int(((a > 0) == (b > 0)).sum())
+    return int((a.argmax(1) == b.argmax(1)).sum())
 
 
 def probe_inputs(input_shape, *, probes: int = 2, batch: int = 2, seed: int = 0, dtype=torch.float32):
@@ -111,6 +132,8 @@ def compare(
     cand = _prepared(candidate, dtype)
     worst: dict[int, list[float]] = {}
     shapes: dict[int, tuple] = {}
+    agree = total = 0
+    classifier = True
     if probe is None:
         inputs = probe_inputs(input_shape, probes=probes, batch=batch, seed=seed, dtype=dtype)
     for x in inputs:
@@ -122,6 +145,12 @@ def compare(
             raise SurgeryError(f"verification: the reference gives {len(a)} outputs, the result {len(b)}")
         _check_finite(a, reference, "the input model")
         _check_finite(b, candidate, "the result")
+        scores = class_scores(a[0]) if len(a) == 1 else None
+        if scores is None or a[0].shape != b[0].shape:
+            classifier = False
+        else:
+            agree += agreeing(scores, class_scores(b[0]))
+            total += scores.shape[0]
         for i, (oa, ob) in enumerate(zip(a, b)):
             if oa.shape != ob.shape:
                 raise SurgeryError(f"verification: output {i} has shape {list(ob.shape)}, expected {list(oa.shape)}")
@@ -139,6 +168,7 @@ def compare(
         max_abs=max((o.max_abs for o in outs), default=0.0),
         max_rel=max((o.max_rel for o in outs), default=0.0),
         outputs=outs,
+        top1_agreement=agree / total if classifier and total else None,
     )
 
 
