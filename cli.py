@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from importlib import import_module
 
 from surgery.core import safety
 
@@ -23,11 +22,7 @@ from cli_commands.base import app, discard_notes, err_console, flush_notes
 from surgery.core import files
 from surgery.core.errors import SurgeryError
 
-# Each module adds its command(s) to ``app``; the order here is the order in --help.
-_COMMANDS = ("info", "zoo_cmd", "layers", "flops", "share", "retarget", "diff", "fold", "profile", "export", "data", "heal",
-             "eval", "onion", "onion_train", "regroup")
-for _name in _COMMANDS:
-    import_module(f"cli_commands.{_name}")
+# Command modules register on ``app`` when their command runs (cli_commands/lazy.py).
 safety.restore_signal_handlers(_STARTUP_HANDLERS)  # start-up is over; main() installs its own
 
 

@@ -24,8 +24,10 @@ SURGERY = str(Path(sys.executable).parent / "surgery")
 
 def commands() -> dict[str, list[str]]:
     sys.path.insert(0, str(ROOT))
-    import cli  # noqa: F401 (registers the commands; imports no torch)
     from cli_commands.base import app
+    from cli_commands.lazy import load_all
+
+    load_all()  # command modules load lazily; register every one (imports no torch)
 
     runs = {"surgery --help": [SURGERY, "--help"]}
     for c in app.registered_commands:

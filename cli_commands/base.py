@@ -20,11 +20,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cli_commands.lazy import LazyGroup
 from surgery.core.errors import SurgeryError
 from surgery.core.safety import escape
 
 app = typer.Typer(
     name="surgery",
+    cls=LazyGroup,  # command modules load when their command runs (cli_commands/lazy.py)
     help="Model surgery and FLOP/latency analysis for PyTorch CNNs.",
     no_args_is_help=True,
     add_completion=False,

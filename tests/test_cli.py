@@ -116,8 +116,10 @@ def test_short_help_and_examples_for_every_command(cli):
         res = cli(*args, "-h")
         assert res.code == 0, (cmd, res.err)
         assert "Examples:" in res.out and f"surgery {' '.join(args)} " in res.out, (cmd, res.out)
-    import cli as cli_module  # noqa: F401 (registers every command)
     from cli_commands.base import app
+    from cli_commands.lazy import load_all
+
+    load_all()  # command modules load lazily; register every one
 
     for g in app.registered_groups:  # every sub-command of zoo, data, onion too
         for c in g.typer_instance.registered_commands:
@@ -323,3 +325,45 @@ def test_zoo_list_at_80_columns_keeps_arguments_whole(cli):
     lines = res.out.splitlines()
     assert max(len(l) for l in lines if l.startswith(("│", "┃", "┏", "└"))) <= 80
     assert "num_classes=1000," in res.out and "left out at 80 columns: family" in res.out
+
+
+# ---- start-up: command modules load when their command runs (cli_commands/lazy.py)
+
+
+def test_root_help_imports_no_command_module_and_loads_only_the_one_that_runs():
+    code = ("import sys, contextlib, io; from cli import main\n"
+            "def mods(): return sorted(m for m in sys.modules if m.startswith('cli_commands.') and m not in base)\n"
+            "base = {'cli_commands.base', 'cli_commands.lazy'}\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    try: main(['--help'])\n"
+            "    except SystemExit as e: assert e.code in (0, None), e.code\n"
+            "print('help:' + ','.join(mods()))\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    try: main(['regroup', '--help'])\n"
+            "    except SystemExit as e: assert e.code in (0, None), e.code\n"
+            "print('regroup:' + ','.join(mods()))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    after_help, after_regroup = (l.split(":", 1)[1] for l in res.stdout.strip().splitlines())
+    assert after_help == "", f"imported by `surgery --help`: {after_help}"
+    assert "cli_commands.regroup" in after_regroup.split(",")
+    assert "cli_commands.heal" not in after_regroup and "cli_commands.onion" not in after_regroup
+
+
+def test_the_lazy_table_lists_every_command_with_its_own_summary():
+    import typer.main
+
+    from cli_commands.base import app
+    from cli_commands.lazy import COMMANDS, load_all
+
+    load_all()
+    group = typer.main.get_command(app)
+    real = {name: group.commands[name] for name in group.commands}
+    assert sorted(real) == sorted(COMMANDS), "a command is missing from cli_commands/lazy.py's table, or extra"
+    for name, (_, summary) in COMMANDS.items():
+        assert real[name].get_short_help_str(10_000) == summary, (name, real[name].get_short_help_str(10_000))
+
+
+def test_a_mistyped_command_is_one_line_with_a_suggestion(cli):
+    res = cli("regrup", "x.pt")
+    _one_line_error(res, "No such command 'regrup'", "Did you mean 'regroup'?")

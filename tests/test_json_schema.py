@@ -90,8 +90,10 @@ def check(value, fields: dict, prefix: str = "") -> list[str]:
 def app_commands() -> list[str]:
     """Every command of the real typer app ("zoo list" for a subcommand)."""
     sys.path.insert(0, str(ROOT))
-    import cli  # noqa: F401 (registers the commands)
     from cli_commands.base import app
+    from cli_commands.lazy import load_all
+
+    load_all()  # command modules load lazily; register every one
 
     names = [c.name or c.callback.__name__ for c in app.registered_commands]
     for g in app.registered_groups:

@@ -10,6 +10,7 @@ import typer
 
 import cli
 from cli_commands.base import per_model
+from cli_commands.lazy import load_all
 from surgery.core import io as sio
 from surgery.core.errors import SurgeryError
 from surgery.datasets import write_digits
@@ -39,7 +40,9 @@ def _commands(cmd, path: tuple[str, ...] = ()):
         yield path, cmd
 
 
+load_all()  # command modules load lazily; register every one
 ALL = dict(_commands(typer.main.get_command(cli.app)))
+assert len(ALL) > 20, sorted(ALL)  # every command and sub-command, not the lazy stubs
 LOADING = {p: c for p, c in ALL.items()
            if any(_arg(a) and a.name in MODEL_ARGS for a in c.params)}
 
