@@ -63,6 +63,32 @@ def test_positives_are_true_correspondences(pairs, raw):
                     assert y2 == y
 
 
+def test_hidden_pixels_on_a_hand_made_occlusion():
+    """A foreground strip (disparity 6, columns 20..29) over a background (disparity 2): the
+    strip lands on right columns 14..23, so the background at 16..19 (which lands on 14..17) is
+    occluded — as many columns as the disparities differ. Unknown disparity is hidden too, and
+    so is a match outside the right image (columns 0..1 of the background)."""
+    d = np.full((3, 40), 2.0)
+    d[:, 20:30] = 6.0
+    d[1, 35] = np.inf
+    hidden = sp.hidden_pixels(d)
+    expected = np.zeros((3, 40), dtype=bool)
+    expected[:, 16:20] = True
+    expected[:, 0:2] = True
+    expected[1, 35] = True
+    assert np.array_equal(hidden, expected), np.nonzero(hidden != expected)
+
+
+def test_every_pair_starts_at_a_seen_pixel_in_a_mostly_seen_window(pairs, raw):
+    """Positives are what both cameras see: the centre is not hidden and at most MAX_HIDDEN of
+    the left window is (counted here directly, window by window)."""
+    hidden = sp.hidden_pixels(raw[2])
+    for ps in (pairs.train, pairs.val):
+        for y, x, _, _ in ps.coords:
+            assert not hidden[y, x]
+            assert hidden[y - 32:y + 32, x - 32:x + 32].mean() <= sp.MAX_HIDDEN + 1e-12
+
+
 def test_half_positive_and_both_negative_kinds(pairs):
     for ps, n in ((pairs.train, N_TRAIN), (pairs.val, N_VAL)):
         assert ps.pairs.shape == (n, 2, 64, 64) and ps.pairs.dtype == np.uint8

@@ -50,6 +50,7 @@ from surgery.core.errors import SurgeryError
 from surgery.datasets.folder import atomic_folder, check_new_folder
 from surgery.datasets.stereo_patches import HALF, MANIFEST, PATCH, PairSet
 from surgery.datasets.stereo_patches import SOURCE as STEREO_SOURCE
+from surgery.datasets.stereo_patches import MAX_HIDDEN as STEREO_MAX_HIDDEN
 from surgery.datasets.stereo_patches import TEST_ROWS, make_pairs
 
 SOURCES = ("stereo", "warps", "both")
@@ -107,7 +108,7 @@ def grey(name: str) -> np.ndarray:
     """A bundled photograph as Pillow's ``L`` grey levels (float32, 0..255)."""
     from PIL import Image
 
-    from surgery.datasets.synth_text import photo
+    from surgery.datasets.paste import photo
 
     return np.asarray(Image.fromarray(photo(name)).convert("L"), dtype=np.float32)
 
@@ -390,6 +391,7 @@ def write_patch_pairs(out_dir: str | Path, n_pairs: int, *, source: str = "both"
                 "photos": {**({STEREO_SOURCE: f"both: its bottom {TEST_ROWS} rows give the val pairs, the rest train"}
                               if source != "warps" else {}), **({k: PHOTOS[k] for k in sorted(PHOTOS)}
                                                                 if source != "stereo" else {})},
+                "max_hidden": {"stereo": STEREO_MAX_HIDDEN},
                 "correspondence": {"stereo": "right = (y, round(x - disparity[y, x]))",
                                    "warps": "right = H(left) in view coordinates (y, x); H maps (x, y, 1)"},
                 "views": views, "train": splits["train"][1], "val": splits["val"][1]}

@@ -22,6 +22,14 @@ say otherwise: 7x7 windows differ by 0.036 mean absolute grey level at ``x - d``
 
 Half the pairs are positive (MVSD is balanced). Greyscale is Pillow's ``L`` (ITU-R 601-2).
 
+**Only what both cameras see.** MVSD's patches are projections of 3D points seen in both
+views. Here a left pixel is *hidden* from the right camera when its disparity is unknown
+(``inf``: Middlebury marks occlusions so) or when it is occluded: a nearer surface (a larger
+disparity, by more than 1 px) lands on the same right-image pixel — the z-buffer test of
+forward warping, :func:`hidden_pixels`. A window centre must be seen, and at most
+:data:`MAX_HIDDEN` (10 %) of its left window hidden: windows straddling an occlusion were the
+tail of "positives" whose two windows do not look alike (docs/BENCHMARKS.md, onion Table 2).
+
 **Held-out region.** The bottom ``test_rows`` rows (default 160: rows 340..499) are the
 test region; every pixel of every ``val`` pair (both windows) lies in it and no pixel of any
 ``train`` pair does (rectified pairs share rows, so a band of rows separates both images).
@@ -55,6 +63,7 @@ HALF = PATCH // 2
 TEST_ROWS = 160
 MIN_OFFSET, MAX_OFFSET = 16, 64  # px between a negative's right window and the true match
 DEFAULT_TRAIN, DEFAULT_VAL = 4000, 1000
+MAX_HIDDEN = 0.10  # the most of a left window the right camera may not see (unknown or occluded)
 MANIFEST = "pairs.json"
 SOURCE = "skimage.data.stereo_motorcycle"
 
@@ -97,6 +106,23 @@ class StereoPatches:
     seed: int
 
 
+def hidden_pixels(disparity: np.ndarray, *, tolerance: float = 1.0) -> np.ndarray:
+    """(H, W) bool: the left pixels the right camera does not see — unknown disparity, or a
+    match ``(y, round(x - d))`` that a nearer left pixel (disparity larger by ``tolerance``)
+    also lands on, or one outside the right image."""
+    h, w = disparity.shape
+    known = np.isfinite(disparity)
+    d = np.where(known, disparity, 0.0)
+    rows, xs = np.mgrid[0:h, 0:w]
+    xr = np.rint(xs - d).astype(np.int64)
+    lands = known & (xr >= 0) & (xr < w)
+    nearest = np.full((h, w), -np.inf)
+    np.maximum.at(nearest, (rows[lands], xr[lands]), d[lands])  # z-buffer: the largest disparity wins
+    seen = np.zeros((h, w), dtype=bool)
+    seen[lands] = d[lands] >= nearest[rows[lands], xr[lands]] - tolerance
+    return ~seen
+
+
 def window(img: np.ndarray, y: int, x: int) -> np.ndarray:
     """The 64 x 64 window centred at (y, x): rows y-32..y+31, columns x-32..x+31."""
     return img[y - HALF:y + HALF, x - HALF:x + HALF]
@@ -114,20 +140,28 @@ def _check_counts(n_train: int, n_val: int, test_rows: int, height: int) -> None
                            f"so that both regions fit {PATCH}x{PATCH} windows")
 
 
-def _cut(sc: StereoScene, rng: np.random.Generator, n: int, rows: tuple[int, int]) -> PairSet:
-    """``n`` pairs (n/2 positive) whose windows lie inside image rows [rows[0], rows[1])."""
+def _cut(sc: StereoScene, rng: np.random.Generator, n: int, rows: tuple[int, int],
+         max_hidden: float = MAX_HIDDEN) -> PairSet:
+    """``n`` pairs (n/2 positive) whose windows lie inside image rows [rows[0], rows[1]), centred
+    on left pixels the right camera sees, with at most ``max_hidden`` of the window hidden."""
+    from scipy.ndimage import uniform_filter  # scikit-image's dependency
+
     h, w = sc.disparity.shape
+    hidden = hidden_pixels(sc.disparity)
+    # share of hidden pixels in the window rows y-32..y+31, columns x-32..x+31 of each centre
+    hidden_share = uniform_filter(hidden.astype(np.float64), PATCH, mode="constant", cval=1.0)
     y_lo, y_hi = rows[0] + HALF, rows[1] - HALF  # centres: y-32 >= start, y+31 < stop
     disp = sc.disparity
     # candidate left centres with a right match whose window fits the image
     ys, xs = np.mgrid[y_lo:y_hi + 1, HALF:w - HALF + 1]
     d = disp[ys, xs]
-    ok = np.isfinite(d)
+    ok = np.isfinite(d) & ~hidden[ys, xs] & (hidden_share[ys, xs] <= max_hidden)
     xr = np.where(ok, np.rint(xs - np.where(ok, d, 0)), -1).astype(np.int64)
     ok &= (xr >= HALF) & (xr <= w - HALF)
     cy, cx, cxr = ys[ok], xs[ok], xr[ok]
     if len(cy) == 0:
-        raise SurgeryError(f"image rows {rows[0]}..{rows[1] - 1} hold no pixel with a known disparity")
+        raise SurgeryError(f"image rows {rows[0]}..{rows[1] - 1} hold no window the right camera sees "
+                           f"(at most {max_hidden:.0%} hidden)")
     n_pos = n // 2
     n_shift = (n - n_pos) // 2
     n_rand = n - n_pos - n_shift
@@ -208,6 +242,7 @@ def write_stereo_patches(out_dir: str | Path, *, n_train: int = DEFAULT_TRAIN, n
     sp = make_pairs(n_train, n_val, seed=seed, test_rows=test_rows)
     manifest = {"source": SOURCE, "patch": PATCH, "seed": seed, "test_rows": list(sp.test_rows),
                 "correspondence": "right = (y, round(x - disparity[y, x])); windows rows y-32..y+31",
+                "max_hidden": MAX_HIDDEN,
                 "train": _rows(sp.train, "train"), "val": _rows(sp.val, "val")}
     with atomic_folder(out) as tmp:
         for split, ps in (("train", sp.train), ("val", sp.val)):
