@@ -14,7 +14,7 @@ as §4.1 says — binary hinge L_S2, α = 0.5, SGD momentum 0.9, weight decay 5e
 flips — for ``--steps`` steps (cosine schedule; the paper: 256 epochs of ASGD at lr 0.1); S1
 calibrated at TPR 0.99 on the training pairs; FPR@95 (S2 / baseline) and S1's held-out TPR,
 FPR and p̄ on the held-out pairs; then all held-out pairs timed through the compacting cascade
-runtime (surgery.onion.runtime.run) and P_M, in batches of ``--time-batch``, round-robin,
+runtime (zoo.onion_runtime.run) and P_M, in batches of ``--time-batch``, round-robin,
 ``--repeats`` rounds (benchmarks.common.time_models). Printed: the paper's columns beside ours,
 the ratios P / P_M and P / P_NS, the targets of issue 25 and whether each is met, S1's held-out
 rates, and each model's training-loss curve (mean hinge / S1 loss per tenth of the run).
@@ -53,7 +53,7 @@ class Batches(nn.Module):
         self.module, self.size, self.cascade, self.passed = module, size, cascade, 0
 
     def forward(self, x):
-        from surgery.onion.runtime import run
+        from zoo.onion_runtime import run
 
         self.passed = 0
         for xb in x.split(self.size):
@@ -92,10 +92,10 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--time-batch", type=int, default=256, help="Pairs per forward when timing.")
     ap.add_argument("--models", default="P_M,P_NS,P")
-    ap.add_argument("--init", default="kaiming", choices=("kaiming", "default"),
-                    help="kaiming: He-normal conv weights, zero biases, before training (the zoo's are PyTorch's "
-                         "default, whose scale shrinks layer by layer: 8 plain conv+ReLU layers start with a "
-                         "vanishing output and SGD stays at hinge loss 1.0); default: as the zoo builds them.")
+    ap.add_argument("--init", default="zoo", choices=("zoo", "kaiming"),
+                    help="zoo: as `surgery zoo build` makes them (He-normal conv weights, zero biases: "
+                         "zoo/patchnets.py); kaiming: the same init drawn again from seed 0 (how runs before "
+                         "the zoo's init changed were made).")
     args = ap.parse_args(argv)
 
     from surgery.core import io as sio

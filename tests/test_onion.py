@@ -129,3 +129,33 @@ def test_bad_s1_classes():
 
     with pytest.raises(SurgeryError, match="s1_classes"):
         registry.get("onion_p").build(s1_classes=0)
+
+
+@pytest.mark.parametrize("ref", ["zoo:onion_pm", "zoo:onion_p", "zoo:onion_p_ns"])
+def test_zoo_onion_nets_start_he_normal_so_the_signal_survives_the_chain(ref):
+    """He-normal conv weights keep the second moment through conv + ReLU (He et al. 2015): the
+    score of P_M's nine convs on unit-normal patches has a standard deviation of order 1. With
+    PyTorch's default conv init (variance 1/(3 fan_in)) the same nets output ~1e-3 — the init
+    under which SGD on the hinge loss did not move (zoo/patchnets.py)."""
+    import torch
+    from torch import nn
+
+    from surgery.core import io as sio
+
+    torch.manual_seed(0)
+    net = sio.load(ref).module.eval()
+    x = torch.randn(64, 2, 64, 64, generator=torch.Generator().manual_seed(1))
+
+    def score_std(m):
+        with torch.no_grad():
+            out = m(x)
+        return float((out[1] if isinstance(out, tuple) else out).std())
+
+    assert 0.2 < score_std(net) < 5.0
+    for m in net.modules():  # every conv of the zoo net: zero biases
+        if isinstance(m, nn.Conv2d):
+            assert m.bias is None or not m.bias.any()
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            m.reset_parameters()  # PyTorch's default init
+    assert score_std(net) < 0.02

@@ -26,7 +26,7 @@ when its S1 score (softmax over the S1-classes; sigmoid for a single S1 output) 
 threshold of any S1-class (§3.3).
 
 ``forward(x)`` runs both stages on every sample (the uncompacted reference) and returns
-``(s1_scores, s2_output)``; :func:`surgery.onion.runtime.run` is the forward that skips S2
+``(s1_scores, s2_output)``; :func:`zoo.onion_runtime.run` is the forward that skips S2
 for rejected samples. ``stage1(x)`` returns the S1 logits and the tuple of tensors S2 needs
 (the image if S2 has a layer-0 conv, S1's maps before every S2 conv); ``stage2(*shared)``
 takes exactly that tuple.
@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from surgery.core.errors import SurgeryError
-from zoo.patchnets import onion_dm, onion_pm, onion_rm
+from zoo.patchnets import he_normal_, onion_dm, onion_pm, onion_rm
 from zoo.registry import register
 
 
@@ -310,6 +310,22 @@ def monolithic_of(cascade: OnionCascade) -> MonolithicChain:
     return MonolithicChain(cascade.blocks, cascade.in_channels, cascade.monolithic_widths())
 
 
+def is_cascade(module: nn.Module, *, sharing: bool = False) -> bool:
+    """The one "is this an OnionNet cascade" check (``sharing``: S2 reads S1's maps, not the
+    non-sharing baseline N_NS)."""
+    return isinstance(module, OnionCascade) and (module.share or not sharing)
+
+
+def cascade_of(net, *, sharing: bool = False) -> OnionCascade:
+    """``net.module`` (a :class:`surgery.core.net.Net`'s) as a cascade, or a SurgeryError that
+    says how to make one."""
+    if not is_cascade(net.module, sharing=sharing):
+        what = "a non-sharing cascade (N_NS)" if is_cascade(net.module) else type(net.module).__name__
+        raise SurgeryError(f"{net.source} is not an OnionNet cascade ({what}); make one with `surgery onion split`, "
+                           f"or use zoo:onion_p / onion_d / onion_r")
+    return net.module
+
+
 # ---------------------------------------------------------------- Table 1 configurations
 
 # S1 widths of the hidden conv layers and the S1-classes (Table 1: Cs(n^S1/n^S2); a layer
@@ -338,7 +354,7 @@ def _entry(key: str, share: bool):
             raise SurgeryError(f"zoo:{name}: s1_classes={s1_classes} must be at least 1")
         with torch.device("meta"):  # only the layout is read from the monolithic net
             layout = base()
-        return from_monolithic(layout, cfg["n1"], s1_classes, share=share)
+        return he_normal_(from_monolithic(layout, cfg["n1"], s1_classes, share=share))  # as its base trains
 
     build.__name__ = name
     build.__doc__ = f"OnionNet {label} (Table 1)."

@@ -32,6 +32,13 @@ a cascade split; the patch nets' F layers are ``classifier.N`` Linears):
 
 No parameter counts are published for these nets; tests/test_zoo.py derives them in closed
 form from the layer lists above.
+
+**Initialisation.** The OnionNet nets (P_M, D_M, R_M and their cascades, zoo/onion.py) start
+from He-normal conv weights and zero biases (He et al. 2015, for ReLU chains), as the OnionNet
+code's Caffe/Torch7 models were trained from. PyTorch's default conv init (variance
+1/(3·fan_in)) loses a factor ~√6 of the signal per conv + ReLU: P_M's nine convs output ~1e-3
+on unit inputs, and SGD on the hinge loss stayed at loss 1.0 for 30 steps at lr 0.1 and 0.01
+(docs/BENCHMARKS.md, onion Table 2) — the zoo's defaults must train as the paper's recipe says.
 """
 
 from __future__ import annotations
@@ -89,12 +96,23 @@ class PatchSiamese(nn.Module):
         return self.classifier(d)
 
 
+def he_normal_(module: nn.Module) -> nn.Module:
+    """He-normal (fan-in, ReLU gain) conv weights and zero biases, in place (module doc)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return module
+
+
 class ConvCascadeNet(nn.Module):
-    """Every parametric layer is a conv in ``features``; output (N, C) after flattening 1x1 maps."""
+    """Every parametric layer is a conv in ``features``; output (N, C) after flattening 1x1 maps.
+    Conv weights start He-normal (:func:`he_normal_`)."""
 
     def __init__(self, layers: list[nn.Module]):
         super().__init__()
-        self.features = nn.Sequential(*layers)
+        self.features = he_normal_(nn.Sequential(*layers))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.features(x).flatten(1)
