@@ -14,23 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from analyzers.figures import save_png
 from analyzers.layer_profile import KINDS, LayerProfileReport
-from surgery.core.io import atomic_write
 
 COLORS = {"convolution": "#4C72B0", "data movement": "#DD8452", "element-wise": "#55A868",
           "channel shuffle": "#C44E52", "other": "#8172B3"}
-
-
-def _write(fig, path, force, inputs) -> Path:
-    import matplotlib.pyplot as plt
-
-    def write(tmps):
-        fig.savefig(tmps[0], format="png")
-
-    try:
-        return atomic_write([path], write, force=force, inputs=inputs)[0]
-    finally:
-        plt.close(fig)
 
 
 def _short(model: str) -> str:
@@ -86,7 +74,7 @@ def plot_kinds(reports: Sequence[LayerProfileReport], path: str | Path, *, extra
     if title:
         fig.suptitle(title, fontsize=10, y=0.995)
     fig.tight_layout()
-    return _write(fig, path, force, inputs)
+    return save_png(fig, path, force=force, inputs=inputs)
 
 
 def plot_layers(report: LayerProfileReport, path: str | Path, *, top: int = 25, force: bool = False,
@@ -117,4 +105,4 @@ def plot_layers(report: LayerProfileReport, path: str | Path, *, top: int = 25, 
     ax.set_title(f"{_short(report.model)} · {report.runtime}{th} · batch {report.batch}: the {len(layers)} slowest "
                  f"layers", fontsize=10)
     fig.tight_layout()
-    return _write(fig, path, force, inputs)
+    return save_png(fig, path, force=force, inputs=inputs)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from analyzers.figures import save_png
 from analyzers.profile import ProfileReport
-from surgery.core.io import atomic_write
 
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
 
@@ -104,10 +104,4 @@ def plot_profile(report: ProfileReport, path: str | Path, *, force: bool = False
                  fontsize=10)
     fig.tight_layout(rect=(0, 0, 1 - 2.6 / fig.get_figwidth(), 0.96))
 
-    def write(tmps):
-        fig.savefig(tmps[0], format="png")
-
-    try:
-        return atomic_write([path], write, force=force, inputs=inputs)[0]
-    finally:
-        plt.close(fig)
+    return save_png(fig, path, force=force, inputs=inputs)
