@@ -36,6 +36,7 @@ import os
 import platform
 import statistics
 import time
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -44,6 +45,7 @@ from torch import nn
 
 from surgery.core.errors import SurgeryError, suggest
 from surgery.core.onnx_io import NUMPY_DTYPES
+from surgery.core.ort_session import ort_session as build_session
 
 # Runtime names a user may ask for. ``onnxruntime`` means the provider(s) of the device:
 # CPU on ``cpu``; CUDA, plus TensorRT when that provider is installed, on ``cuda``.
@@ -405,11 +407,23 @@ def _cudagraph_step(module: nn.Module, x: torch.Tensor, config: TimingConfig):
     return step
 
 
-def _compile_step(module: nn.Module, x: torch.Tensor, cuda: bool):
-    import torch._dynamo
+def own_code(module: nn.Module) -> Callable:
+    """``module(x)`` as a function with a code object of its own.
 
-    torch._dynamo.reset()  # a fresh cache per model: recompile limits never mix models
-    compiled = torch.compile(module)
+    Dynamo keeps its compiled graphs, guards and recompile count per code object. Compiling
+    the module itself goes through one wrapper that every compiled module shares, so after
+    eight differently built models the recompile limit silently leaves the next ones in eager
+    mode. A fresh code object gives each timed model a cache of its own (freed with the
+    function) without ``torch.compiler.reset()``, which would drop every compiled graph of the
+    process, the caller's included."""
+    def call(x):
+        return module(x)
+
+    return types.FunctionType(call.__code__.replace(), call.__globals__, "forward", None, call.__closure__)
+
+
+def _compile_step(module: nn.Module, x: torch.Tensor, cuda: bool):
+    compiled = torch.compile(own_code(module))
     ctx = torch.no_grad() if cuda else torch.inference_mode()
     with ctx:
         compiled(x)  # compile now so that a compiler failure surfaces here, with its message
@@ -451,31 +465,21 @@ def ort_session(path, runtime: str, device: torch.device, *, threads: int | None
     ``profile_prefix`` turns on ONNX Runtime's own profiler (``session.end_profiling()`` writes
     its JSON under that prefix); ``optimized_path`` saves the optimized graph it runs (whose node
     names the profile reports)."""
-    import onnxruntime as ort
-
     check_ort(runtime, device)
     provider = ORT_PROVIDERS[runtime]
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    if profile_prefix:
-        so.enable_profiling = True
-        so.profile_file_prefix = str(profile_prefix)
-    if optimized_path:
-        so.optimized_model_filepath = str(optimized_path)
     if runtime == "onnxruntime:cpu":
-        so.intra_op_num_threads = threads or torch.get_num_threads()
-        so.inter_op_num_threads = 1
         providers = ["CPUExecutionProvider"]
+        threads = threads or torch.get_num_threads()
     else:
         cuda_opts = {"device_id": device.index or 0, "cudnn_conv_algo_search": "EXHAUSTIVE",
                      "use_tf32": 1 if tf32 else 0}
         providers = [("CUDAExecutionProvider", cuda_opts)]
+        threads = None
         if runtime == "onnxruntime:tensorrt":
             trt_opts = {"device_id": device.index or 0, "trt_fp16_enable": dtype == torch.float16}
             providers.insert(0, ("TensorrtExecutionProvider", trt_opts))
-    sess = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+    sess = build_session(path, providers=providers, threads=threads, optimization="all",
+                         profile_prefix=profile_prefix, optimized_path=optimized_path)
     if provider not in sess.get_providers():
         raise Unavailable(f"onnxruntime could not start {provider} (session uses {', '.join(sess.get_providers())})")
     return sess

@@ -3,7 +3,7 @@
 The paper (Titan Black, Torch/cuDNN) reports 8.407 s for P and 12.111 s for P_M per 100K
 patch pairs: t/t_M = 0.694. Here, in one run, round-robin (benchmarks.common.time_models):
 
-- ``P``  — the cascade runtime (surgery.onion.runtime.run): S1 on the batch, a forced pass
+- ``P``  — the cascade runtime (zoo.onion_runtime.run): S1 on the batch, a forced pass
   mask of round(0.54·B) random survivors, the two-pass in-place compaction, S2 on the
   survivors, scatter back;
 - ``P (gather)`` — the same with index_select compaction;
@@ -34,7 +34,7 @@ import torch  # noqa: E402
 
 from analyzers import cost  # noqa: E402
 from benchmarks.common import pick_device, time_models  # noqa: E402
-from surgery.onion.runtime import ForcedPass, forced_mask, run, two_pass_plan  # noqa: E402
+from zoo.onion_runtime import ForcedPass, forced_mask, run, two_pass_plan  # noqa: E402
 from zoo import registry  # noqa: E402
 
 PAPER = 8.407 / 12.111

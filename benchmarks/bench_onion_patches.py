@@ -14,7 +14,7 @@ the same number of steps through surgery/train's loop (L_S2 = binary hinge, α =
 instead of the paper's 256 epochs of ASGD), S1 calibrated at TPR 0.99 on the training pairs
 (surgery.onion.calibrate), FPR@95 and p̄ measured on the held-out pairs, and the time per
 100K pairs measured on this CPU: the held-out pairs as one batch through the cascade runtime
-(surgery.onion.runtime.run: S1, compaction, S2 on the survivors, scatter) and through P_M,
+(zoo.onion_runtime.run: S1, compaction, S2 on the survivors, scatter) and through P_M,
 round-robin in one run (benchmarks.common.time_models). The ratio printed is P against P_M
 and against P_NS, as the paper's "31% / 13% faster".
 
@@ -51,7 +51,7 @@ class Cascade(nn.Module):
         self.cascade = cascade
 
     def forward(self, x):
-        from surgery.onion.runtime import run
+        from zoo.onion_runtime import run
 
         return run(self.cascade, x).output
 

@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from surgery.core import io as sio
-    from surgery.onion.runtime import run
+    from zoo.onion_runtime import run
     from surgery.train import data as tdata
 
     torch.set_num_threads(args.threads)

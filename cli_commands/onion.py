@@ -1,4 +1,6 @@
-"""``surgery onion split|run|curve|export``: OnionNet cascades (onionnet-bmvc2016 §3–5)."""
+"""``surgery onion split|run|curve|export``: OnionNet cascades (onionnet-bmvc2016 §3–5).
+
+The argument parsers of the onion commands live here (the library takes typed values)."""
 
 from __future__ import annotations
 
@@ -10,11 +12,51 @@ from cli_commands.base import (ArchEachOpt, ArchOpt, ForceOpt, InputOpt, JsonOpt
                                WeightsEachOpt, WeightsOpt, app, console, examples, human, load_model, load_models,
                                note_random_weights, out, print_json, progress, table, to_jsonable, wrote)
 from cli_commands.probing import ProbeDataOpt, check_data, probe_for
+from surgery.core.errors import SurgeryError
 
 onion_app = typer.Typer(help="OnionNet cascades: split a chain network into early-rejecting stages, run, curve, export.",
                         no_args_is_help=True)
 app.add_typer(onion_app, name="onion", help="OnionNet cascades: split, run (skipping S2 for rejected samples), "
                                             "t(p) curves, two-graph ONNX export.")
+
+
+def _floats(text: str, what: str, example: str) -> list[float]:
+    try:
+        return [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise SurgeryError(f"bad {what} {text!r}; {example}") from None
+
+
+def parse_s1(text: str) -> float | tuple[int, ...]:
+    """``--s1``: ``"0.25"`` -> 0.25 (a fraction of every hidden conv layer); ``"32,32,64"`` ->
+    widths. A single number is always a fraction (write ``"32,"`` for one explicit width)."""
+    raw = [v.strip() for v in str(text).split(",")]
+    vals = [v for v in raw if v]
+    if not vals:
+        raise SurgeryError("--s1 is empty; give a fraction like 0.25 or one S1 width per hidden conv layer")
+    if len(raw) == 1:
+        return _floats(vals[0], "--s1", "give a fraction like 0.25 or widths like 32,32,64")[0]
+    try:
+        return tuple(int(v) for v in vals)
+    except ValueError:
+        raise SurgeryError(f"bad --s1 {text!r}; give a fraction like 0.25 or integer widths like 32,32,64") from None
+
+
+def parse_tprs(text: str) -> tuple[float, ...]:
+    """``--tpr``: ``"0.99,0.95"`` -> (0.99, 0.95)."""
+    return tuple(_floats(text, "--tpr", "give recalls in (0, 1], e.g. 0.99 or 0.99,0.95"))
+
+
+def parse_thresholds(text: str, k: int) -> list[float]:
+    """``--pass-threshold``: ``"0.5"`` (every S1-class) or ``"0.5,inf,0.2"`` (one per class;
+    ``inf`` = never passes, ``-inf`` = always) -> ``k`` values."""
+    vals = _floats(text, "pass threshold", "give a score in [0, 1] or one per S1-class, e.g. 0.5 or 0.5,inf")
+    if len(vals) == 1:
+        vals = vals * k
+    if len(vals) != k:
+        raise SurgeryError(f"pass threshold {text!r} has {len(vals)} values; this cascade has {k} S1-classes "
+                           f"(give one value, or {k})")
+    return vals
 
 
 @onion_app.command("split", epilog=examples(
@@ -40,9 +82,9 @@ def split_cmd(
 ):
     """Split a trained chain network into a two-stage OnionNet cascade (S1 filters chosen to drop the least weight energy)."""
     from surgery.core import io as sio
-    from surgery.onion.split import parse_s1, split
+    from surgery.onion.split import check_s1, split
 
-    s1_val = parse_s1(s1)  # bad fractions are refused before loading
+    s1_val = check_s1(parse_s1(s1))  # bad fractions are refused before loading
     check_data(data)
     out_path = output or str(sio.default_output([model], "-onion"))
     sio.check_outputs([out_path], force=force, inputs=[model])
@@ -68,8 +110,9 @@ def split_cmd(
         console.print(f"verified: S2 output = monolithic net with the dropped blocks zero-filled "
                       f"(max abs {rep.verify['max_abs']:.3g}, max rel {rep.verify['max_rel']:.3g})")
     m = rep.moved
+    top1 = "-" if m["top1_agreement"] is None else f"{100 * m['top1_agreement']:.0f}%"
     console.print(f"moved from the original on {rep.probe['source']}: max abs {m['max_abs']:.3g}, max rel {m['max_rel']:.3g}, "
-                  f"top-1 agreement {100 * m['top1_agreement']:.0f}%")
+                  f"top-1 agreement {top1}")
     for n in rep.notes:
         console.print(f"note: {n}")
     wrote(path)
@@ -104,9 +147,8 @@ def run_cmd(
     import torch
 
     from analyzers import cost
-    from surgery.core.errors import SurgeryError
-    from surgery.onion.runtime import ForcedPass, forced_mask, parse_thresholds, run, run_uncompacted
-    from zoo.onion import OnionCascade
+    from zoo.onion import cascade_of
+    from zoo.onion_runtime import ForcedPass, forced_mask, run, run_uncompacted
 
     if batch < 1:
         raise SurgeryError(f"--batch {batch} must be at least 1")
@@ -116,23 +158,21 @@ def run_cmd(
         raise SurgeryError("--pass-fraction forces which samples pass; --data measures it on images: give one")
     check_data(data)
     net = load_model(cascade, arch, weights, trust_pickle, input)
-    if not isinstance(net.module, OnionCascade):
-        raise SurgeryError(f"{cascade} is not an OnionNet cascade; make one with `surgery onion split`")
+    c = cascade_of(net)
     if calibrated:
         from surgery.onion.calibrate import require_thresholds
 
         if pass_threshold is not None or pass_fraction is not None:
             raise SurgeryError("--calibrated uses the stored thresholds; drop --pass-threshold/--pass-fraction")
         require_thresholds(net)
-    c = net.module
+    from analyzers.onion_operating import calibrated as calibrated_p
     from surgery.core.probe import probe_json
     from surgery.evaluate import image_probe
-    from surgery.onion.operating import calibrated as calibrated_p
 
     probe = image_probe(data, net, images=batch, batch=batch) if data else None
     x = probe.take(batch) if probe is not None else net.example_input(batch, seed=seed)
     batch = x.shape[0]  # a folder with fewer images than --batch: all of them
-    thr = parse_thresholds(pass_threshold, c.s1_classes)
+    thr = None if pass_threshold is None else torch.tensor(parse_thresholds(pass_threshold, c.s1_classes))
     mask = forced_mask(batch, pass_fraction, seed=seed) if pass_fraction is not None else None
     res = run(c, x, thresholds=thr, mask=mask, compaction=compaction)
     ref = run_uncompacted(c, x, res.passed)
@@ -199,10 +239,10 @@ def curve_cmd(
 ):
     """t(p), t_NS(p) and t_M: complexity (exact MACs/bytes) and measured CPU time with a forced pass fraction."""
     from analyzers import latency as lat
+    from analyzers import onion_curve as cv
     from surgery.core import io as sio
-    from surgery.onion import curve as cv
-
     from surgery.core.safety import check_finite_nonneg
+    from zoo.onion import cascade_of
 
     check_finite_nonneg(min_time, "--min-time")  # refused, not clamped
     rts = tuple(r.strip() for r in runtimes.split(",") if r.strip())
@@ -210,7 +250,7 @@ def curve_cmd(
         sio.check_outputs([plot], force=force, inputs=[cascade])
     net, base = (load_models([cascade] + ([baseline] if baseline else []), arch, weights, trust_pickle, input)
                  + [None])[:2]  # loader options: CASCADE, then --baseline
-    cv.require_cascade(net)
+    cascade_of(net, sharing=True)
     timing = lat.TimingConfig(warmup=1, warmup_s=0.0, min_runs=3, min_time_s=min_time, max_time_s=10.0)
     with progress() as bar:
         task = bar.add_task("timing t(p), t_NS(p), t_M", total=None)

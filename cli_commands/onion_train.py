@@ -172,9 +172,10 @@ def calibrate_cmd(
     Reports the achieved TPR and FPR and the pass fraction p on the calibration and held-out data.
     """
     from surgery.core import io as sio
-    from surgery.onion.calibrate import calibrate, parse_tprs
+    from cli_commands.onion import parse_tprs
+    from surgery.onion.calibrate import calibrate, check_tprs
 
-    tprs = parse_tprs(tpr)  # refused before anything loads
+    tprs = check_tprs(parse_tprs(tpr))  # refused before anything loads
     out_path = output or str(sio.default_output([cascade], "-calibrated"))
     inputs = [r for r in (cascade, teacher) if r]
     sio.check_outputs([out_path], force=force, inputs=inputs)

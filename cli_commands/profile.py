@@ -115,9 +115,10 @@ def entry_parts(m: str) -> list[str]:
 def _operating(net, data: str | None, label: str, cascades: list):
     """A cascade (OnionNet) is profiled at its operating point p (measured on --data images, else
     its calibrated p̄); anything else as it is. Records what was used in ``cascades``."""
-    from surgery.onion.operating import at_operating_point, is_cascade, macs_at, operating_point
+    from analyzers.onion_operating import at_operating_point, macs_at, operating_point
+    from zoo.onion import is_cascade
 
-    if not is_cascade(net):
+    if not is_cascade(net.module):
         return net
     from cli_commands.probing import probe_for
 

@@ -35,7 +35,8 @@ from surgery.core.io import atomic_write, check_outputs
 from surgery.core.net import Net
 from surgery.core import safety
 from surgery.core.safety import check_finite_nonneg
-from surgery.core.onnx_io import DEFAULT_RTOL, EXPORTERS, export_model, ort_cpu_session, verify_session
+from surgery.core.onnx_io import DEFAULT_RTOL, EXPORTERS, export_model, verify_session
+from surgery.core.ort_session import ort_session
 from surgery.core.probe import Probe, check_shape, probe_json
 
 __all__ = ["DEFAULT_RTOL", "EXPORTERS", "ExportReport", "DarknetExportReport", "DarknetSideFile", "darknet_side_files",
@@ -146,7 +147,7 @@ def export_onnx(
     def check(data: bytes) -> None:
         if not verify:
             return
-        sess = ort_cpu_session(data)
+        sess = ort_session(data)
         rep = verify_session(sess, net.module, net.input_shape, batch=trace_batch, dtype=dtype, probes=probes,
                              rtol=rtol, probe=probe)
         verified["probe"] = probe_json(probe, rep.probes * rep.batch)

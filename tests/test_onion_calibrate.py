@@ -15,7 +15,7 @@ from surgery.core.errors import SurgeryError
 from surgery.core.net import ArchSpec, Net
 from surgery.datasets.stereo_patches import write_stereo_patches
 from surgery.onion import calibrate as cal
-from surgery.onion.runtime import run
+from zoo.onion_runtime import run
 from surgery.train import data as tdata
 from zoo.onion import from_monolithic
 
@@ -59,8 +59,12 @@ def test_threshold_keeps_ceil_tpr_positives(tpr, p, n):
     assert c.tpr == kept / p
     if n:
         assert c.fpr == (scores[~pos] >= np.float32(c.threshold)).sum() / n
-        # the next higher positive score as threshold would keep one positive fewer
-        assert kept - 1 < tpr * p or kept == p
+    # the highest such threshold: above the lowest positive kept, the TPR falls short
+    lowest = scores[pos][scores[pos] >= np.float32(c.threshold)].min()
+    assert (scores[pos] > lowest).sum() < math.ceil(round(tpr * p, 9))
+    # and every score below that positive is rejected (the threshold sits between them)
+    below = scores[scores < lowest]
+    assert not below.size or np.float32(c.threshold) > below.max()
 
 
 def test_no_positives_refused():
@@ -68,10 +72,17 @@ def test_no_positives_refused():
         cal.threshold_at_tpr(np.array([0.1, 0.2], np.float32), np.array([False, False]), 0.99)
 
 
-@pytest.mark.parametrize("text", ["0", "1.5", "-0.2", "abc", "", "0.99,1.01"])
-def test_bad_tpr_refused(text):
-    with pytest.raises(SurgeryError):
-        cal.parse_tprs(text)
+@pytest.mark.parametrize("text,why", [("0", "outside"), ("1.5", "outside"), ("-0.2", "outside"), ("abc", "bad --tpr"),
+                                      ("", "at least one"), ("0.99,1.01", "1.01 is outside")])
+def test_bad_tpr_refused(text, why):
+    from cli_commands.onion import parse_tprs
+
+    with pytest.raises(SurgeryError, match=why):
+        cal.check_tprs(parse_tprs(text))
+
+
+def test_tprs_keep_their_order_without_repeats():
+    assert cal.check_tprs([0.95, 0.99, 0.95]) == (0.95, 0.99) and cal.check_tprs(1) == (1.0,)
 
 
 # ----------------------------------------------------------------------------- calibrated cascade

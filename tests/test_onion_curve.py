@@ -1,4 +1,4 @@
-"""surgery.onion.curve and .export: t(p), t_NS(p), t_M (complexity exact, time measured) and
+"""analyzers.onion_curve and surgery.onion.export: t(p), t_NS(p), t_M (complexity exact, time measured) and
 the two-graph ONNX pair in ONNX Runtime."""
 
 from __future__ import annotations
@@ -8,9 +8,12 @@ import torch
 
 from surgery.core import io as sio
 from surgery.core.net import Net
-from surgery.onion.curve import curve, plot
-from surgery.onion.export import check_pair, export, export_bytes, ort_cascade
+from analyzers.onion_curve import curve, plot
+from surgery.core.errors import SurgeryError
+from surgery.onion.export import check_pair, export
 from zoo import registry
+from zoo.onion_onnx import export_bytes, ort_cascade
+from zoo.onion_runtime import forced_mask, run_uncompacted
 
 
 def meta_net(name: str) -> Net:
@@ -68,17 +71,38 @@ def test_onnx_pair_matches_torch_at_dynamic_batches(name):
     c = registry.get(name).build().eval()
     d1, d2, names = export_bytes(c, (2, 64, 64))
     pair = ort_cascade(d1, d2, c.thresholds.numpy())
-    v = check_pair(pair, c, (2, 64, 64), batches=(1, 3, 7))
-    assert v["max_rel"] < 1e-4
     assert len(names) == len(c.shared_layers())
+    for b in (1, 3, 7):  # the pair against torch's uncompacted cascade, independently of check_pair
+        x = torch.randn(b, 2, 64, 64, generator=torch.Generator().manual_seed(b))
+        mask = forced_mask(b, 0.6, seed=b)
+        logits, passed, out = pair(x.numpy(), mask.numpy())
+        ref = run_uncompacted(c, x, mask)
+        assert passed.tolist() == mask.tolist()
+        torch.testing.assert_close(torch.from_numpy(logits), c.stage1(x)[0].detach(), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(torch.from_numpy(out)[mask], ref[mask], rtol=1e-4, atol=1e-5)
+        assert bool(torch.from_numpy(out)[~mask].isnan().all())  # rejected rows: no S2 output
+
+
+def test_check_pair_refuses_a_pair_that_differs():
+    torch.manual_seed(0)
+    c = registry.get("onion_p").build().eval()
+    other = registry.get("onion_p").build().eval()  # same graph, other weights
+    d1, d2, _ = export_bytes(other, (2, 64, 64))
+    with pytest.raises(SurgeryError, match="differs from torch"):
+        check_pair(ort_cascade(d1, d2, c.thresholds.numpy()), c, (2, 64, 64), batches=(2,))
 
 
 def test_export_writes_both_graphs_and_refuses_overwrite(tmp_path):
-    from surgery.core.errors import SurgeryError
-
     net = sio.load("zoo:onion_p")
     outs = (tmp_path / "a.onnx", tmp_path / "b.onnx")
-    rep = export(net, outs)
-    assert all(p.exists() for p in outs) and rep.verify["max_rel"] < 1e-4
+    export(net, outs)
+    # the files read back run as the cascade does: S1's logits, and S2 on S1's shared maps
+    pair = ort_cascade(outs[0], outs[1], net.module.thresholds.numpy())
+    x = torch.randn(3, 2, 64, 64, generator=torch.Generator().manual_seed(5))
+    logits, passed, out = pair(x.numpy())
+    ref_logits, ref_out = net.module.stage1(x)[0].detach(), run_uncompacted(net.module, x, torch.ones(3, dtype=bool))
+    assert passed.all()  # uncalibrated: every sample passes
+    torch.testing.assert_close(torch.from_numpy(logits), ref_logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(out), ref_out, rtol=1e-4, atol=1e-5)
     with pytest.raises(SurgeryError, match="exists"):
         export(net, outs)

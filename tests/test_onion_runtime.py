@@ -1,4 +1,4 @@
-"""surgery.onion.runtime: the compacted cascade forward equals the uncompacted one on survivors,
+"""zoo.onion_runtime: the compacted cascade forward equals the uncompacted one on survivors,
 does no S2 work for rejected samples, and the cost analyzer sees the smaller batch."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ import torch
 
 from analyzers import cost
 from surgery.core.errors import SurgeryError
-from surgery.onion.runtime import ForcedPass, forced_mask, parse_thresholds, run, run_uncompacted, two_pass_plan
+from cli_commands.onion import parse_thresholds
+from zoo.onion_runtime import ForcedPass, forced_mask, run, run_uncompacted, two_pass_plan
 from zoo import registry
 
 
@@ -65,8 +66,8 @@ def test_thresholds_decide_who_passes(cascade):
 
 
 def test_parse_thresholds():
-    assert parse_thresholds("0.5", 2).tolist() == [0.5, 0.5]
-    assert parse_thresholds("0.5,inf", 2).tolist() == [0.5, float("inf")]
+    assert parse_thresholds("0.5", 2) == [0.5, 0.5]
+    assert parse_thresholds("0.5,inf", 2) == [0.5, float("inf")]
     with pytest.raises(SurgeryError, match="2 S1-classes"):
         parse_thresholds("0.1,0.2,0.3", 2)
 

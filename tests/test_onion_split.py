@@ -9,7 +9,9 @@ from torch import nn
 from surgery.core import io as sio
 from surgery.core.errors import SurgeryError
 from surgery.core.net import Net
-from surgery.onion.split import parse_s1, split
+from cli_commands.onion import parse_s1
+from surgery.core.probe import Probe
+from surgery.onion.split import split
 from zoo.onion import OnionCascade
 
 
@@ -144,7 +146,7 @@ def test_bad_inputs_are_one_line_errors():
                      ("1.5", "strictly between"), ("9,12,20", "more than the layer"), ("4,4", "hidden conv layers"),
                      ("x", "bad --s1")]:
         with pytest.raises(SurgeryError, match=frag) as e:
-            split(net, parse_s1(s1) if s1 != "x" else s1)
+            split(net, parse_s1(s1))
         assert "\n" not in str(e.value)
 
 
@@ -162,18 +164,36 @@ def test_a_cascade_cannot_be_split_again():
 
 def test_linear_layers_become_convs():
     net = _with_arch(small_net())
-    out, rep = split(net, "4,7,6")  # convs 8 and 12 filters, Linear(192->10) as a 4x4 conv; output Linear(10->5)
+    out, rep = split(net, (4, 7, 6))  # convs 8 and 12 filters, Linear(192->10) as a 4x4 conv; output Linear(10->5)
     c = out.module
     assert c.n1 == (4, 7, 6, 5) and c.n2 == (4, 5, 4, 5)
     assert c.s1[2][0].kernel_size == (4, 4) and c.s2["3"][0].kernel_size == (1, 1)
     assert rep.head_init == "copied"
-    # how far it moved, recomputed on the report's probes (2 batches of 2, seed 0): S2 output vs the original
-    from surgery.core.verify import probe_inputs
-
-    with torch.no_grad():
-        outs = [(net.module(x), c(x)[1]) for x in probe_inputs(net.input_shape)]
-    assert rep.moved["max_abs"] == pytest.approx(max(float((a - b).abs().max()) for a, b in outs), rel=1e-6)
-    assert rep.moved["max_rel"] == pytest.approx(max(float((a - b).abs().max() / a.abs().max()) for a, b in outs),
-                                                 rel=1e-6)
-    assert rep.moved["top1_agreement"] == sum(int((a.argmax(1) == b.argmax(1)).sum()) for a, b in outs) / 4
     assert rep.moved["max_rel"] > 1e-3  # a lossy split moves the function
+
+
+class LinearChain(nn.Module):
+    """Three 1x1 convs without biases or activations, y = 1.6·x0 + 1.5·x1: split at widths 1,1
+    the search drops W1[0, 1] = 0.5 (the least energy), so S2's output is 1.6·x0 + x1."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(*[nn.Conv2d(2, c, 1, bias=False) for c in (2, 2, 1)])
+        with torch.no_grad():
+            self.features[0].weight.copy_(torch.eye(2).view(2, 2, 1, 1))
+            self.features[1].weight.copy_(torch.tensor([[1.0, 0.5], [0.6, 1.0]]).view(2, 2, 1, 1))
+            self.features[2].weight.fill_(1.0)
+
+    def forward(self, x):
+        return self.features(x).flatten(1)
+
+
+def test_moved_has_the_known_values_of_a_linear_chain():
+    net = _with_arch(Net(LinearChain().eval(), None, (2, 1, 1), source="lin"))
+    # y = 4.6 -> 3.6 (moved by 1.0) and y = 0.2 -> -0.4 (moved by 0.6, the sign flips)
+    x = torch.tensor([[1.0, 2.0], [-1.0, 1.2]]).view(2, 2, 1, 1)
+    _, rep = split(net, (1, 1), probe=Probe((x,), "images", "2 hand-made inputs"))
+    assert rep.layers[1].dropped_fraction == pytest.approx(0.25 / (1 + 0.25 + 0.36 + 1))
+    assert rep.moved["max_abs"] == pytest.approx(1.0)
+    assert rep.moved["max_rel"] == pytest.approx(1.0 / 4.6)
+    assert rep.moved["top1_agreement"] == 0.5

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from surgery.core import safety
-from surgery.core.errors import SurgeryError
+from surgery.core.errors import SurgeryError, first_line
 
 DEFAULT_SEED = 0
 
@@ -35,17 +35,6 @@ def check_build(build: Callable[[], nn.Module], what: str) -> nn.Module:
         raise SurgeryError(f"{what}: the sizes it asks for cannot be built ({type(e).__name__}: {first_line(e)})") from None
     safety.check_memory(safety.module_nbytes(module), f"{what}: its weights", "check the sizes it asks for")
     return module
-
-
-def first_line(e: BaseException) -> str:
-    """The gist of a third-party exception for a one-line message: torch's weights-only
-    unpickler buries its reason after boilerplate; its 'please report' tails are dropped."""
-    text = str(e)
-    if "WeightsUnpickler error:" in text:
-        text = text.split("WeightsUnpickler error:", 1)[1]
-    lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
-    line = lines[0] if lines else type(e).__name__
-    return line.split("  (Could this error message be improved?")[0].strip()
 
 
 def find_state_dict(obj) -> dict | None:

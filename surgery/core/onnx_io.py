@@ -16,17 +16,15 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import re
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from surgery.core.errors import SurgeryError
+from surgery.core.errors import SurgeryError, first_line
 from surgery.core.verify import compare
 
 DEFAULT_RTOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
@@ -72,17 +70,13 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _first_line(e: BaseException, limit: int = 200) -> str:
-    """``Type: first line`` of an exception; the exporters' wrappers give way to their cause."""
+def error_line(e: BaseException) -> str:
+    """``Type: first line`` of an exception (:func:`surgery.core.errors.first_line`); the
+    exporters' wrappers give way to their cause."""
     while e.__cause__ is not None and type(e).__module__.startswith("torch.onnx"):
         e = e.__cause__
-    msg = _ANSI.sub("", str(e)).strip()
-    text = msg.splitlines()[0] if msg else ""
-    text = f"{type(e).__name__}: {text}" if text else type(e).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    text = first_line(e)
+    return text if text == type(e).__name__ else f"{type(e).__name__}: {text}"
 
 
 def _export_once(module: nn.Module, x: torch.Tensor, exporter: str, opset: int | None,
@@ -150,7 +144,7 @@ def export_model(module: nn.Module, x: torch.Tensor, *, opset: int | None = None
                 check(data)
         except Exception as e:  # exporters raise anything; one line says why
             last = e
-            notes.append(f"{name} exporter failed ({_first_line(e)})")
+            notes.append(f"{name} exporter failed ({error_line(e)})")
             continue
         opset_used, input_name, output_names, output_shapes = _describe(data)
         if opset is not None and opset_used != opset:  # never a different opset than asked for
@@ -196,18 +190,6 @@ def ort_run(session, x: torch.Tensor) -> list[torch.Tensor]:
     return [torch.from_numpy(np.asarray(o)).float() for o in outs]
 
 
-def ort_cpu_session(data: bytes | str | Path):
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise SurgeryError("onnxruntime is not installed; it is needed to verify an ONNX export "
-                           "(pip install onnxruntime) — or pass verify=False") from None
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    src = data if isinstance(data, bytes) else str(data)
-    return ort.InferenceSession(src, sess_options=so, providers=["CPUExecutionProvider"])
-
-
 def verify_session(session, module: nn.Module, input_shape, *, batch: int, dtype: torch.dtype = torch.float32,
                    probes: int = 2, rtol: float | None = None, what: str = "ONNX export", probe=None):
     """Compare an ONNX Runtime session with ``module`` (in ``dtype``) on probe inputs (seeded
@@ -223,7 +205,7 @@ def verify_session(session, module: nn.Module, input_shape, *, batch: int, dtype
     except SurgeryError:
         raise
     except Exception as e:
-        raise SurgeryError(f"{what}: could not run in ONNX Runtime ({_first_line(e)})") from None
+        raise SurgeryError(f"{what}: could not run in ONNX Runtime ({error_line(e)})") from None
     if not rep.ok(rtol):
         raise SurgeryError(f"{what}: outputs differ from PyTorch: max rel {rep.max_rel:.3g} > {rtol:g} "
                            f"(max abs {rep.max_abs:.3g}, {_dtype_name(dtype)})")

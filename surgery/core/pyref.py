@@ -41,7 +41,7 @@ from torch import nn
 
 from surgery.core import plugins, safety
 from surgery.core.build import DEFAULT_SEED, check_build, find_state_dict, load_state_strict, seeded
-from surgery.core.errors import SurgeryError
+from surgery.core.errors import SurgeryError, first_line as _first_line
 from surgery.core.files import existing, sha256
 from surgery.core.net import ArchSpec, Net, describe_py
 from surgery.core.refs import parse_zoo_ref
@@ -213,11 +213,6 @@ def resolve(module: str, factory: str, *, from_file: bool = False) -> Callable[.
         raise SurgeryError(f"{ref}: {factory!r} is a {type(obj).__name__}, not a class or function that builds a network")
     check_callable(obj, module, factory, ref)
     return obj
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [l.strip() for l in str(e).strip().splitlines() if l.strip()]
-    return lines[0] if lines else type(e).__name__
 
 
 def build(module: str, factory: str, kwargs: Mapping[str, Any] | None = None, *, from_file: bool = False) -> nn.Module:

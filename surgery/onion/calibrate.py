@@ -36,15 +36,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from analyzers.onion_operating import CALIBRATION_KEY as META_KEY
 from surgery.core.callable_module import make_callable
 from surgery.core.errors import SurgeryError
 from surgery.core.net import Net, Step
 from surgery.core.recipe import replayable
 from surgery.onion import s1classes
 from surgery.train import data as tdata
-from zoo.onion import OnionCascade
-
-META_KEY = "onion_calibration"
+from zoo.onion import OnionCascade, cascade_of
 
 
 @replayable("onion_calibrate")
@@ -114,17 +113,9 @@ class CalibrationReport:
 # ----------------------------------------------------------------------------- pure maths
 
 
-def parse_tprs(text: str | float | Sequence[float]) -> tuple[float, ...]:
-    """``"0.99,0.95"`` -> (0.99, 0.95); every value in (0, 1]."""
-    if isinstance(text, (int, float)):
-        vals = [float(text)]
-    elif isinstance(text, str):
-        try:
-            vals = [float(v) for v in text.split(",") if v.strip()]
-        except ValueError:
-            raise SurgeryError(f"bad --tpr {text!r}; give recalls in (0, 1], e.g. 0.99 or 0.99,0.95") from None
-    else:
-        vals = [float(v) for v in text]
+def check_tprs(tprs: float | Sequence[float]) -> tuple[float, ...]:
+    """The target recalls, each in (0, 1], in order, without repeats (the first is the active one)."""
+    vals = [float(tprs)] if isinstance(tprs, (int, float)) else [float(v) for v in tprs]
     if not vals:
         raise SurgeryError("give at least one TPR, e.g. --tpr 0.99")
     for v in vals:
@@ -210,13 +201,6 @@ def teacher_classes(teacher: torch.nn.Module, folder: tdata.ImageFolder, shape, 
     return torch.cat(out)
 
 
-def cascade_of(net: Net) -> OnionCascade:
-    if not isinstance(net.module, OnionCascade):
-        raise SurgeryError(f"{net.source} is not an OnionNet cascade ({type(net.module).__name__}); split it first "
-                           "with `surgery onion split`, or use zoo:onion_p / onion_d / onion_r")
-    return net.module
-
-
 def require_thresholds(net: Net) -> OnionCascade:
     """The cascade, refused when its thresholds were never set (every S1-class at -inf)."""
     cascade = cascade_of(net)
@@ -256,11 +240,11 @@ def _s1_map(net: Net, cascade: OnionCascade, folder: tdata.ImageFolder, teacher:
     raise SurgeryError(f"{folder.root} has no class sub-folders; calibrate on labelled data or pass --teacher")
 
 
-def calibrate(net: Net, data: str, *, tprs: Sequence[float], val: str | None = None,
+def calibrate(net: Net, data: str, *, tprs: float | Sequence[float], val: str | None = None,
               interest: str | Sequence[int] | None = None, teacher: Net | None = None,
               batch: int = 256) -> tuple[Net, CalibrationReport]:
     """Thresholds at each TPR of ``tprs`` (the first one goes into the cascade); ``net`` is not mutated."""
-    tprs = parse_tprs(tprs if not isinstance(tprs, (list, tuple)) else list(tprs))
+    tprs = check_tprs(tprs)
     cascade = cascade_of(net)
     s1classes._need_two(cascade.s1_classes, net.source)
     if batch < 1:

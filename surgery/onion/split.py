@@ -49,14 +49,14 @@ from torch import fx, nn
 
 from surgery import partition
 from surgery.core.callable_module import make_callable
-from surgery.core.errors import SurgeryError
+from surgery.core.errors import SurgeryError, first_line
 from surgery.core.graph import layer_graph, meta_copy
 from surgery.core.net import Net, Step
 from surgery.core.recipe import replayable
 from surgery.core.probe import Probe, check_shape, probe_json
 from surgery.core.verify import compare, probe_inputs
 from surgery.onion.elementwise import activation_groups
-from zoo.onion import POST_TYPES, MonolithicChain, OnionCascade, blocks_of
+from zoo.onion import POST_TYPES, MonolithicChain, OnionCascade, blocks_of, is_cascade
 
 KEEP = torch.tensor([[True, False], [True, True]])  # S1 outputs read S1; S2 outputs read both
 VERIFY_RTOL = 1e-4
@@ -170,7 +170,7 @@ def _shapes(gm: fx.GraphModule, input_shape) -> dict[str, tuple[int, ...]]:
         ShapeProp(mgm).propagate(torch.empty((1, *input_shape), device="meta", dtype=dtype))
     except Exception as e:  # shape errors in the model at this input size
         raise SurgeryError(f"cannot run the model at input {'x'.join(map(str, input_shape))} on the meta device "
-                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+                           f"({type(e).__name__}: {first_line(e)})") from None
     out = {}
     for n in mgm.graph.nodes:
         tm = n.meta.get("tensor_meta")
@@ -199,29 +199,19 @@ def _linear_as_conv(lin: nn.Linear, in_shape, layer) -> nn.Conv2d:
 # ----------------------------------------------------------------------------- widths
 
 
-def parse_s1(text: str | float | Sequence[int]) -> float | tuple[int, ...]:
-    """``"0.25"`` -> 0.25 (a fraction of every hidden conv layer); ``"32,32,64"`` -> counts.
-    A single number is always a fraction (write ``"32,"`` for one explicit width)."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        text = repr(float(text))
-    if not isinstance(text, str):
-        return tuple(int(v) for v in text)
-    raw = [v.strip() for v in text.split(",")]
-    vals = [v for v in raw if v]
-    if not vals:
-        raise SurgeryError("--s1 is empty; give a fraction like 0.25 or one S1 width per hidden conv layer")
-    if len(raw) == 1:
-        try:
-            f = float(vals[0])
-        except ValueError:
-            raise SurgeryError(f"bad --s1 {text!r}; give a fraction like 0.25 or widths like 32,32,64") from None
-        if not 0.0 < f < 1.0:
-            raise SurgeryError(f"--s1 fraction {f:g} must lie strictly between 0 and 1 (S1 and S2 both need filters)")
-        return f
-    try:
-        return tuple(int(v) for v in vals)
-    except ValueError:
-        raise SurgeryError(f"bad --s1 {text!r}; give a fraction like 0.25 or integer widths like 32,32,64") from None
+def check_s1(s1: float | Sequence[int]) -> float | tuple[int, ...]:
+    """S1's share: a fraction of every hidden conv layer (a float strictly between 0 and 1) or
+    one S1 width per hidden conv layer (integers; checked against the layers by :func:`s1_widths`)."""
+    if isinstance(s1, float):
+        if not 0.0 < s1 < 1.0:
+            raise SurgeryError(f"--s1 fraction {s1:g} must lie strictly between 0 and 1 (S1 and S2 both need filters)")
+        return s1
+    if isinstance(s1, (int, str, bool)):
+        raise SurgeryError(f"S1's share {s1!r}: give a fraction like 0.25 or one integer width per hidden conv layer")
+    widths = tuple(s1)
+    if not widths or any(isinstance(v, bool) or int(v) != v for v in widths):
+        raise SurgeryError(f"S1 widths {list(widths)}: give one integer width per hidden conv layer")
+    return tuple(int(v) for v in widths)
 
 
 def s1_widths(s1: float | Sequence[int], n: Sequence[int], names: Sequence[str]) -> tuple[int, ...]:
@@ -255,7 +245,7 @@ def _convs(mods) -> list[nn.Conv2d]:
 
 def _structure(module: nn.Module, input_shape, n1_hidden, s1_classes):
     """Chain and the empty cascade (shared by the split and its replay)."""
-    if isinstance(module, OnionCascade):
+    if is_cascade(module):
         raise SurgeryError("the model is already an OnionNet cascade; split its monolithic source instead")
     mods, names = chain_layers(module, input_shape)
     return mods, names, _cascade_of(mods, names, n1_hidden, s1_classes)
@@ -404,13 +394,13 @@ def _cross_channel(cascade: OnionCascade) -> list[str]:
             if cascade.n2[l] and l < cascade.depth - 1 and any(isinstance(p, nn.LocalResponseNorm) for p in b.post)]
 
 
-def split(net: Net, s1: float | Sequence[int] | str, *, s1_classes: int | None = None, seed: int = 0,
+def split(net: Net, s1: float | Sequence[int], *, s1_classes: int | None = None, seed: int = 0,
           verify: bool = True, probe: Probe | None = None) -> tuple[Net, SplitReport]:
     """Split ``net`` (never mutated) into an OnionNet cascade; see the module docstring.
     ``probe``: real images (``--data``) to measure ``moved`` on instead of random inputs."""
     net.require_editable("split into an OnionNet cascade")
-    s1 = parse_s1(s1) if isinstance(s1, (str, int, float)) else tuple(s1)
-    if isinstance(net.module, OnionCascade):
+    s1 = check_s1(s1)
+    if is_cascade(net.module):
         raise SurgeryError(f"{net.source} is already an OnionNet cascade; split its monolithic source instead")
     mods, names = chain_layers(net.module, net.input_shape)
     mods = [copy.deepcopy(m) if isinstance(m, (nn.Conv2d, nn.BatchNorm2d)) else m for m in mods]
@@ -472,18 +462,9 @@ def split(net: Net, s1: float | Sequence[int] | str, *, s1_classes: int | None =
 @torch.no_grad()
 def _moved(original: nn.Module, cascade: OnionCascade, input_shape, dtype, probe: Probe | None = None) -> dict:
     """How far the cascade's S2 output is from the original net on probe inputs (seeded random
-    normal, or ``probe``)."""
+    normal, or ``probe``): :func:`surgery.core.verify.compare`'s measure."""
     v = compare(original, cascade, input_shape, select=lambda outs: [outs[1]], dtype=dtype, probe=probe)
-    agree = total = 0
-    for x in (probe.tensors(dtype) if probe is not None else probe_inputs(input_shape, dtype=dtype)):
-        a = original(x).flatten(1)
-        b = cascade(x)[1]
-        if a.shape[1] == 1:  # one score: agreement of its sign
-            agree += int(((a > 0) == (b > 0)).sum())
-        else:
-            agree += int((a.argmax(1) == b.argmax(1)).sum())
-        total += a.shape[0]
-    return {"max_abs": v.max_abs, "max_rel": v.max_rel, "top1_agreement": agree / total if total else 1.0}
+    return {"max_abs": v.max_abs, "max_rel": v.max_rel, "top1_agreement": v.top1_agreement}
 
 
 @replayable("onion_split")

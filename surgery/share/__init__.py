@@ -173,7 +173,7 @@ def _check_heads(base, tasks, result, heads, sizes, rtol, verify, probe=None) ->
         if verify:
             rep = compare(n.module, memo, base.input_shape, probes=PROBES, batch=PROBE_BATCH,
                           select=lambda outs, a=start, b=stop: outs[a:b], probe=probe)
-            h = Head(h.model, size, h.layers_equal, rep.max_abs, rep.max_rel, h.diverged_layers)
+            h = Head(h.model, size, h.layers_equal, rep.max_abs, rep.max_rel, h.diverged_layers, rep.top1_agreement)
             if h.layers_equal and not rep.ok(rtol):
                 raise SurgeryError(
                     f"share: the combined model's head for {h.model} differs from it by {rep.max_rel:.3g} (relative; "

@@ -29,11 +29,15 @@ class Head:
     max_abs: float  # its outputs in the combined model vs in its source model
     max_rel: float  # max_abs / max |source output|
     diverged_layers: tuple[LayerDiff, ...] = ()
+    top1_agreement: float | None = None  # a classifier head: same arg-max as its source (surgery.core.verify)
 
     def to_json(self) -> dict:
         d = {"model": self.model, "outputs": self.outputs, "layers_equal": self.layers_equal}
         # equal layers: a function-preserving check ("verify"); diverged: how far the head moved
-        d["verify" if self.layers_equal else "moved"] = {"max_abs": self.max_abs, "max_rel": self.max_rel}
+        if self.layers_equal:
+            d["verify"] = {"max_abs": self.max_abs, "max_rel": self.max_rel}
+        else:
+            d["moved"] = {"max_abs": self.max_abs, "max_rel": self.max_rel, "top1_agreement": self.top1_agreement}
         if self.diverged_layers:
             d["diverged_layers"] = [vars(x) for x in self.diverged_layers]
         return d

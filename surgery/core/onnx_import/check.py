@@ -35,16 +35,17 @@ def against_onnxruntime(prep, module: nn.Module):
     """Probe inputs through onnxruntime (the original file, Constant nodes and all) and the
     imported module; a difference beyond :data:`IMPORT_RTOL` (with the absolute floor of
     :meth:`surgery.core.verify.VerifyReport.ok`) is an error."""
-    from surgery.core.onnx_io import OrtModule, _first_line, ort_cpu_session, quiet_exporters
+    from surgery.core.onnx_io import OrtModule, error_line, quiet_exporters
+    from surgery.core.ort_session import ort_session
     from surgery.core.verify import compare
 
     try:
         with quiet_exporters():
-            sess = ort_cpu_session(prep.model.SerializeToString())
+            sess = ort_session(prep.model.SerializeToString())
     except SurgeryError:
         raise
     except Exception as e:
-        raise SurgeryError(f"{prep.path}: onnxruntime cannot load the model ({_first_line(e)}); it is not a valid "
+        raise SurgeryError(f"{prep.path}: onnxruntime cannot load the model ({error_line(e)}); it is not a valid "
                            f"ONNX graph") from None
     batch = prep.static_batch or 2
     try:
@@ -54,7 +55,7 @@ def against_onnxruntime(prep, module: nn.Module):
         raise SurgeryError(f"{prep.path}: checking the import against onnxruntime: {e}") from None
     except Exception as e:
         raise SurgeryError(f"{prep.path}: onnxruntime cannot run the model at input "
-                           f"{'x'.join(map(str, prep.input_shape))} ({_first_line(e)}); check --input") from None
+                           f"{'x'.join(map(str, prep.input_shape))} ({error_line(e)}); check --input") from None
     if not rep.ok(IMPORT_RTOL):
         raise SurgeryError(f"{prep.path}: the imported model differs from onnxruntime: max rel {rep.max_rel:.3g} > "
                            f"{IMPORT_RTOL:g} (max abs {rep.max_abs:.3g}); please report this graph")

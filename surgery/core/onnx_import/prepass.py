@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from surgery.core.errors import SurgeryError
+from surgery.core.errors import SurgeryError, first_line as _first_line
 
 MIN_OPSET = 7
 _MAX_FOLD_ELEMENTS = 1 << 24  # a folded value larger than this stays a node (it is data, not a shape)
@@ -293,8 +293,3 @@ def _live(nodes, outputs: set[str]) -> list:
             keep.append(n)
             needed.update(i for i in n.input if i)
     return keep[::-1]
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__

@@ -1,4 +1,6 @@
-"""The cascade forward that really skips work (OnionNet §3.3, "Sparse batches").
+"""The cascade forward that really skips work (OnionNet §3.3, "Sparse batches"): how a
+:class:`zoo.onion.OnionCascade` runs, below the surgeries that make one and the analyzers
+that count and time it.
 
 S1 runs on the whole batch; its scores and the thresholds give the pass mask; the survivors
 and the S1 maps S2 reads are compacted into one dense block; S2 runs on that block only; its
@@ -49,24 +51,6 @@ class CascadeResult:
     compaction: str
     moved: int  # samples moved (inplace) or copied (gather) into the dense block
     timing_ms: dict  # s1 / mask / compact / s2 / scatter wall times (ms)
-
-
-def parse_thresholds(text: str | None, k: int) -> Tensor | None:
-    """``"0.5"`` (every S1-class) or ``"0.5,inf,0.2"`` (one per class; ``inf`` = never passes,
-    ``-inf`` = always) -> a (k,) tensor; None for None."""
-    if text is None:
-        return None
-    try:
-        vals = [float(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        raise SurgeryError(f"bad pass threshold {text!r}; give a score in [0, 1] or one per S1-class, "
-                           f"e.g. 0.5 or 0.5,inf") from None
-    if len(vals) == 1:
-        vals = vals * k
-    if len(vals) != k:
-        raise SurgeryError(f"pass threshold {text!r} has {len(vals)} values; this cascade has {k} S1-classes "
-                           f"(give one value, or {k})")
-    return torch.tensor(vals, dtype=torch.float32)
 
 
 def forced_mask(batch: int, fraction: float, *, seed: int = 0) -> Tensor:

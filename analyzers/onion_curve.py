@@ -8,12 +8,12 @@ For a batch of ``B`` samples of which ``n = round(p·B)`` pass S1:
   the monolithic widths on the ``n`` survivors' images;
 - ``t_M`` — the monolithic network on all ``B`` (constant in p).
 
-Complexity is counted by :mod:`analyzers.cost` on :class:`surgery.onion.runtime.ForcedPass`
+Complexity is counted by :mod:`analyzers.cost` on :class:`zoo.onion_runtime.ForcedPass`
 (exact MACs and bytes at the real batch sizes: the analyzer sees S2 at batch ``n``); the
 paper's complexity ``Σ n_{l-1} s_l² n_l m_l²`` is the conv part of those MACs
 (``conv_macs``). Measured time is the wall time of the real runtime with a forced pass mask
-of exactly ``n`` random survivors: torch eager (:func:`surgery.onion.runtime.run`) and ONNX
-Runtime CPU (the exported S1/S2 pair, :mod:`surgery.onion.export`), timed by
+of exactly ``n`` random survivors: torch eager (:func:`zoo.onion_runtime.run`) and ONNX
+Runtime CPU (the exported S1/S2 pair, :mod:`zoo.onion_onnx`), timed by
 :func:`analyzers.latency.measure`. CPU only: CUDA graphs with fixed-size buckets need a GPU,
 which this build has not been measured on.
 """
@@ -28,11 +28,15 @@ from torch import nn
 
 from analyzers import cost
 from analyzers import latency as lat
+from analyzers.onion_operating import calibrated
 from surgery.core.errors import SurgeryError
-from surgery.core.io import atomic_write
+from surgery.core.files import atomic_write
 from surgery.core.net import Net
-from surgery.onion.runtime import ForcedPass, forced_mask, run
-from zoo.onion import OnionCascade, monolithic_of
+from surgery.core.onnx_io import export_model
+from surgery.core.ort_session import ort_session
+from zoo.onion import OnionCascade, cascade_of, monolithic_of
+from zoo.onion_onnx import export_bytes, ort_cascade
+from zoo.onion_runtime import ForcedPass, forced_mask, run
 
 RUNTIMES = ("torch", "onnxruntime")
 
@@ -94,7 +98,7 @@ def curve(net: Net, *, baseline: Net | None = None, batch: int = 120, points: in
 
     ``progress(done, total)`` is called after each measured model/point (the CLI's bar).
     """
-    require_cascade(net)
+    cascade_of(net, sharing=True)
     if batch < 1:
         raise SurgeryError(f"--batch {batch} must be at least 1")
     bad = [r for r in runtimes if r not in RUNTIMES]
@@ -150,16 +154,8 @@ def curve(net: Net, *, baseline: Net | None = None, batch: int = 120, points: in
 
 
 def _calibrated(net: Net) -> float | None:
-    from surgery.onion.operating import calibrated
-
     cal = calibrated(net)
     return cal[0] if cal else None
-
-
-def require_cascade(net: Net) -> None:
-    if not isinstance(net.module, OnionCascade) or not net.module.share:
-        raise SurgeryError(f"{net.source} is not an OnionNet cascade; make one with `surgery onion split` or use "
-                           f"zoo:onion_p / onion_d / onion_r")
 
 
 def _check_baseline(baseline: Net, cascade: OnionCascade, shape) -> None:
@@ -202,11 +198,6 @@ def _time_cascade(rt: str, model: OnionCascade, x, mask, pair, timing) -> float:
 
 
 def _ort_pairs(cascade: OnionCascade, ns: OnionCascade, mono: nn.Module, shape) -> dict:
-    import onnxruntime as ort
-
-    from surgery.core.onnx_io import export_model
-    from surgery.onion.export import export_bytes, ort_cascade
-
     threads = torch.get_num_threads()
     out = {}
     for key, model in (("t", cascade), ("t_ns", ns)):
@@ -214,11 +205,7 @@ def _ort_pairs(cascade: OnionCascade, ns: OnionCascade, mono: nn.Module, shape) 
         out[key] = ort_cascade(d1, d2, model.thresholds.numpy(), threads=threads)
     # the monolithic net: the TorchScript exporter, as for the stages (a plain conv chain)
     data = export_model(mono, torch.randn(2, *shape), exporter="torchscript", dynamic_batch=True).data
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    out["m"] = ort.InferenceSession(data, sess_options=so, providers=["CPUExecutionProvider"])
+    out["m"] = ort_session(data, threads=threads)
     return out
 
 
@@ -252,7 +239,7 @@ def plot(report: CurveReport, path, *, force: bool = False, inputs=()):
             ax.axvline(pb, color="tab:red", lw=1.2, ls="-.", label=f"calibrated p̄ = {pb:.1f}%")
     bottom.plot(ps, [report.t_m.conv_macs / g] * len(ps), ":k", label="t_M")
     bottom.set_xlabel("p: samples passing S1 [%]")
-    bottom.set_ylabel(f"time complexity [GMACs of convs per batch]")
+    bottom.set_ylabel("time complexity [GMACs of convs per batch]")
     bottom.legend(fontsize=8)
     bottom.grid(alpha=0.3)
     fig.tight_layout()

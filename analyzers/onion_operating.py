@@ -8,7 +8,7 @@ or timing its plain forward (both stages on every sample) reports the cost at p 
   calibrate`` stored (on the held-out folder when there was one, else the calibration
   folder), else 1 (an uncalibrated cascade lets every sample pass);
 - :class:`AtOperatingPoint` — the cascade flow with ``round(p·N)`` survivors in a batch of
-  ``N`` (:class:`surgery.onion.runtime.ForcedPass`, no data-dependent step), so that
+  ``N`` (:class:`zoo.onion_runtime.ForcedPass`, no data-dependent step), so that
   ``surgery profile`` counts and times what a batch at that p does;
 - :func:`macs_at` — MACs per sample at p: ``S1 + p·(S2 + compaction)``, exact (the cost is
   linear in the survivors; counted at 0 and at every sample passing).
@@ -21,12 +21,15 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
+from analyzers import cost
 from surgery.core.net import Net
 from surgery.core.probe import Probe
-from surgery.onion.runtime import ForcedPass, run
 from zoo.onion import OnionCascade
+from zoo.onion_runtime import ForcedPass, run
 
 MEASURED, CALIBRATED, ALL_PASS = "measured", "calibrated", "uncalibrated"
+# the checkpoint metadata `surgery onion calibrate` writes (surgery.onion.calibrate) and this reads
+CALIBRATION_KEY = "onion_calibration"
 
 
 @dataclass(frozen=True)
@@ -43,13 +46,9 @@ class OperatingPoint:
                 "calibrated_pass_fraction": self.calibrated, "images": self.images, "passed": self.passed}
 
 
-def is_cascade(net: Net) -> bool:
-    return isinstance(net.module, OnionCascade)
-
-
 def calibrated(net: Net) -> tuple[float, str] | None:
     """(p̄, where it was measured) of the operating point whose thresholds the cascade carries."""
-    cal = (net.metadata or {}).get("onion_calibration")
+    cal = (net.metadata or {}).get(CALIBRATION_KEY)
     if not cal or bool(torch.isneginf(net.module.thresholds).all()):
         return None
     rows = cal.get("operating_points") or []
@@ -116,8 +115,6 @@ def at_operating_point(net: Net, op: OperatingPoint) -> Net:
 
 def macs_at(net: Net, p: float) -> dict:
     """MACs per sample: ``s1`` (every sample rejected), ``all_pass``, and ``at_p`` = s1 + p·(all_pass − s1)."""
-    from analyzers import cost
-
     c = net.module.cascade if isinstance(net.module, AtOperatingPoint) else net.module
     m0 = int(cost.analyze(ForcedPass(c, 0), net.input_shape, batch=1).totals.macs)
     m1 = int(cost.analyze(ForcedPass(c, 1), net.input_shape, batch=1).totals.macs)
