@@ -40,7 +40,7 @@ from scipy.optimize import linear_sum_assignment
 
 from surgery.core.errors import SurgeryError
 
-__all__ = ["Partition", "contiguous", "search", "search_chain", "kept_energy", "permutation"]
+__all__ = ["Partition", "contiguous", "search", "search_chain", "permutation"]
 
 _STARTS = 3  # seeded random starts besides the baseline and the spectral start
 _MAX_ROUNDS = 30  # alternation rounds per start (convergence is usually < 10)
@@ -66,15 +66,6 @@ def permutation(groups: Sequence[int]) -> list[int]:
     """The channel order that makes ``groups`` contiguous (stable: channels keep their order
     inside a group). ``new[k] = old[perm[k]]``."""
     return sorted(range(len(groups)), key=lambda c: (groups[c], c))
-
-
-def kept_energy(energy: torch.Tensor, out_groups: Sequence[int], in_groups: Sequence[int],
-                keep: torch.Tensor) -> float:
-    """``Σ_ij E[i, j] · keep[out_groups[i], in_groups[j]]``."""
-    e = _as_array(energy)
-    k = _keep_array(keep)
-    mask = k[np.asarray(out_groups)][:, np.asarray(in_groups)]
-    return float((e * mask).sum())
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -166,90 +157,36 @@ def _spectral_starts(e: np.ndarray, out_sizes: Sequence[int], in_sizes: Sequence
     return tuple(res)
 
 
-# ----------------------------------------------------------------------------- one layer
+# ----------------------------------------------------------------------------- search
 
 def search(energy: torch.Tensor, out_sizes: Sequence[int], in_sizes: Sequence[int],
            keep: torch.Tensor, *, fixed_out: Sequence[int] | None = None,
            fixed_in: Sequence[int] | None = None, seed: int = 0) -> Partition:
-    """Best balanced assignment of one layer's output/input channels to groups.
+    """Best balanced assignment of one layer's output/input channels to groups: a chain of
+    one layer (:func:`search_chain`), whose keep mask may be any shape.
 
     Maximises the energy in kept blocks under the exact group sizes; a side given as
     ``fixed_out``/``fixed_in`` is not searched. Never worse than the baseline (contiguous on
     free sides, the fixed assignment on fixed sides).
     """
-    e = _as_array(energy)
-    if e.ndim != 2 or (e < 0).any():
-        raise SurgeryError("partition: energy must be a non-negative (out, in) matrix")
-    k = _keep_array(keep)
-    out_sizes = _check_sizes(out_sizes, e.shape[0], "output")
-    in_sizes = _check_sizes(in_sizes, e.shape[1], "input")
-    if k.shape != (len(out_sizes), len(in_sizes)):
-        raise SurgeryError(f"partition: keep mask shape {tuple(k.shape)} does not match "
-                           f"{len(out_sizes)} output × {len(in_sizes)} input groups")
-    a0 = (_check_fixed(fixed_out, out_sizes, "output") if fixed_out is not None
-          else np.asarray(contiguous(out_sizes), dtype=np.int64))
-    b0 = (_check_fixed(fixed_in, in_sizes, "input") if fixed_in is not None
-          else np.asarray(contiguous(in_sizes), dtype=np.int64))
-    free_out, free_in = fixed_out is None, fixed_in is None
-    total = float(e.sum())
+    return search_chain([energy], [out_sizes], keep, first_in=fixed_in, first_in_sizes=in_sizes,
+                        last_out=fixed_out, seed=seed)[0]
 
-    def value(a, b):
-        return float((e * k[a][:, b]).sum())
-
-    def ascend(a, b):
-        v = value(a, b)
-        for _ in range(_MAX_ROUNDS):
-            if free_out:
-                s = e @ _onehot(b, len(in_sizes)) @ k.T  # (out, Gout) gain of each placement
-                a = _assign(s, out_sizes)
-                nv = float(s[np.arange(len(a)), a].sum())
-            if free_in:
-                s = e.T @ _onehot(a, len(out_sizes)) @ k  # (in, Gin)
-                b = _assign(s, in_sizes)
-                nv = float(s[np.arange(len(b)), b].sum())
-            if nv <= v + _TOL * total:
-                return a, b, nv
-            v = nv
-            if not (free_out and free_in):
-                break  # one free side: one exact step is the optimum
-        return a, b, v
-
-    best_a, best_b, best_v = a0, b0, value(a0, b0)
-    base_v = best_v
-    if (free_out or free_in) and total > 0:
-        rng = np.random.default_rng(seed)
-        starts = [(a0, b0)]
-        if free_out and free_in:
-            spectral = _spectral_starts(e, out_sizes, in_sizes)
-            if spectral is not None:
-                starts.append(spectral)
-            starts += [(_random_start(out_sizes, rng), _random_start(in_sizes, rng))
-                       for _ in range(_STARTS)]
-        for sa, sb in starts:
-            a, b, v = ascend(sa, sb)
-            # keep the earlier (baseline-first) result on ties
-            if v > best_v + _TOL * total:
-                best_a, best_b, best_v = a, b, v
-    denom = total if total > 0 else 1.0
-    return Partition(tuple(int(g) for g in best_a), tuple(int(g) for g in best_b),
-                     best_v / denom if total > 0 else 1.0, base_v / denom if total > 0 else 1.0)
-
-
-# ----------------------------------------------------------------------------- chains
 
 def search_chain(energies: Sequence[torch.Tensor], sizes: Sequence[Sequence[int]],
                  keep: torch.Tensor, *, first_in: Sequence[int] | None = None,
-                 first_in_sizes: Sequence[int] | None = None, last_out_fixed: bool = False,
+                 first_in_sizes: Sequence[int] | None = None, last_out: Sequence[int] | None = None,
                  seed: int = 0) -> list[Partition]:
     """Partitions for a chain of layers where layer ``l``'s output assignment is layer
     ``l+1``'s input assignment.
 
-    ``sizes[l]`` are the group sizes of layer ``l``'s output channels. Layer 0's input side is
-    fixed to ``first_in`` (group ids) when given; otherwise it is free with group sizes
-    ``first_in_sizes`` (default: ``in_0`` split equally over the groups). ``last_out_fixed``
-    keeps the last layer's outputs contiguous. The objective is the total kept energy over
-    the chain (normalise the energies first to weigh layers equally); coordinate ascent
-    over interfaces from several starts, never worse than the all-contiguous baseline.
+    ``sizes[l]`` are the group sizes of layer ``l``'s output channels. Layer 0's input side
+    has group sizes ``first_in_sizes`` (default: those of ``first_in``, else ``in_0`` split
+    equally over the groups) and is fixed to ``first_in`` (group ids) when given; the last
+    layer's output side is fixed to ``last_out`` when given. The objective is the total kept
+    energy over the chain (normalise the energies first to weigh layers equally); coordinate
+    ascent over interfaces from several starts, never worse than the baseline (contiguous on
+    free interfaces). A chain of several layers needs a square keep mask.
     """
     es = [_as_array(x) for x in energies]
     L = len(es)
@@ -259,7 +196,7 @@ def search_chain(energies: Sequence[torch.Tensor], sizes: Sequence[Sequence[int]
         raise SurgeryError(f"partition: {L} layers but {len(sizes)} size lists")
     k = _keep_array(keep)
     G_out, G_in = k.shape
-    if G_out != G_in:
+    if L > 1 and G_out != G_in:
         raise SurgeryError("partition: a chain needs a square keep mask (the same groups on "
                            "both sides of every interface)")
     for l, e in enumerate(es):
@@ -270,26 +207,29 @@ def search_chain(energies: Sequence[torch.Tensor], sizes: Sequence[Sequence[int]
             raise SurgeryError(f"partition: chain layer {l} reads {e.shape[1]} channels but layer "
                                f"{l - 1} writes {es[l - 1].shape[0]}")
     out_sizes = [_check_sizes(s, es[l].shape[0], f"layer {l} output") for l, s in enumerate(sizes)]
-    if any(len(s) != G_out for s in out_sizes):
-        raise SurgeryError(f"partition: every layer needs {G_out} group sizes (the keep mask's)")
     n0 = es[0].shape[1]
-    if first_in is not None:
-        in0_sizes = list(np.bincount(np.asarray(first_in, dtype=np.int64), minlength=G_in))
-        in0 = _check_fixed(first_in, in0_sizes, "layer 0 input")
-    else:
-        if first_in_sizes is None:
-            if n0 % G_in:
-                raise SurgeryError(f"partition: layer 0 reads {n0} channels, not divisible into "
-                                   f"{G_in} groups; pass first_in or first_in_sizes")
-            first_in_sizes = [n0 // G_in] * G_in
-        in0_sizes = _check_sizes(first_in_sizes, n0, "layer 0 input")
-        in0 = np.asarray(contiguous(in0_sizes), dtype=np.int64)
-    free0 = first_in is None
+    if first_in_sizes is None and first_in is not None:
+        first_in_sizes = list(np.bincount(np.asarray(first_in, dtype=np.int64), minlength=G_in))
+    if first_in_sizes is None:
+        if n0 % G_in:
+            raise SurgeryError(f"partition: layer 0 reads {n0} channels, not divisible into "
+                               f"{G_in} groups; pass first_in or first_in_sizes")
+        first_in_sizes = [n0 // G_in] * G_in
+    in0_sizes = _check_sizes(first_in_sizes, n0, "layer 0 input")
+    if any(len(s) != G_out for s in out_sizes) or len(in0_sizes) != G_in:
+        raise SurgeryError(f"partition: the keep mask has {G_out} output × {G_in} input groups; every layer "
+                           f"needs {G_out} output group sizes and layer 0 {G_in} input group sizes")
     # interfaces: x[0] = layer 0 input, x[l+1] = layer l output
     iface_sizes = [in0_sizes] + out_sizes
-    free = [free0] + [True] * (L - 1) + [not last_out_fixed]
-    totals = [float(e.sum()) for e in es]
-    grand = sum(totals)
+    base = [_check_fixed(first_in, in0_sizes, "layer 0 input") if first_in is not None
+            else np.asarray(contiguous(in0_sizes), dtype=np.int64)]
+    base += [np.asarray(contiguous(s), dtype=np.int64) for s in out_sizes[:-1]]
+    base.append(_check_fixed(last_out, out_sizes[-1], "last output") if last_out is not None
+                else np.asarray(contiguous(out_sizes[-1]), dtype=np.int64))
+    free = [first_in is None] + [True] * (L - 1) + [last_out is None]
+    # sweep order: along the chain; one layer alternates its outputs, then its inputs
+    order = [i for i in ([1, 0] if L == 1 else range(L + 1)) if free[i]]
+    grand = sum(float(e.sum()) for e in es)
 
     def value(x):
         return sum(float((es[l] * k[x[l + 1]][:, x[l]]).sum()) for l in range(L))
@@ -306,31 +246,36 @@ def search_chain(energies: Sequence[torch.Tensor], sizes: Sequence[Sequence[int]
         x = list(x)
         v = value(x)
         for _ in range(_MAX_ROUNDS):
-            for i in range(L + 1):
-                if free[i]:
-                    x[i] = _assign(score(x, i), iface_sizes[i])
+            for i in order:
+                x[i] = _assign(score(x, i), iface_sizes[i])
             nv = value(x)
             if nv <= v + _TOL * grand:
                 return x, nv
             v = nv
         return x, v
 
-    base = [in0] + [np.asarray(contiguous(s), dtype=np.int64) for s in out_sizes]
     best, best_v = base, value(base)
-    if grand > 0:
-        rng = np.random.default_rng(seed)
+    if grand > 0 and order:
         starts = [base]
-        for _ in range(_STARTS):
-            starts.append([_random_start(iface_sizes[i], rng) if free[i] else base[i]
-                           for i in range(L + 1)])
+        if len(order) > 1:  # one free interface: one exact step is the optimum from any start
+            if L == 1:
+                spectral = _spectral_starts(es[0], out_sizes[0], in0_sizes)
+                if spectral is not None:
+                    starts.append([spectral[1], spectral[0]])
+            rng = np.random.default_rng(seed)
+            for _ in range(_STARTS):
+                st = list(base)
+                for i in order:
+                    st[i] = _random_start(iface_sizes[i], rng)
+                starts.append(st)
         for st in starts:
             x, v = ascend(st)
-            if v > best_v + _TOL * grand:
+            if v > best_v + _TOL * grand:  # keep the earlier (baseline-first) result on ties
                 best, best_v = x, v
 
     out = []
     for l in range(L):
-        t = totals[l]
+        t = float(es[l].sum())
         kept = float((es[l] * k[best[l + 1]][:, best[l]]).sum())
         kept0 = float((es[l] * k[base[l + 1]][:, base[l]]).sum())
         out.append(Partition(tuple(int(g) for g in best[l + 1]), tuple(int(g) for g in best[l]),

@@ -110,10 +110,26 @@ def test_chain_coupling_and_recovery():
     assert [p.retained for p in parts] == pytest.approx([1.0, 1.0], abs=1e-12)
     # a fixed first input and a fixed last output are honoured
     fixed0 = tuple(int(x) for x in groups[0])
-    parts = search_chain(es, [[4] * G, [3] * G], EYE[G], first_in=fixed0, last_out_fixed=True)
+    fixed2 = tuple(int(x) for x in groups[2])
+    parts = search_chain(es, [[4] * G, [3] * G], EYE[G], first_in=fixed0, last_out=fixed2)
+    assert parts[0].in_groups == fixed0 and parts[1].out_groups == fixed2
+    assert [p.retained for p in parts] == pytest.approx([1.0, 1.0], abs=1e-12)  # the interior follows them
+    parts = search_chain(es, [[4] * G, [3] * G], EYE[G], first_in=fixed0, last_out=contiguous([3] * G))
     assert parts[0].in_groups == fixed0 and parts[1].out_groups == contiguous([3] * G)
     assert parts[0].out_groups == parts[1].in_groups
     assert sum(p.retained for p in parts) >= sum(p.baseline for p in parts)
+
+
+def test_one_layer_search_is_a_chain_of_one():
+    e, _, _ = hidden_blocks([4] * 4, [6] * 4, EYE[4], seed=3)
+    e = e + 0.01  # off-block energy too: the result is not the trivial optimum
+    p = search(e, [4] * 4, [6] * 4, EYE[4], seed=2)
+    (q,) = search_chain([e], [[4] * 4], EYE[4], seed=2)
+    assert (p.out_groups, p.in_groups, p.retained, p.baseline) == (q.out_groups, q.in_groups, q.retained, q.baseline)
+    assert p.retained == pytest.approx(mask_fraction(e, p.out_groups, p.in_groups, EYE[4]))
+    # unequal, non-square (onion) groups: only one layer may have them
+    with pytest.raises(SurgeryError, match="square keep mask"):
+        search_chain([e[:8, :8], e[:8, :8]], [[3, 5], [3, 5]], torch.ones(2, 3, dtype=torch.bool))
 
 
 def test_chain_with_onion_mask_and_image_input():

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from surgery.core.errors import SurgeryError, suggest
+from surgery.core.graph import ABSORB, PASS, ChannelOp, channel_op
 from zoo.darknet.cfg import BN_EPS, BN_MOMENTUM, Shape
 
 
@@ -49,6 +50,7 @@ _TORCH_ACTS: dict[str, Callable[[], nn.Module]] = {
 ACTIVATIONS = tuple(sorted({*_TORCH_ACTS, *_CUSTOM_ACTS}))
 
 
+@channel_op(ChannelOp(PASS))  # per channel: a permutation passes through (surgery.core.graph)
 class DarknetActivation(nn.Module):
     """A Darknet activation with no exact torch module (formula from activations.h)."""
 
@@ -113,6 +115,7 @@ class DarknetLayer(nn.Module):
         return f"index={self.index}, inputs={self.inputs}, out_shape={self.out_shape}"
 
 
+@channel_op(ChannelOp(ABSORB, weight="conv", norm="bn"))  # conv → bn → act: takes permutations
 class ConvolutionalLayer(DarknetLayer):
     section = "convolutional"
 
@@ -233,6 +236,7 @@ class LocalLayer(DarknetLayer):
         return self.act(y.reshape(x.shape[0], *self.bias.shape) + self.bias)
 
 
+@channel_op(ChannelOp(PASS))  # per channel: a permutation passes through (surgery.core.graph)
 class MaxpoolLayer(DarknetLayer):
     """Darknet max pooling: out = (w + padding - size)/stride + 1, window origin -padding/2."""
 
@@ -261,6 +265,7 @@ class MaxpoolLayer(DarknetLayer):
         return F.max_pool2d(x, self.size, (self.sy, self.sx))[..., :oh, :ow]
 
 
+@channel_op(ChannelOp(PASS))  # per channel: a permutation passes through (surgery.core.graph)
 class AvgpoolLayer(DarknetLayer):
     section = "avgpool"  # global average pool
 
@@ -272,6 +277,7 @@ class AvgpoolLayer(DarknetLayer):
         return F.adaptive_avg_pool2d(x, 1)
 
 
+@channel_op(ChannelOp(PASS, when=lambda m: len(m.inputs) == 1 and m.groups == 1))  # one whole input: a copy
 class RouteLayer(DarknetLayer):
     """Concatenate the outputs of ``layers=`` along channels (``groups``/``group_id``:
     take channel slice ``group_id`` of each, as in AlexeyAB's darknet)."""
@@ -519,6 +525,7 @@ class _PassLayer(DarknetLayer):
         super().__init__(ctx, (ctx.index - 1,), ctx.in_shape)
 
 
+@channel_op(ChannelOp(PASS))  # per channel: a permutation passes through (surgery.core.graph)
 class DropoutLayer(_PassLayer):
     section = "dropout"
 
@@ -694,6 +701,7 @@ class CostLayer(_PassLayer):
     forward = _identity
 
 
+@channel_op(ChannelOp(PASS))  # per channel: a permutation passes through (surgery.core.graph)
 class ActivationLayer(_PassLayer):
     section = "activation"
 

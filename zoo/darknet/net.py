@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -76,6 +76,18 @@ class DarknetNet(nn.Module):
         if not darknet:
             return write_cfg(self.blocks)
         return write_cfg([{k: v for k, v in b.items() if not k.startswith("surgery_")} for b in self.blocks])
+
+    def record_groups(self, groups: Mapping[int, int]) -> None:
+        """Write ``groups=`` into the cfg of the convolutional layers ``{index: groups}`` whose
+        convs were made grouped (``surgery regroup``), so :meth:`cfg_text` rebuilds this network
+        with the same layer indices."""
+        blocks = [dict(b) for b in self.blocks]
+        for i, g in groups.items():
+            layer = self.layers[i]
+            if layer.section != "convolutional" or layer.conv.groups != int(g):
+                raise SurgeryError(f"layer {i} [{layer.section}] has no conv of {g} groups to write groups={g} for")
+            blocks[i + 1]["groups"] = layer.options["groups"] = str(int(g))
+        self.blocks = blocks
 
     @torch.no_grad()
     def fuse(self) -> "DarknetNet":
