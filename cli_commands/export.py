@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -11,7 +10,7 @@ from cli_commands.base import (ArchOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, W
                                note, note_random_weights, examples, fmt_num, load_model, out, parse_int_list,
                                print_json, table, wrote)
 from cli_commands.probing import ProbeDataOpt, check_data, probe_for
-from cli_commands.writing import check_onnx_name, output_path, stages
+from cli_commands.writing import output_path, stages
 from surgery.core.errors import SurgeryError
 
 
@@ -56,57 +55,28 @@ def export(
             raise SurgeryError(f"--batch {batch}: an ONNX file has one batch size; give one value (or none for a "
                                "dynamic batch axis)")
         fixed = vals[0]
-    if darknet and not darknet.lower().endswith(".cfg"):
-        raise SurgeryError(f"--darknet {darknet!r}: give the .cfg path; the .weights goes beside it")
     if darknet is None:
         onnx = output_path(onnx, [model], "", ".onnx")
-    check_onnx_name(onnx)
-    outs = ([onnx] if onnx else []) + ([darknet, str(Path(darknet).with_suffix(".weights"))] if darknet else [])
-    if len({str(Path(p).resolve()) for p in outs}) != len(outs):
-        raise SurgeryError(f"the outputs {', '.join(outs)} must be different files")
-    from surgery.core import io as sio
-
     if data and not onnx:
         raise SurgeryError("--data gives the images the ONNX export is checked on; a Darknet export is read back "
                            "to identical tensors instead (add --onnx, or drop --data)")
     check_data(data)
-    sio.check_outputs(outs, force=force, inputs=[model])
     import torch
 
-    from surgery.export import darknet_side_files, export_onnx, write_darknet
+    from surgery.outputs import plan_outputs, write_outputs
 
-    reports: dict = {}
+    outs = plan_outputs(None, darknet=darknet, onnx=onnx, force=force, inputs=[model])
     with stages("loading", *(["exporting ONNX and verifying it"] * bool(onnx)),
                 *(["writing Darknet cfg + weights"] * bool(darknet))) as step:
         step("loading")
         net = load_model(model, arch, weights, trust_pickle, input, weights_cutoff)
         note_random_weights(net)
-        if darknet:  # a clashing tree=/map= file beside the cfg is refused before the (slow) ONNX export
-            darknet_side_files(net, darknet, force=force)
-
-        def write(tmps):
-            i = 0
-            if onnx:
-                step("exporting ONNX and verifying it")
-                reports["onnx"] = export_onnx(net, tmps[0], batch=fixed, dtype=getattr(torch, dt), opset=opset,
-                                              force=True, probe=probe_for(data, net))
-                i = 1
-            if darknet:
-                step("writing Darknet cfg + weights")
-                reports["darknet"] = write_darknet(net, tmps[i], tmps[i + 1], force=force, inputs=[model])
-
-        sio.atomic_write(outs, write, force=force, inputs=[model])
-    import dataclasses
-
-    # the reports name the temporary files; show the real ones
-    if "onnx" in reports:
-        reports["onnx"] = dataclasses.replace(reports["onnx"], output=onnx)
-    if "darknet" in reports:
-        d = reports["darknet"]  # side files lie beside the cfg: named from the cfg as given
-        side = tuple(dataclasses.replace(f, path=str(Path(darknet).parent / f.name)) for f in d.side_files)
-        reports["darknet"] = dataclasses.replace(d, output=darknet, weights=outs[-1], side_files=side)
-        for n in reports["darknet"].notes:  # a tree file written from the model: placeholder names
-            note(n)
+        w = write_outputs(net, outs, force=force, inputs=[model], step=step,
+                          onnx_options={"batch": fixed, "dtype": getattr(torch, dt), "opset": opset,
+                                        "probe": probe_for(data, net)})
+    reports = {k: v for k, v in (("onnx", w.onnx), ("darknet", w.darknet)) if v is not None}
+    for n in w.darknet.notes if w.darknet else ():  # a tree file written from the model: placeholder names
+        note(n)
     if json_out:
         print_json({"model": model, "onnx": reports.get("onnx"), "darknet": reports.get("darknet")})
         return
@@ -131,7 +101,7 @@ def export(
     # it (at 80 columns each gets about 20)
     out().print(table(f"exported {model}", ["format", "files", "what", "check"], rows,
                       fold=("files", "what", "check")))
-    for p in outs:
+    for p in outs.paths:
         wrote(p)
     for f in side:
         wrote(f.path, f"the {f.option}= file of layer {', '.join(map(str, f.layers))}, "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -12,7 +11,6 @@ from cli_commands.base import (ArchOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, W
                                table, wrote)
 from cli_commands.probing import ProbeDataOpt, check_data, probe_for
 from cli_commands.writing import output_path, stages
-from surgery.core.errors import SurgeryError
 
 _KINDS = "dirac,bn,branches"  # surgery.fold.KINDS (not imported here: the CLI starts without torch)
 
@@ -49,21 +47,13 @@ def fold_cmd(
     from surgery.core.dtypes import dtype_name
 
     dt = dtype_name(dtype, ("float32", "float64"))
-    output = output_path(output, [model], "-folded")
-    paths = [output]
-    if darknet is not None:
-        if not darknet.lower().endswith(".cfg"):
-            raise SurgeryError(f"--darknet {darknet}: name the .cfg to write (its .weights goes beside it)")
-        paths += [darknet, str(Path(darknet).with_suffix(".weights"))]
-    if len({str(Path(p).resolve()) for p in paths}) != len(paths):
-        raise SurgeryError(f"the outputs {', '.join(paths)} must be different files")
-    from surgery.core import io as sio
-    from surgery.fold import fold, parse_only
+    from surgery.fold import check_kinds, fold
+    from surgery.outputs import plan_outputs, write_outputs
 
-    kinds = parse_only(only)
+    kinds = check_kinds([k.strip() for k in only.split(",") if k.strip()])
     check_data(data)
-    sio.check_outputs(paths, force=force, inputs=[model, *([weights] if weights else [])])  # before the slow work
-    sio.check_checkpoint_name(output)  # a checkpoint is a .pt, refused before the slow work too
+    outs = plan_outputs(output_path(output, [model], "-folded"), darknet=darknet, force=force,
+                        inputs=[model, *([weights] if weights else [])])  # refused before the slow work
     import dataclasses
 
     import torch
@@ -76,16 +66,7 @@ def fold_cmd(
         step("folding and verifying")
         folded, rep = fold(net, only=kinds, dtype=getattr(torch, dt), probe=probe_for(data, net))
         if rep.nothing_to_fold is None:
-            def write(tmps):
-                if darknet is not None:
-                    from surgery.export import write_darknet
-
-                    step("writing Darknet cfg + weights")
-                    write_darknet(folded, tmps[1], tmps[2], force=force, inputs=[model])
-                step("writing the checkpoint")
-                torch.save(sio.checkpoint_dict(folded), tmps[0])
-
-            written = sio.atomic_write(paths, write, force=force, inputs=[model])
+            written = write_outputs(folded, outs, force=force, inputs=[model], step=step).paths
             rep = dataclasses.replace(rep, output=str(written[0]))
     if json_out:
         print_json(rep)

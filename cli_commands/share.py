@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -11,7 +10,7 @@ from cli_commands.base import (ArchEachOpt, ForceOpt, InputOpt, JsonOpt, TrustOp
                                fmt_num, human, load_models, note_random_weights, out,
                                parse_layer_list, print_json, table, wrote)
 from cli_commands.probing import ProbeDataOpt, check_data, probe_for
-from cli_commands.writing import check_onnx_name, output_path, stages
+from cli_commands.writing import output_path, stages
 from surgery.core.errors import SurgeryError
 
 DEFAULT_RTOL = 1e-5  # surgery.share.DEFAULT_RTOL (not imported here: the CLI starts without torch)
@@ -70,22 +69,11 @@ def share_cmd(
                            "--sweep K,K,... prints the savings at several cuts")
     if len(models) < 2:
         raise SurgeryError(f"share needs BASE and at least one TASK model; got only {models[0]}")
-    output = output_path(output, models, f"@{at}")
-    paths = [output]
-    if darknet is not None:
-        if not darknet.lower().endswith(".cfg"):
-            raise SurgeryError(f"--darknet {darknet}: name the .cfg to write (its .weights goes beside it)")
-        paths += [darknet, str(Path(darknet).with_suffix(".weights"))]
-    if onnx is not None:
-        check_onnx_name(onnx)
-        paths.append(onnx)
-    if len({str(Path(p).resolve()) for p in paths}) != len(paths):
-        raise SurgeryError(f"the outputs {', '.join(paths)} must be different files")
-    from surgery.core import io as sio
+    from surgery.outputs import plan_outputs, write_outputs
 
     check_data(data)
-    sio.check_outputs(paths, force=force, inputs=models)  # refuse before the (slow) work
-    sio.check_checkpoint_name(output)  # a checkpoint is a .pt, refused before the slow work too
+    outs = plan_outputs(output_path(output, models, f"@{at}"), darknet=darknet, onnx=onnx, force=force,
+                        inputs=models)  # refused before the (slow) work
     import dataclasses
 
     from surgery.share import DivergedError, share
@@ -107,29 +95,13 @@ def share_cmd(
             else:
                 render_diverged(e)
             raise
-        extra: dict = {}
-
-        def write(tmps: list[Path]) -> None:
-            i = 1
-            if darknet is not None:
-                from surgery.export import write_darknet
-
-                step("writing Darknet cfg + weights")
-                write_darknet(net, tmps[1], tmps[2], force=force, inputs=models)
-                extra["darknet"] = {"output": paths[1], "weights": paths[2]}
-                i = 3
-            if onnx is not None:
-                from surgery.export import export_onnx
-
-                step("exporting ONNX")
-                e = export_onnx(net, tmps[i], force=True, inputs=models)
-                extra["onnx"] = {**e.to_json(), "output": onnx}
-            step("writing the checkpoint")
-            import torch
-
-            torch.save(sio.checkpoint_dict(net), tmps[0])
-
-        written = sio.atomic_write(paths, write, force=force, inputs=models)
+        w = write_outputs(net, outs, force=force, inputs=models, step=step)
+    extra: dict = {}
+    if w.darknet is not None:
+        extra["darknet"] = {"output": darknet, "weights": str(outs.darknet[1])}
+    if w.onnx is not None:
+        extra["onnx"] = {**w.onnx.to_json(), "output": onnx}
+    written = w.paths
     rep = dataclasses.replace(rep, output=str(written[0]), **extra)
     if json_out:
         print_json(rep)

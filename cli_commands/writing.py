@@ -42,11 +42,3 @@ def stages(*names: str) -> Iterator:
 
         yield step
         bar.update(task, completed=len(names))
-
-
-def check_onnx_name(path: str | None) -> None:
-    """``--onnx`` names an ONNX file: refuse another name before the slow work."""
-    if path is not None and not str(path).lower().endswith(".onnx"):
-        from cli_commands.base import SurgeryError
-
-        raise SurgeryError(f"--onnx {path!r}: an ONNX file is named .onnx; give a path ending in .onnx")

@@ -18,7 +18,7 @@ from torch import nn
 
 from surgery.core import io as sio
 from surgery.core.errors import SurgeryError
-from surgery.fold import FoldReport, fold, fold_module, module_counts, parse_only
+from surgery.fold import FoldReport, check_kinds, fold, fold_module, module_counts
 from surgery.core.graph import layer_graph
 from surgery.core.net import ArchSpec, Net
 from surgery.core.recipe import rebuild
@@ -126,7 +126,7 @@ def test_dirac_fold_refused_with_layer_named(conv, why):
     with pytest.raises(SurgeryError, match=rf"'body\.conv'.*{why}"):
         fold(net)
     assert isinstance(net.module.body.conv, DiracConv2d)  # input untouched
-    folded, rep = fold(net, only="bn,branches")  # leaving the Dirac fold out works
+    folded, rep = fold(net, only=["bn", "branches"])  # leaving the Dirac fold out works
     assert rep.modules_after.get("DiracConv2d") == 1
 
 
@@ -389,12 +389,12 @@ def test_verification_failure_raises(monkeypatch):
         fold(_net(_ConvBN(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)), (3, 4, 4)))
 
 
-def test_parse_only():
-    assert parse_only("bn,dirac") == ("dirac", "bn")
+def test_check_kinds():
+    assert check_kinds(["bn", "dirac"]) == ("dirac", "bn") and check_kinds("bn") == ("bn",)
     with pytest.raises(SurgeryError, match="did you mean: bn"):
-        parse_only("bnn")
-    with pytest.raises(SurgeryError):
-        parse_only("")
+        check_kinds("bnn")
+    with pytest.raises(SurgeryError, match="empty"):
+        check_kinds([])
 
 
 # ------------------------------------------------------------------ CLI

@@ -60,7 +60,7 @@ DEFAULT_RTOL = 1e-5
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict, fx.GraphModule)
 
 __all__ = ["KINDS", "DEFAULT_RTOL", "FoldAction", "FoldSkip", "FoldReport", "fold", "fold_module", "module_counts",
-           "parse_only"]
+           "check_kinds"]
 
 
 @dataclass(frozen=True)
@@ -108,12 +108,11 @@ class FoldReport:
 # ------------------------------------------------------------------ public API
 
 
-def parse_only(only: str | Iterable[str] | None) -> tuple[str, ...]:
-    """``"bn,dirac"`` or ``["bn", "dirac"]`` -> ``("dirac", "bn")`` (run order); checks names."""
+def check_kinds(only: str | Iterable[str] | None) -> tuple[str, ...]:
+    """``"bn"`` or ``["bn", "dirac"]`` -> ``("dirac", "bn")`` (run order); checks the names."""
     if only is None:
         return KINDS
-    items = [p.strip() for p in (only.split(",") if isinstance(only, str) else only)]
-    items = [p for p in items if p]
+    items = [only] if isinstance(only, str) else list(only)
     if not items:
         raise SurgeryError(f"--only is empty; choose from {','.join(KINDS)}")
     for p in items:
@@ -125,7 +124,7 @@ def parse_only(only: str | Iterable[str] | None) -> tuple[str, ...]:
 def fold(
     net: Net,
     *,
-    only: str | Iterable[str] | None = KINDS,
+    only: str | Iterable[str] | None = KINDS,  # one kind, or several
     dtype: torch.dtype = torch.float32,
     rtol: float = DEFAULT_RTOL,
     verify: bool = True,
@@ -137,7 +136,7 @@ def fold(
     Nothing to fold: the input Net itself and a report whose ``nothing_to_fold`` says why."""
     net.require_editable("fold")
     rtol = check_finite_nonneg(rtol, "rtol")
-    kinds = parse_only(only)
+    kinds = check_kinds(only)
     darknet = "bn" in kinds and not net.recipe and _bn.self_fusing(net.module)
     if darknet:
         module, folds, skips = _bn.fuse_network(net.module)
@@ -199,7 +198,7 @@ def fold_module(module: nn.Module, *, only: Iterable[str] = KINDS) -> tuple[fx.G
     Decisions depend only on structure (module types, attributes, data flow), never on
     values, so running this on a freshly built architecture rebuilds the same modules.
     """
-    kinds = parse_only(only)
+    kinds = check_kinds(only)
     gm = trace(copy.deepcopy(module))
     ctx = FoldContext(gm)
     for kind in _registered():
@@ -229,7 +228,7 @@ def module_counts(module: nn.Module) -> dict[str, int]:
 @replayable("fold")
 def _replay(module: nn.Module, args: Mapping) -> nn.Module:
     """Structural replay: the same folds on the freshly built module (values are loaded after)."""
-    return fold_module(module, only=parse_only(args.get("only", KINDS)))[0]
+    return fold_module(module, only=check_kinds(args.get("only", KINDS)))[0]
 
 
 make_callable(__name__, fold)  # surgery.fold(...) calls fold() (the public API)
