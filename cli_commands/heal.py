@@ -50,6 +50,14 @@ def _run(params: dict, *, resume_dir: str | None, json_out: bool, op: str) -> No
 
         fn = train_detector if teacher is None and wants_detection(student, cfg.data) else heal  # YOLO heads + folders
         args = (student, cfg) if fn is train_detector else (student, teacher, cfg)
+        if p.get("head") is not None:  # one head of a shared detector (surgery.detect.shared)
+            if fn is not train_detector:
+                from surgery.core.errors import SurgeryError
+
+                raise SurgeryError("--head trains one head of a shared detector on a YOLO-format folder; "
+                                   f"{cfg.data} is not one")
+            return fn(*args, run_dir=run_dir, run_config={"op": op, **p}, resume=bool(resume_dir),
+                      force=p["force"], hooks=hooks, head=p["head"])
         return fn(*args, run_dir=run_dir, run_config={"op": op, **p}, resume=bool(resume_dir), force=p["force"],
                   hooks=hooks)
 
@@ -90,13 +98,14 @@ def _run(params: dict, *, resume_dir: str | None, json_out: bool, op: str) -> No
     wrote(rep.output)
 
 
-_METRIC = {"kl_to_teacher": "KL to the teacher", "accuracy": "accuracy", "mse_to_teacher": "MSE to the teacher"}
+_METRIC = {"kl_to_teacher": "KL to the teacher", "accuracy": "accuracy", "mse_to_teacher": "MSE to the teacher",
+           "map50": "mAP@0.5"}
 
 
 def worse_than_start(rep) -> str | None:
     """One line when the run ended (its last epoch) worse on the held-out figure it is judged by
     than it started, naming the best epoch; None otherwise."""
-    from surgery.train.loop import score
+    from surgery.train.predict import score
 
     last = rep.history[-1].get("eval", {}) if rep.history else {}
     b, a = score(rep.before), score(last)
@@ -105,7 +114,7 @@ def worse_than_start(rep) -> str | None:
     name = _METRIC[a[0]]
 
     def show(v):
-        return f"{100 * abs(v):.1f}%" if a[0] == "accuracy" else f"{abs(v):.4g}"
+        return f"{100 * abs(v):.1f}%" if a[0] in ("accuracy", "map50") else f"{abs(v):.4g}"
 
     best = rep.best
     where = (f"; the best epoch was {best['epoch']} ({name} {show(best['score'])})"
@@ -230,6 +239,8 @@ def train_cmd(
     threads: Optional[int] = ThreadsOpt,
     save_every: Optional[int] = SaveEveryOpt,
     keep: str = KeepOpt,
+    head: Optional[int] = typer.Option(None, "--head", help="Of a shared multi-head detector (surgery share): train "
+                                                            "head N alone, every other layer kept exactly."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data order, augmentation and dropout."),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Output checkpoint (default: MODEL-trained.pt)."),
     run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Run directory (default: the output with .run)."),
@@ -252,5 +263,5 @@ def train_cmd(
                    freeze=freeze, match=None, temperature=4.0, kd_weight=1.0, beta=1000.0, feat_weight=1.0,
                    ce_weight=1.0, bn=bn, crop_scale=crop_scale, flip=flip, device=device, workers=workers,
                    seed=seed, output=output, run_dir=run_dir, force=force, arch=arch, weights=weights,
-                   trust_code=trust_code, input=input, threads=threads, save_every=save_every, keep=keep)
+                   trust_code=trust_code, input=input, threads=threads, save_every=save_every, keep=keep, head=head)
     _dispatch(params, resume, json_out, "train")

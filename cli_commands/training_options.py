@@ -59,8 +59,9 @@ def auto_threads(workers: int, processes: int | None = None) -> int:
     docs/BENCHMARKS.md "train threads")."""
     import os
 
-    procs = processes if processes is not None else int(os.environ.get("WORLD_SIZE", os.environ.get(
-        "LOCAL_WORLD_SIZE", "1")) or 1)
+    from surgery.train import dist
+
+    procs = processes if processes is not None else dist.environment().local_world
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, (cores - max(1, workers)) // max(1, procs))
 

@@ -1,7 +1,8 @@
 """The run every training command (``heal``, ``train``, ``onion train``) goes through on the CLI
 side: output and run-directory checks before anything loads, the models, rich progress and
 per-epoch lines from the loop's hooks, the write on rank 0 and the torchrun rules (rank 0 alone
-writes and prints; the process group is torn down whatever happens).
+writes and prints). The process group, the run directory and the held-out figures are the
+library's (:func:`surgery.train.run.run`): it makes the group and tears it down.
 
 The command gives the training call; this module holds everything around it, once."""
 
@@ -33,8 +34,6 @@ def run_training(p: dict, *, resume_dir: str | None, json_out: bool, label: str,
     import dataclasses
     from pathlib import Path
 
-    import torch
-
     from surgery.core import io as sio
     from surgery.core import safety
     from surgery.core.errors import SurgeryError
@@ -44,7 +43,7 @@ def run_training(p: dict, *, resume_dir: str | None, json_out: bool, label: str,
     from surgery.train import dist
     from surgery.train.loop import Hooks
 
-    rank = dist.env_rank()
+    rank = dist.environment().rank
     try:
         if p["epochs"] is not None and p["steps"] is not None:
             raise SurgeryError("give --epochs or --steps, not both")
@@ -106,7 +105,7 @@ def run_training(p: dict, *, resume_dir: str | None, json_out: bool, label: str,
                                  hooks=Hooks(start=start, step=step, epoch=epoch))
         except BaseException as e:
             if not resume_dir and rank == 0:  # refused before its first saved state: leave nothing behind
-                ckpt.discard_unstarted(run_dir)
+                ckpt.discard_unstarted(run_dir)  # (run() does so too; detection training does not use it yet)
             if isinstance(e, (safety.Interrupted, KeyboardInterrupt)) and (Path(run_dir) / ckpt.STATE).exists():
                 safety.set_hint(f"resume with `surgery {label} --resume {run_dir}`")
             raise
@@ -121,9 +120,6 @@ def run_training(p: dict, *, resume_dir: str | None, json_out: bool, label: str,
         if rank != 0:  # rank 0 alone prints
             raise typer.Exit(2)
         raise
-    finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
 
 
 def _listed(value) -> list:

@@ -7,8 +7,8 @@ torchvision's ImageFolder); a folder with loose images is unlabelled and has no 
 Images are decoded and resized to each model's C x H x W and normalised with the
 normalisation its checkpoint records (heal and train store it), as heal evaluates.
 
-**Metrics** (:func:`surgery.train.loop.evaluate`, the project's one evaluation loop, so the
-figures are the ones heal prints after each epoch): ``accuracy`` (labelled folder, a
+**Metrics** (:func:`surgery.train.predict.evaluate` over the project's one evaluation loop,
+:func:`surgery.train.predict.predict`, so the figures are the ones heal prints after each epoch): ``accuracy`` (labelled folder, a
 classifier with at least as many outputs as classes), ``top1_agreement`` with a teacher and
 ``kl_to_teacher`` (mean KL(teacher ‖ model) of the softmax outputs, nats); for outputs that
 are not (batch, classes) logits, ``mse_to_teacher``.
@@ -31,6 +31,9 @@ from surgery.core.errors import SurgeryError
 from surgery.core.net import Net
 from surgery.core.probe import IMAGES, Probe
 from surgery.train import data as tdata
+from surgery.train.data import TrainData
+from surgery.train.predict import batches
+from surgery.train.predict import evaluate as measure
 
 PROBE_IMAGES = 64
 PROBE_BATCH = 16
@@ -84,9 +87,7 @@ class EvalReport:
                 "models": [row(m) for m in self.models]}
 
 
-def _train_data(folder: tdata.ImageFolder, net: Net):
-    from surgery.train.loop import TrainData
-
+def _train_data(folder: tdata.ImageFolder, net: Net) -> TrainData:
     if len(net.input_shape) != 3:
         raise SurgeryError(f"{net.source} takes {list(net.input_shape)}; evaluating on images needs an image model "
                            "(input C x H x W)")
@@ -105,8 +106,6 @@ def evaluate(models: Sequence[Net], data: str | Path | tdata.ImageFolder, *, tea
     result) and against ``teacher``.
 
     ``progress(done, total, label)`` is called before each model (library code never prints)."""
-    from surgery.train.loop import evaluate as run_eval
-
     if not models:
         raise SurgeryError("give at least one model to evaluate")
     if batch < 1:
@@ -125,13 +124,13 @@ def evaluate(models: Sequence[Net], data: str | Path | tdata.ImageFolder, *, tea
         if progress:
             progress(0, total, f"evaluating {teacher.source}")
         t_mod = teacher.module.to(device).eval()
-        t_row = _row(teacher, run_eval(t_mod, None, _train_data(folder, teacher), folder, batch=batch, device=device))
+        t_row = _row(teacher, measure(t_mod, None, _train_data(folder, teacher), folder, batch=batch, device=device))
     rows = []
     for i, net in enumerate(models):
         if progress:
             progress(i + (teacher is not None), total, f"evaluating {net.source}")
         m = net.module.to(device).eval()
-        rows.append(_row(net, run_eval(m, t_mod, _train_data(folder, net), folder, batch=batch, device=device)))
+        rows.append(_row(net, measure(m, t_mod, _train_data(folder, net), folder, batch=batch, device=device)))
     if progress:
         progress(total, total, "evaluated")
     return EvalReport(str(folder.root), len(folder), tuple(folder.classes), len(folder.skipped), t_row, tuple(rows))
@@ -147,27 +146,18 @@ def spread(n: int, k: int) -> list[int]:
     return sorted({(i * n) // k for i in range(k)})
 
 
-@torch.no_grad()
-def image_batches(folder: tdata.ImageFolder, input_shape, norm: tdata.Normalization, *, batch: int = PROBE_BATCH):
-    """The folder's images, decoded, resized and normalised, in batches of ``batch`` (folder order)."""
-    from torch.utils.data import DataLoader
-
-    shape = tuple(input_shape)
-    if len(shape) != 3:
-        raise SurgeryError(f"--data feeds images; this model takes {list(shape)} (not C x H x W)")
-    loader = DataLoader(tdata.FolderDataset(folder, shape, train=False), batch_size=batch, shuffle=False)
-    for sample in loader:
-        yield tdata.prepare(sample, norm, shape[1:], train=False, device="cpu"), sample
-
-
 def image_probe(data: str | Path, net: Net, *, images: int = PROBE_IMAGES, batch: int = PROBE_BATCH) -> Probe:
     """``images`` real images of ``--data DIR`` (spread over the folder) for ``net``'s input."""
     if images < 1:
         raise SurgeryError(f"probe images {images}: give at least 1")
     folder = eval_folder(data)
     folder = folder.subset(spread(len(folder), images))
-    norm = tdata.Normalization.from_metadata(net.metadata, net.input_shape[0])
-    xs = tuple(x for x, _ in image_batches(folder, net.input_shape, norm, batch=batch))
+    shape = tuple(net.input_shape)
+    if len(shape) != 3:
+        raise SurgeryError(f"--data feeds images; this model takes {list(shape)} (not C x H x W)")
+    norm = tdata.Normalization.from_metadata(net.metadata, shape[0])
+    with torch.no_grad():
+        xs = tuple(x for x, _, _ in batches(folder, TrainData(folder, None, shape, norm), batch=batch))
     return Probe(xs, IMAGES, f"{len(folder)} images from {folder.root}", str(folder.root))
 
 

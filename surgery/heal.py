@@ -3,8 +3,8 @@
 Regroup, OnionNet splits, retargeted heads and diverged shared backbones change what a
 network computes. Healing trains the edited network (the *student*) on an image folder to
 match the original (the *teacher*) — without labels for ``kd``/``at``/``feat``
-(:mod:`surgery.train.losses`) — with :func:`surgery.train.loop.train`, the project's one
-loop. Without a teacher and with ``ce`` alone it is plain supervised training (``surgery
+(:mod:`surgery.train.losses`) — in one training run (:func:`surgery.train.run.run`: processes,
+run directory, held-out figures before and after, the project's one loop). Without a teacher and with ``ce`` alone it is plain supervised training (``surgery
 train``), which makes the dense teachers of the demos.
 
 Everything that can be wrong with the input is checked before a run directory is made or a
@@ -30,12 +30,12 @@ from surgery.core.errors import SurgeryError
 from surgery.core.graph import layer_graph, output_tensors, select
 from surgery.core.net import Net, Step
 from surgery.core.recipe import replayable
-from surgery.train import checkpoint as ckpt
 from surgery.train import data as tdata
-from surgery.train import dist
+from surgery.train.data import TrainData
 from surgery.train.losses import LossSpec, distillation
-from surgery.train.loop import Hooks, TrainConfig, TrainData, evaluate, train
+from surgery.train.loop import Hooks, TrainConfig
 from surgery.train.matching import Pair, auto_pairs, parse_pairs
+from surgery.train.run import run
 
 
 @replayable("heal")
@@ -192,22 +192,13 @@ def heal(student: Net, teacher: Net | None, cfg: HealConfig, *, run_dir: str | P
     ``run_dir``: a run directory for epoch checkpoints — made here (with ``run_config`` in
     its config.json) after every input check passed, or continued with ``resume``."""
     plan = _plan(student, teacher, cfg)
-    d_rank = dist.env_rank()
-    if run_dir is not None and not resume and d_rank == 0:  # rank 0 alone writes
-        ckpt.create(run_dir, run_config or {}, force=force,
-                    inputs=[cfg.data, cfg.val, student.source, teacher.source if teacher is not None else None])
-    elif run_dir is not None and resume and ckpt.load_state(run_dir) is None and not Path(run_dir).is_dir():
-        raise SurgeryError(f"run directory {str(run_dir)!r} does not exist")
     t_mod = teacher.module if teacher is not None else None
-    main = d_rank == 0  # under torchrun only rank 0 evaluates and reports
-    before = evaluate(student.module, t_mod, plan.data) if main else {}
-    teacher_eval = evaluate(t_mod, None, plan.data) if (t_mod is not None and main) else {}
-    result = train(student.module, distillation(cfg.losses), plan.data, cfg.train, teacher=t_mod,
-                   taps=(tuple(p.student.node for p in plan.pairs), tuple(p.teacher.node for p in plan.pairs)),
-                   frozen=plan.frozen_names, run_dir=run_dir, resume=resume, hooks=hooks, interrupt=interrupt)
-    after = dict(result.history[-1].get("eval", {})) if result.history else {}
-    if result.kept == "best" and result.best is not None:  # the output holds the best epoch: report its figures
-        after = dict(next((r.get("eval", {}) for r in result.history if r["epoch"] == result.best["epoch"]), after))
+    ran = run(student.module, distillation(cfg.losses), plan.data, cfg.train, teacher=t_mod, measure_teacher=True,
+              taps=(tuple(p.student.node for p in plan.pairs), tuple(p.teacher.node for p in plan.pairs)),
+              frozen=plan.frozen_names, run_dir=run_dir, run_config=run_config, resume=resume, force=force,
+              inputs=[cfg.data, cfg.val, student.source, teacher.source if teacher is not None else None],
+              hooks=hooks, interrupt=interrupt)
+    result = ran.result
     op = "heal" if teacher is not None else "train"
     step = Step(op, {
         "teacher": teacher.source if teacher is not None else None,
@@ -224,8 +215,8 @@ def heal(student: Net, teacher: Net | None, cfg: HealConfig, *, run_dir: str | P
         data_sha256=plan.digest, train_images=len(plan.data.train),
         val_images=len(plan.data.val) if plan.data.val is not None else 0,
         skipped_images=len(set(skipped)), skipped=tuple(sorted(set(skipped)))[:5], losses=cfg.losses.weights(),
-        pairs=plan.pairs, frozen_layers=plan.frozen_layers, frozen_params=plan.frozen_params, before=before,
-        after=after, teacher_eval=teacher_eval, **result.report_fields(cfg.train, run_dir))
+        pairs=plan.pairs, frozen_layers=plan.frozen_layers, frozen_params=plan.frozen_params, before=ran.before,
+        after=ran.after, teacher_eval=ran.teacher, **result.report_fields(cfg.train, run_dir))
     return out, rep
 
 

@@ -34,6 +34,37 @@ class DataDependent(nn.Module):
         return -self.conv(x)
 
 
+def folder_images(folder: Path, size: int = 32):
+    """Every PNG under ``folder`` decoded independently of the project (Pillow, numpy): greyscale,
+    resized to ``size`` x ``size``, normalised as the default for one channel (mean 0.5, std 0.5);
+    (N, 1, size, size) and the labels (class = first sub-folder), sorted by path."""
+    import numpy as np
+    from PIL import Image
+
+    files = sorted(Path(folder).rglob("*.png"))
+    xs = []
+    for p in files:
+        with Image.open(p) as im:
+            a = np.asarray(im.convert("L").resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
+        xs.append((a - 0.5) / 0.5)
+    labels = torch.tensor([int(p.relative_to(folder).parts[0]) for p in files])
+    return torch.from_numpy(np.stack(xs))[:, None], labels
+
+
+def fit_on_images(module: nn.Module, folder: Path, steps: int = 100, lr: float = 1e-2) -> nn.Module:
+    """``module`` trained here on every image of ``folder`` at once (plain Adam and cross entropy,
+    no project code): a teacher of known provenance. Returned in eval mode."""
+    x, y = folder_images(folder)
+    module.train()
+    opt = torch.optim.Adam(module.parameters(), lr=lr)
+    torch.manual_seed(0)
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(module(x), y).backward()
+        opt.step()
+    return module.eval()
+
+
 def shared_dir() -> Path | None:
     """The folder holding ``data/darknet/*.cfg``: the repository's own ``tests/`` first (a fresh
     clone stands alone), then ``$SURGERY_SHARED`` or a ``shared/`` beside the repository."""

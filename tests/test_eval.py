@@ -1,5 +1,5 @@
 """`surgery eval`: accuracy, agreement and KL on image folders, checked against an independent
-decode-and-forward written here (Pillow, numpy, plain torch), several models side by side."""
+decode-and-forward (conftest.folder_images: Pillow, numpy, plain torch), several models side by side."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ import math
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
+from conftest import fit_on_images, folder_images
 from surgery.core import io as sio
 from surgery.datasets import write_digits
 
@@ -24,33 +23,13 @@ def digits(tmp_path_factory):
     return Path(write_digits(tmp_path_factory.mktemp("data") / "digits", per_class=6).output)
 
 
-def _images(folder: Path):
-    """(N, 1, 32, 32) normalised as the default for one channel (mean 0.5, std 0.5), labels."""
-    files = sorted(p for p in folder.rglob("*.png"))
-    xs = []
-    for p in files:
-        with Image.open(p) as im:
-            a = np.asarray(im.convert("L").resize((32, 32), Image.BILINEAR), dtype=np.float32) / 255.0
-        xs.append((a - 0.5) / 0.5)
-    labels = torch.tensor([int(p.relative_to(folder).parts[0]) for p in files])
-    return torch.from_numpy(np.stack(xs))[:, None], labels
-
-
 @pytest.fixture(scope="module")
 def models(digits, tmp_path_factory):
     """A teacher trained here on the digits (plain SGD, no project code) and a student with part
     of its classifier scrambled: accuracies and agreement strictly between 0 and 1."""
     d = tmp_path_factory.mktemp("models")
     net = sio.load(MODEL)
-    m = net.clone_module().train()
-    x, y = _images(digits / "train")
-    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
-    torch.manual_seed(0)
-    for _ in range(100):
-        opt.zero_grad()
-        F.cross_entropy(m(x), y).backward()
-        opt.step()
-    m.eval()
+    m = fit_on_images(net.clone_module(), digits / "train")
     sio.save(net.evolve(m), d / "teacher.pt")
     s = net.clone_module()
     s.load_state_dict(m.state_dict())
@@ -65,7 +44,7 @@ def test_figures_equal_an_independent_forward(cli, digits, models, tmp_path):
     res = cli("eval", teacher, student, MODEL, "--teacher", teacher, "--data", digits, "--json", cwd=tmp_path)
     assert res.code == 0, res.err
     rep = res.json()
-    x, y = _images(digits / "val")
+    x, y = folder_images(digits / "val")
     assert rep["data"] == str(digits / "val") and rep["images"] == len(y) == 60 and rep["labelled"]
     assert rep["classes"] == [str(i) for i in range(10)]
     with torch.no_grad():

@@ -1,4 +1,6 @@
-"""`torchrun --nproc_per_node=2` on CPU (gloo) equals a one-process run with the same global batch."""
+"""`torchrun --nproc_per_node=2` on CPU (gloo) equals a one-process run with the same global batch:
+the weights, and the held-out figures before, after every epoch and after — each process measures
+its half of the held-out images and the figures are those of all of them."""
 
 from __future__ import annotations
 
@@ -50,9 +52,18 @@ def test_two_processes_equal_one_process(tmp_path):
     rep = json.loads(proc.stdout)  # rank 0 alone prints: one JSON document
     assert rep["world_size"] == 2 and rep["steps"] == 6
 
-    one, _ = heal(sio.load(str(tmp_path / "student.pt")), sio.load(TEACHER), HealConfig(
+    one, rep1 = heal(sio.load(str(tmp_path / "student.pt")), sio.load(TEACHER), HealConfig(
         data=digits, losses=LossSpec.parse("kd,at"),
         train=TrainConfig(batch=8, steps=6, lr=0.01, optimizer="adamw", bn="freeze", seed=3)))
+    # the held-out figures of both processes together are the one process's (all 40 images)
+    assert rep["before"]["images"] == rep1.before["images"] == 40
+    assert set(rep["before"]) == set(rep1.before) == {"images", "kl_to_teacher", "top1_agreement", "accuracy"}
+    for key in ("before", "after", "teacher_eval"):
+        got, want = rep[key], getattr(rep1, key)
+        assert set(got) == set(want), key
+        for k, v in want.items():
+            assert got[k] == pytest.approx(v, rel=1e-4, abs=1e-6), (key, k)
+    assert len(rep["history"]) == len(rep1.history) and all("eval" in r for r in rep["history"])
     two = sio.load(str(tmp_path / "two.pt")).module.state_dict()
     moved = False
     for k, v in one.module.state_dict().items():

@@ -1,7 +1,8 @@
-"""Joint training of an OnionNet cascade (onionnet-bmvc2016 §3.2) through the project's one loop.
+"""Joint training of an OnionNet cascade (onionnet-bmvc2016 §3.2) in the project's one training
+run (:func:`surgery.train.run.run`).
 
-``L = α·L_S1 + (1−α)·L_S2``, α in (0, 1), every batch through both stages
-(:func:`surgery.train.loop.train` with the loss callback :func:`joint_loss`):
+``L = α·L_S1 + (1−α)·L_S2``, α in (0, 1), every batch through both stages (the loss callback
+:func:`surgery.train.losses.joint_loss`, the registry's ``joint``):
 
 - **with labels** (class sub-folders): ``L_S2`` per application — ``hinge``, the binary
   hinge loss ``mean(max(0, 1 − y·s))`` with ``y = ±1`` of a single-score S2 (the patch net:
@@ -17,6 +18,9 @@ terms and S2's from ``L_S2`` only; S1's last layer (its classifier) from ``L_S1`
 
 A monolithic model (P_M, the baseline) trains under ``L_S2`` alone, through the same path.
 
+Held-out figures (:func:`heldout`, before, after every epoch and after): S2's FPR@95 (a single
+score) or accuracy, S1's accuracy over S1-classes, agreement with the teacher label-free.
+
 The result is a normal checkpoint: the recipe gains a step ``onion_train`` (structure
 unchanged) and the metadata the S1-class map (``onion_s1_classes``) that calibration uses.
 """
@@ -28,7 +32,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from surgery.core.errors import SurgeryError
@@ -36,14 +39,16 @@ from surgery.core.graph import output_tensors
 from surgery.core.net import Net, Step
 from surgery.core.recipe import replayable
 from surgery.onion import s1classes
-from surgery.train import checkpoint as ckpt
 from surgery.train import data as tdata
 from surgery.train import dist
-from surgery.train.loop import Batch, Forward, Hooks, TrainConfig, TrainData, train
-from surgery.train.losses import kd
+from surgery.train.data import TrainData
+from surgery.train.loop import Hooks, TrainConfig
+from surgery.train.losses import S2_KINDS, joint_loss, teacher_decision
+from surgery.train.predict import predict
+from surgery.train.run import run
 from zoo.onion import OnionCascade
 
-S2_LOSSES = ("auto", "hinge", "ce", "kd")
+S2_LOSSES = ("auto", *S2_KINDS)
 
 
 @replayable("onion_train")
@@ -106,86 +111,18 @@ class JointReport:
     output: str = ""
 
 
-# ----------------------------------------------------------------------------- losses
-
-
-def hinge(score: Tensor, labels: Tensor) -> Tensor:
-    """Binary hinge loss of a (B, 1) score against labels 0/1: mean max(0, 1 − y·s), y = 2·label − 1."""
-    y = labels.to(score.dtype) * 2 - 1
-    return F.relu(1 - y * score.reshape(-1)).mean()
-
-
-def s2_term(kind: str, out: Tensor, labels: Tensor | None, teacher_out: Tensor | None, temperature: float) -> Tensor:
-    if kind == "hinge":
-        return hinge(out, labels)
-    if kind == "ce":
-        return F.cross_entropy(out, labels)
-    if out.shape[1] == 1:  # a single score: match it
-        return F.mse_loss(out, teacher_out)
-    return kd(out, teacher_out, temperature)
-
-
-def teacher_decision(out: Tensor) -> Tensor:
-    """The teacher's class: argmax, or score > 0 for a single output."""
-    out = out.flatten(1)
-    return (out[:, 0] > 0).long() if out.shape[1] == 1 else out.argmax(1)
-
-
-def joint_terms(s1_logits: Tensor | None, s2_out: Tensor, *, alpha: float, s2_kind: str, s1_of_class: Tensor | None,
-                labels: Tensor | None = None, teacher_out: Tensor | None = None,
-                temperature: float = 4.0) -> dict[str, Tensor]:
-    """``{"s1": α·L_S1, "s2": (1−α)·L_S2}`` (``{"s2": L_S2}`` for a monolithic model)."""
-    if s1_logits is None:
-        return {"s2": s2_term(s2_kind, s2_out, labels, teacher_out, temperature)}
-    cls = labels if s2_kind in ("hinge", "ce") else teacher_decision(teacher_out)
-    l1 = F.cross_entropy(s1_logits, s1_of_class.to(cls.device)[cls])
-    l2 = s2_term(s2_kind, s2_out, labels, teacher_out, temperature)
-    return {"s1": alpha * l1, "s2": (1 - alpha) * l2}
-
-
-def joint_loss(*, alpha: float, s2_kind: str, s1_of_class: Tensor | None, temperature: float = 4.0):
-    """The loss callback of :func:`surgery.train.loop.train` for a cascade (or a monolithic model)."""
-
-    def loss(s: Forward, t: Forward | None, batch: Batch) -> dict[str, Tensor]:
-        outs = output_tensors(s.output)
-        t_out = output_tensors(t.output)[0].flatten(1) if t is not None else None
-        if len(outs) == 2:
-            return joint_terms(outs[0], outs[1], alpha=alpha, s2_kind=s2_kind, s1_of_class=s1_of_class,
-                               labels=batch.labels, teacher_out=t_out, temperature=temperature)
-        return joint_terms(None, outs[0].flatten(1), alpha=alpha, s2_kind=s2_kind, s1_of_class=None,
-                           labels=batch.labels, teacher_out=t_out, temperature=temperature)
-
-    return loss
-
-
 # ----------------------------------------------------------------------------- held-out metrics
 
 
-@torch.no_grad()
-def outputs(module: nn.Module, folder: tdata.ImageFolder, shape, norm, *, batch: int = 256,
-            teacher: nn.Module | None = None) -> dict[str, Tensor]:
-    """S1 logits (cascades), S2/model outputs and the teacher's outputs for every image, folder order."""
-    from torch.utils.data import DataLoader
-
-    was = module.training
-    module.eval()
-    loader = DataLoader(tdata.FolderDataset(folder, tuple(shape), train=False), batch_size=batch, shuffle=False)
-    s1, s2, tt = [], [], []
-    for sample in loader:
-        x = tdata.prepare(sample, norm, tuple(shape[1:]), train=False, device="cpu")
-        outs = output_tensors(module(x))
-        if len(outs) == 2:
-            s1.append(outs[0].float())
-        s2.append(outs[-1].flatten(1).float())
-        if teacher is not None:
-            tt.append(output_tensors(teacher(x))[0].flatten(1).float())
-    module.train(was)
-    res = {"s2": torch.cat(s2)}
-    if s1:
-        res["s1"] = torch.cat(s1)
-    if tt:
-        res["teacher"] = torch.cat(tt)
-    return res
+def _take(s, t, sample) -> dict[str, Tensor]:
+    """The columns :func:`heldout` reads: S1's logits (cascades), S2's (or the model's) output,
+    the teacher's output."""
+    row = {"s2": s[-1].flatten(1).float()}
+    if len(s) == 2:
+        row["s1"] = s[0].float()
+    if t is not None:
+        row["teacher"] = t[0].flatten(1).float()
+    return row
 
 
 def fpr_at_tpr(scores: Tensor, positive: Tensor, tpr: float = 0.95) -> float:
@@ -195,15 +132,16 @@ def fpr_at_tpr(scores: Tensor, positive: Tensor, tpr: float = 0.95) -> float:
     return threshold_at_tpr(scores.numpy(), positive.numpy(), tpr).fpr
 
 
-def heldout(module: nn.Module, folder: tdata.ImageFolder | None, shape, norm, s2_kind: str,
-            s1_of_class: Tensor | None, teacher: nn.Module | None = None) -> dict[str, Any]:
-    """``s2_fpr95`` (single score, labelled) or ``s2_accuracy``; ``s1_accuracy`` over S1-classes;
-    ``teacher_agreement`` label-free."""
+def heldout(module: nn.Module, data: TrainData, s2_kind: str, s1_of_class: Tensor | None,
+            teacher: nn.Module | None = None, *, d: dist.Dist = dist.SINGLE) -> dict[str, Any]:
+    """On ``data.val``: ``s2_fpr95`` (single score, labelled) or ``s2_accuracy``; ``s1_accuracy``
+    over S1-classes; ``teacher_agreement`` label-free (every rank its share, the figures of all)."""
+    folder = data.val
     if folder is None:
         return {}
-    o = outputs(module, folder, shape, norm, teacher=teacher)
-    res: dict[str, Any] = {"images": int(o["s2"].shape[0])}
-    labels = torch.tensor(folder.labels) if folder.labels is not None else None
+    o = predict(module, folder, data, teacher=teacher, take=_take, d=d)
+    res: dict[str, Any] = {"images": int(o["position"].shape[0])}
+    labels = torch.tensor(folder.labels)[o["index"]] if folder.labels is not None else None
     target = labels if s2_kind in ("hinge", "ce") else (teacher_decision(o["teacher"]) if "teacher" in o else None)
     if target is None:
         return res
@@ -249,9 +187,11 @@ def _s2_kind(cfg: JointConfig, module: nn.Module, shape, teacher: Net | None, n_
 
 
 def _class_means(teacher: Net, folder: tdata.ImageFolder, norm, kind: str, n_classes: int) -> Tensor:
-    o = outputs(teacher.module, folder, teacher.input_shape, norm)["s2"]
+    data = TrainData(folder, None, tuple(teacher.input_shape), norm)
+    tab = predict(teacher.module, folder, data, take=_take)
+    o = tab["s2"]
     act = torch.softmax(o, 1) if o.shape[1] > 1 else torch.sigmoid(o)
-    cls = torch.tensor(folder.labels) if kind in ("hinge", "ce") else teacher_decision(o)
+    cls = torch.tensor(folder.labels)[tab["index"]] if kind in ("hinge", "ce") else teacher_decision(o)
     means = torch.zeros(n_classes, act.shape[1], dtype=torch.float64)
     for c in range(n_classes):
         sel = act[cls == c]
@@ -301,22 +241,19 @@ def joint_train(net: Net, cfg: JointConfig, *, teacher: Net | None = None, run_d
     if is_cascade:
         s1 = _s1_map(cfg, net.module, classes, teacher, train_f, norm, kind)
     s1_t = s1.tensor() if s1 is not None else None
-    # val=None: the loop's per-epoch evaluation reads single-output classifiers; a cascade's pair of
-    # outputs is evaluated here instead (before and after, :func:`heldout`)
-    data = TrainData(train_f, None, tuple(net.input_shape), norm, cfg.crop_scale, cfg.flip)
+    data = TrainData(train_f, val_f, tuple(net.input_shape), norm, cfg.crop_scale, cfg.flip)
     data.validate()
     digest = tdata.digest(train_f, val_f)
-    if run_dir is not None and not resume and dist.env_rank() == 0:
-        ckpt.create(run_dir, run_config or {}, force=force,
-                    inputs=[cfg.data, cfg.val, net.source, teacher.source if teacher is not None else None])
-    elif run_dir is not None and resume and not Path(run_dir).is_dir():
-        raise SurgeryError(f"run directory {str(run_dir)!r} does not exist")
-    t_mod = teacher.module.eval() if teacher is not None else None
-    before = heldout(net.module, val_f, net.input_shape, norm, kind, s1_t, t_mod)
-    loss = joint_loss(alpha=cfg.alpha, s2_kind=kind, s1_of_class=s1_t, temperature=cfg.temperature)
-    result = train(net.module, loss, data, cfg.train, teacher=t_mod if kind == "kd" else None, run_dir=run_dir,
-                   resume=resume, hooks=hooks, interrupt=interrupt)
-    after = heldout(result.module, val_f, net.input_shape, norm, kind, s1_t, t_mod)
+    t_mod = teacher.module.eval() if (teacher is not None and kind == "kd") else None
+
+    def measure(module, t, d):
+        return heldout(module, data, kind, s1_t, t, d=d)
+
+    ran = run(net.module, joint_loss(alpha=cfg.alpha, s2_kind=kind, s1_of_class=s1_t, temperature=cfg.temperature),
+              data, cfg.train, measure=measure, teacher=t_mod, run_dir=run_dir, run_config=run_config,
+              inputs=[cfg.data, cfg.val, net.source, teacher.source if teacher is not None else None],
+              resume=resume, force=force, hooks=hooks, interrupt=interrupt)
+    result = ran.result
     step = Step("onion_train", {
         "teacher": teacher.source if teacher is not None else None, "data": str(cfg.data), "data_sha256": digest,
         "alpha": cfg.alpha if is_cascade else None, "s2_loss": kind, "s1_classes": s1.kind if s1 else None,
@@ -329,6 +266,6 @@ def joint_train(net: Net, cfg: JointConfig, *, teacher: Net | None = None, run_d
         model=net.source, teacher=teacher.source if teacher is not None else None, cascade=is_cascade,
         data=str(cfg.data), data_sha256=digest, train_images=len(train_f), val_images=len(val_f) if val_f else 0,
         alpha=cfg.alpha if is_cascade else None, s2_loss=kind, s1_map=s1.kind if s1 else None,
-        s1_of_class=s1.of_class if s1 else (), before=before, after=after,
+        s1_of_class=s1.of_class if s1 else (), before=ran.before, after=ran.after,
         **result.report_fields(cfg.train, run_dir))
     return out, rep

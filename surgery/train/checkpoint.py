@@ -11,9 +11,10 @@ A run directory holds::
 
 ``state.pt`` is a plain dict of tensors, numbers, strings and lists, loadable with
 ``torch.load(..., weights_only=True)``: model and optimizer state_dicts, the LR scheduler's
-state_dict, the step and epoch, the RNG states (torch CPU, and CUDA when used) and the
-sampler position (epoch, samples already taken in it). Data augmentation draws from
-generators seeded by (seed, epoch, sample), so it needs no saved state.
+state_dict, the step, the steps per epoch, the RNG states (torch CPU, and CUDA when used) and,
+inside an epoch, its loss sums so far. The sampler position follows from the step (epoch =
+step // steps per epoch, the samples taken in it from the rest); data augmentation draws from
+generators seeded by (seed, epoch, sample), so it needs no saved state either.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ import random
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch.utils.data import Dataset, DistributedSampler
@@ -187,6 +187,28 @@ def digest(*fs: ImageFolder) -> str:
         for rel in f.files:
             h.update(f"{rel}\0{(f.root / rel).stat().st_size}\n".encode())
     return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """What a run trains and evaluates on: the folders, the model's input and its normalisation."""
+
+    train: ImageFolder
+    val: ImageFolder | None
+    shape: tuple[int, int, int]  # C x H x W the model takes
+    norm: "Normalization"
+    crop_scale: float = 0.25
+    flip: bool = True
+    # Another kind of sample (e.g. :class:`surgery.detect.task.DetectionTask`: YOLO folders, boxes,
+    # mAP): it makes the datasets (``dataset``), the batches (``batch``) and the held-out metrics
+    # (``evaluate``); None: image folders for classification and distillation.
+    task: Any = None
+
+    def validate(self) -> None:
+        if not 0 < self.crop_scale <= 1:
+            raise SurgeryError(f"--crop-scale {self.crop_scale} must be in (0, 1]")
+        if len(self.shape) != 3:
+            raise SurgeryError(f"training needs an image model (input C x H x W); this one takes {list(self.shape)}")
 
 
 # --------------------------------------------------------------------------- samples

@@ -14,8 +14,10 @@ A caller gives the model, a *loss callback* and the data::
 The loop never mutates ``model``: it trains a copy and returns a fresh module with the
 trained weights. It handles the optimizer (SGD with momentum or AdamW) and a per-step LR
 schedule (cosine or constant), frozen modules (no gradients, eval mode: their running
-statistics stay too), the run directory (checkpoint each epoch, resume), torchrun/DDP, a
-held-out evaluation after every epoch, and progress callbacks (library code never prints).
+statistics stay too), the run directory's state (checkpoint each epoch and every few minutes,
+exact resume), DDP, a held-out measure after every epoch (:mod:`surgery.train.predict`) and
+progress callbacks (library code never prints). What surrounds the loop — the process group, the
+run directory itself, the figures before and after — is :func:`surgery.train.run.run`'s.
 """
 
 from __future__ import annotations
@@ -28,31 +30,22 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from surgery.core.errors import SurgeryError
-from surgery.core.graph import output_tensors
 from surgery.train import checkpoint as ckpt
 from surgery.train import dist
-from surgery.train.data import EpochSampler, FolderDataset, ImageFolder, Normalization, prepare
+from surgery.train.data import EpochSampler, FolderDataset, TrainData, prepare
 from surgery.train.matching import Tapped
+from surgery.train.predict import Measure, evaluate, score
+
+__all__ = ["Batch", "Forward", "Hooks", "TrainConfig", "TrainData", "TrainResult", "evaluate", "plan", "score", "train"]
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
 BN_MODES = ("update", "freeze")
 KEEP = ("last", "best")
-
-
-def score(ev: Mapping[str, Any]) -> tuple[str, float] | None:
-    """The held-out figure a run is judged by, higher = better, with its name: KL to the teacher
-    (negated) when there is one, else accuracy, else MSE to the teacher (negated), else a detector's
-    mAP@0.5 (:mod:`surgery.detect.metrics`)."""
-    for key, sign in (("kl_to_teacher", -1.0), ("accuracy", 1.0), ("mse_to_teacher", -1.0), ("map50", 1.0)):
-        if ev.get(key) is not None:
-            return key, sign * float(ev[key])
-    return None
 
 
 @dataclass(frozen=True)
@@ -100,26 +93,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-@dataclass(frozen=True)
-class TrainData:
-    train: ImageFolder
-    val: ImageFolder | None
-    shape: tuple[int, int, int]  # C x H x W the model takes
-    norm: Normalization
-    crop_scale: float = 0.25
-    flip: bool = True
-    # Another kind of sample (e.g. :class:`surgery.detect.task.DetectionTask`: YOLO folders, boxes,
-    # mAP): it makes the datasets (``dataset``), the batches (``batch``) and the held-out metrics
-    # (``evaluate``); None: image folders for classification and distillation.
-    task: Any = None
-
-    def validate(self) -> None:
-        if not 0 < self.crop_scale <= 1:
-            raise SurgeryError(f"--crop-scale {self.crop_scale} must be in (0, 1]")
-        if len(self.shape) != 3:
-            raise SurgeryError(f"training needs an image model (input C x H x W); this one takes {list(self.shape)}")
 
 
 @dataclass(frozen=True)
@@ -239,55 +212,6 @@ def _labels(sample: Mapping, device) -> Tensor | None:
     return labels.to(device)
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, teacher: nn.Module | None, data: TrainData, folder: ImageFolder | None = None, *,
-             batch: int = 256, device: str = "cpu") -> dict[str, Any]:
-    """Held-out metrics: ``kl_to_teacher`` (mean KL(teacher || model) of softmax outputs, nats),
-    ``top1_agreement`` with the teacher, and ``accuracy`` when the folder is labelled; for
-    outputs that are not (B, classes) logits, ``mse_to_teacher`` instead."""
-    folder = folder if folder is not None else data.val
-    if folder is None:
-        return {}
-    if data.task is not None:
-        return data.task.evaluate(model, folder, data, batch=batch, device=device)
-    was = model.training
-    model.eval()
-    ds = FolderDataset(folder, data.shape, train=False)
-    loader = DataLoader(ds, batch_size=batch, shuffle=False, num_workers=0)
-    sums = {"kl": 0.0, "agree": 0, "correct": 0, "mse": 0.0}
-    n, labelled, classifier = 0, folder.labels is not None, True
-    for sample in loader:
-        x = prepare(sample, data.norm, data.shape[1:], train=False, device=device)
-        s = output_tensors(model(x))
-        t = output_tensors(teacher(x)) if teacher is not None else None
-        logits = s[0]
-        classifier = classifier and logits.ndim == 2 and len(s) == 1
-        if classifier:
-            pred = logits.argmax(1)
-            if labelled and logits.shape[1] >= len(folder.classes):
-                sums["correct"] += int((pred == sample["label"].to(device)).sum())
-            else:
-                labelled = False
-            if t is not None:
-                sums["kl"] += float(F.kl_div(F.log_softmax(logits, 1), F.log_softmax(t[0], 1), reduction="sum",
-                                             log_target=True))
-                sums["agree"] += int((pred == t[0].argmax(1)).sum())
-        elif t is not None:
-            sums["mse"] += float(sum(F.mse_loss(a, b) for a, b in zip(s, t)) / len(s)) * x.shape[0]
-        n += x.shape[0]
-    model.train(was)
-    out: dict[str, Any] = {"images": n}
-    if classifier:
-        if teacher is not None:
-            out["kl_to_teacher"] = sums["kl"] / n
-            out["top1_agreement"] = sums["agree"] / n
-        if labelled:
-            out["accuracy"] = sums["correct"] / n
-    elif teacher is not None:
-        out["mse_to_teacher"] = sums["mse"] / n
-    return out
-
-
 def _set_modes(model: nn.Module, work: nn.Module, frozen: Sequence[str], bn: str) -> None:
     model.train()
     for name in frozen:  # looked up by name: on CUDA, DDP set-up swaps BatchNorms for SyncBatchNorms
@@ -301,15 +225,22 @@ def _set_modes(model: nn.Module, work: nn.Module, frozen: Sequence[str], bn: str
 def train(model: nn.Module, loss_fn: LossFn, data: TrainData, cfg: TrainConfig, *,
           teacher: nn.Module | None = None, taps: tuple[Sequence[str], Sequence[str]] = ((), ()),
           frozen: Sequence[str] = (), run_dir: str | Path | None = None, resume: bool = False,
-          hooks: Hooks | None = None, interrupt: Callable[[int], bool] | None = None) -> TrainResult:
+          hooks: Hooks | None = None, interrupt: Callable[[int], bool] | None = None,
+          measure: Measure | None = None, d: dist.Dist | None = None) -> TrainResult:
     """Train a copy of ``model`` (see the module docstring); ``frozen``: module names kept
     exactly; ``run_dir``: where epoch checkpoints go (created by the caller with
     :func:`surgery.train.checkpoint.create`); ``resume``: continue from its state;
-    ``interrupt(epoch)``: return True to stop after that epoch (as if killed) — tests use it."""
+    ``interrupt(epoch)``: return True to stop after that epoch (as if killed) — tests use it;
+    ``measure(model, teacher, d)``: the held-out figures after every epoch (default
+    :func:`surgery.train.predict.evaluate` on the data's held-out folder); ``d``: the processes of
+    the caller's :func:`surgery.train.dist.session` (None: a session for this call alone)."""
     cfg.validate()
     data.validate()
+    if d is None:
+        with dist.session(cfg.device) as d:
+            return train(model, loss_fn, data, cfg, teacher=teacher, taps=taps, frozen=frozen, run_dir=run_dir,
+                         resume=resume, hooks=hooks, interrupt=interrupt, measure=measure, d=d)
     hooks = hooks or Hooks()
-    d = dist.setup(cfg.device)
     spe, total, epochs = plan(cfg, len(data.train), d.world)
     per_rank = cfg.batch // d.world
     device = d.device
@@ -325,10 +256,13 @@ def train(model: nn.Module, loss_fn: LossFn, data: TrainData, cfg: TrainConfig, 
     if not params:
         raise SurgeryError("every parameter is frozen; nothing to train (check --freeze)")
     student = dist.wrap(Tapped(work, taps[0]), d)
-    t_model = None
+    t_plain = t_model = None
     if teacher is not None:
-        t_model = (copy.deepcopy(teacher).to(device) if device != "cpu" else teacher)
-        t_model = Tapped(t_model, taps[1]).eval()
+        t_plain = copy.deepcopy(teacher).to(device) if device != "cpu" else teacher
+        t_model = Tapped(t_plain, taps[1]).eval()
+    if measure is None:
+        def measure(m, t, dd):
+            return evaluate(m, t, data, batch=max(per_rank, 64), d=dd)
 
     opt = _optimizer(cfg, params)
     sched = _schedule(cfg, opt, total)
@@ -351,6 +285,9 @@ def train(model: nn.Module, loss_fn: LossFn, data: TrainData, cfg: TrainConfig, 
             history = list(state["history"])
             partial = dict(state.get("partial") or {})
             best = state.get("best")
+            if int(state.get("steps_per_epoch", spe)) != spe:
+                raise SurgeryError(f"{run_dir}: the run took {state['steps_per_epoch']} steps per epoch, this data and "
+                                   f"--batch make {spe}; resume with the data it started from")
             rng = state["rng"][d.rank] if d.rank < len(state["rng"]) else state["rng"][0]
             ckpt.set_rng_state(rng, device)
             if int(state["total_steps"]) != total:
@@ -369,7 +306,6 @@ def train(model: nn.Module, loss_fn: LossFn, data: TrainData, cfg: TrainConfig, 
                     "model": {k: v.detach().cpu() for k, v in work.state_dict().items()},
                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "step": step, "epoch": step // spe, "total_steps": total, "steps_per_epoch": spe,
-                    "sampler": {"epoch": step // spe, "start": (step % spe) * per_rank},
                     "rng": rngs, "history": history, "best": best,
                     "partial": {"sums": dict(sums), "count": count} if step % spe else None})
                 ckpt.write_log(run_dir, history)
@@ -415,17 +351,15 @@ def train(model: nn.Module, loss_fn: LossFn, data: TrainData, cfg: TrainConfig, 
                     dt = time.perf_counter() - t0
                     hooks.step(step, {k: float(v.detach()) for k, v in terms.items()}, trained / dt if dt > 0 else 0.0)
                 if run_dir is not None and step % spe and step < total and _due(cfg, step, last_save, d):
-                    save(sums, count)  # mid-epoch: the sampler position and the epoch's sums so far
+                    save(sums, count)  # mid-epoch: the step (the sampler position follows) and the sums so far
                     last_save = time.perf_counter()
             names = sorted(sums)
             mean_terms = dist.mean(torch.tensor([sums[k] / max(count, 1) for k in names], dtype=torch.float64), d)
             record: dict[str, Any] = {"epoch": epoch + 1, "step": step,
                                       "loss": {k: float(v) for k, v in zip(names, mean_terms)}}
-            if d.main:
-                record["eval"] = evaluate(work, _Untap(t_model) if t_model is not None else None, data,
-                                          device=device, batch=max(per_rank, 64))
+            record["eval"] = dict(measure(work, t_plain, d))  # every rank its share; the same figures on each
             history.append(record)
-            judged = score(record.get("eval", {})) if d.main else None
+            judged = score(record["eval"])
             if judged is not None and (best is None or judged[1] > best["score"]):
                 best = {"epoch": epoch + 1, "step": step, "metric": judged[0], "score": judged[1],
                         "model": ({k: v.detach().cpu().clone() for k, v in work.state_dict().items()}
@@ -451,24 +385,10 @@ def train(model: nn.Module, loss_fn: LossFn, data: TrainData, cfg: TrainConfig, 
                        "best" if kept is not None else "last", torch.get_num_threads(), cfg.workers)
 
 
-class _Untap(nn.Module):
-    """A Tapped model returning its output only (for evaluation)."""
-
-    def __init__(self, tapped: Tapped):
-        super().__init__()
-        self.tapped = tapped
-
-    def forward(self, x):
-        return self.tapped(x)[0]
-
-
 def _gather_rng(device: str, d: dist.Dist) -> list:
     """Every process's RNG state (rank order), so a resumed torchrun run continues each."""
     mine = ckpt.rng_state(device)
     if not d.distributed:
         return [mine]
-    import torch.distributed as tdist
-
-    out: list = [None] * d.world
-    tdist.all_gather_object(out, {k: v.tolist() for k, v in mine.items()})
+    out = dist.gather({k: v.tolist() for k, v in mine.items()}, d)
     return [{k: torch.tensor(v, dtype=torch.uint8) for k, v in s.items()} for s in out]
