@@ -173,7 +173,7 @@ def load_model(ref: str, arch: str | None = None, weights: str | None = None, tr
                    weights_cutoff=weights_cutoff, from_file=from_file)
     load = net.metadata.get("weights_load") or {}
     if load.get("cutoff_inferred"):  # a partial .weights (darknet53.conv.74): say what was guessed
-        err_console.print(f"note: {describe_weights(net.metadata)}", markup=False, soft_wrap=True)
+        note(describe_weights(net.metadata))  # held until the command succeeds, as every note
     return net
 
 

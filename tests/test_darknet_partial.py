@@ -119,6 +119,9 @@ def test_partial_cli_note_json_and_explicit_cutoff(tiny, cli):
     assert load["cutoff"] == TINY_CUT and load["cutoff_inferred"] is True and load["layers_from_file"] == [0, 2]
     notes = [l for l in res.err.splitlines() if l.strip()]
     assert len(notes) == 1 and notes[0].startswith("note: ") and "cutoff 4, inferred from its size" in notes[0]
+    # a command that fails after loading prints its error alone: the note is held until success
+    failed = cli("onion", "run", d / "full.cfg", "--weights", d / "part.weights")
+    assert failed.code == 2 and len(failed.err.strip().splitlines()) == 1 and "not an OnionNet cascade" in failed.err
     given = cli("info", d / "full.cfg", "--weights", d / "part.weights", "--weights-cutoff", "4", "--json")
     assert given.code == 0 and given.err == "", given.err
     load = given.json()["metadata"]["weights_load"]
