@@ -4,8 +4,9 @@ Regroup, OnionNet splits, retargeted heads and diverged shared backbones change 
 network computes. Healing trains the edited network (the *student*) on an image folder to
 match the original (the *teacher*) — without labels for ``kd``/``at``/``feat``
 (:mod:`surgery.train.losses`) — in one training run (:func:`surgery.train.run.run`: processes,
-run directory, held-out figures before and after, the project's one loop). Without a teacher and with ``ce`` alone it is plain supervised training (``surgery
-train``), which makes the dense teachers of the demos.
+run directory, held-out figures before and after, the project's one loop). Without a teacher
+and with ``ce`` alone it is plain supervised training (``surgery train``), which makes the dense
+teachers of the demos.
 
 Everything that can be wrong with the input is checked before a run directory is made or a
 step is taken: the folders (missing, empty, unreadable images are skipped and counted), the

@@ -65,6 +65,22 @@ def fit_on_images(module: nn.Module, folder: Path, steps: int = 100, lr: float =
     return module.eval()
 
 
+def teacher_and_student(ref: str, folder: Path, out: Path, lesion) -> tuple[Path, Path]:
+    """``ref`` trained here on ``folder`` (:func:`fit_on_images`), saved as ``out/teacher.pt``, and
+    a copy with ``lesion(module)`` applied (in place, no gradients) as ``out/student.pt``."""
+    from surgery.core import io as sio
+
+    net = sio.load(ref)
+    teacher = fit_on_images(net.clone_module(), folder)
+    sio.save(net.evolve(teacher), out / "teacher.pt")
+    student = net.clone_module()
+    student.load_state_dict(teacher.state_dict())
+    with torch.no_grad():
+        lesion(student)
+    sio.save(net.evolve(student.eval()), out / "student.pt")
+    return out / "teacher.pt", out / "student.pt"
+
+
 def shared_dir() -> Path | None:
     """The folder holding ``data/darknet/*.cfg``: the repository's own ``tests/`` first (a fresh
     clone stands alone), then ``$SURGERY_SHARED`` or a ``shared/`` beside the repository."""

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import fit_on_images, folder_images
+from conftest import folder_images, teacher_and_student
 from surgery.core import io as sio
 from surgery.datasets import write_digits
 
@@ -27,16 +27,10 @@ def digits(tmp_path_factory):
 def models(digits, tmp_path_factory):
     """A teacher trained here on the digits (plain SGD, no project code) and a student with part
     of its classifier scrambled: accuracies and agreement strictly between 0 and 1."""
-    d = tmp_path_factory.mktemp("models")
-    net = sio.load(MODEL)
-    m = fit_on_images(net.clone_module(), digits / "train")
-    sio.save(net.evolve(m), d / "teacher.pt")
-    s = net.clone_module()
-    s.load_state_dict(m.state_dict())
-    with torch.no_grad():
-        s.fc.weight[:5] = s.fc.weight[:5].flip(0)  # classes 0..4 swapped around
-    sio.save(net.evolve(s.eval()), d / "student.pt")
-    return d / "teacher.pt", d / "student.pt"
+    def swap(m):
+        m.fc.weight[:5] = m.fc.weight[:5].flip(0)  # classes 0..4 swapped around
+
+    return teacher_and_student(MODEL, digits / "train", tmp_path_factory.mktemp("models"), swap)
 
 
 def test_figures_equal_an_independent_forward(cli, digits, models, tmp_path):

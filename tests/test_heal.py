@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import fit_on_images, folder_images
+from conftest import folder_images, teacher_and_student
 from surgery.core import io as sio
 from surgery.datasets import write_digits
 from surgery.train.loop import TrainConfig
@@ -84,14 +84,7 @@ def test_heal_brings_a_lesioned_student_back_on_held_out_images(cli, digits, tmp
     from pathlib import Path
 
     digits = Path(digits)
-    net = sio.load(TEACHER)
-    teacher = fit_on_images(net.clone_module(), digits / "train")
-    sio.save(net.evolve(teacher), tmp_path / "teacher.pt")
-    lesioned = net.clone_module()
-    lesioned.load_state_dict(teacher.state_dict())
-    with torch.no_grad():
-        lesioned.fc.weight.mul_(-1)
-    sio.save(net.evolve(lesioned.eval()), tmp_path / "student.pt")
+    teacher_and_student(TEACHER, digits / "train", tmp_path, lambda m: m.fc.weight.mul_(-1))
     res = cli("heal", "student.pt", "--teacher", "teacher.pt", "--data", digits, "--loss", "kd", "--steps", "100",
               "--lr", "2e-2", "--no-flip", "--crop-scale", "1", *FAST, "--json", cwd=tmp_path)
     assert res.code == 0, res.err

@@ -28,6 +28,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.parametrize("env, msg", [
+    ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not a whole number"),
+    ({"WORLD_SIZE": "2", "RANK": "2"}, "a rank must be in 0..WORLD_SIZE-1"),
+])
+def test_torchrun_environment_read_once_and_checked(monkeypatch, env, msg):
+    from surgery.core.errors import SurgeryError
+    from surgery.train import dist
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    dist.environment.cache_clear()
+    try:
+        with pytest.raises(SurgeryError, match=msg):
+            dist.environment()
+    finally:
+        monkeypatch.undo()
+        dist.environment.cache_clear()
+    assert dist.environment() == dist.Env(0, 1, 0, 1)
+
+
 @pytest.mark.slow
 def test_two_processes_equal_one_process(tmp_path):
     digits = write_digits(tmp_path / "digits", per_class=4).output

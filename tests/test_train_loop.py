@@ -143,6 +143,21 @@ def test_mid_epoch_save_resumes_exactly(digits, tmp_path):
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in whole.history]
 
 
+def test_resume_on_other_data_refused(digits, tmp_path):
+    """The position in an epoch follows from the step and the steps per epoch: a resumed run
+    whose data make another number of steps per epoch cannot continue exactly and is refused."""
+    from surgery.train import checkpoint as ckpt
+
+    net = sio.load(MODEL)
+    data = _data(digits)
+    loss = distillation(LossSpec.parse("ce"))
+    run = ckpt.create(tmp_path / "r", {}, force=False)
+    train(net.module, loss, data, TrainConfig(batch=8, epochs=1, lr=1e-2), run_dir=run)
+    fewer = TrainData(data.train.subset(range(32)), data.val, data.shape, data.norm)  # 4 steps per epoch, not 5
+    with pytest.raises(SurgeryError, match="took 5 steps per epoch"):
+        train(net.module, loss, fewer, TrainConfig(batch=8, epochs=2, lr=1e-2), run_dir=run, resume=True)
+
+
 def test_resume_extends_a_finished_run(digits, tmp_path):
     """--epochs on resume extends: the cosine schedule is re-planned over the new total from the
     step reached (its closed form), a shorter total than what is done is refused."""

@@ -79,3 +79,24 @@ def test_detector_outputs_distil_on_raw_heads():
 def test_unknown_losses_refused(text):
     with pytest.raises(SurgeryError, match="loss"):
         losses.LossSpec.parse(text)
+
+
+def test_one_registry_of_terms():
+    """Every term the training commands use is registered once, by name, with what it needs; heal's
+    LossSpec reads its needs from there."""
+    assert set(losses.LOSSES) >= {"kd", "at", "feat", "ce", "hinge", "joint"}
+    assert losses.term("hinge").fn is losses.hinge and losses.term("joint").fn is losses.joint_terms
+    assert losses.term("at").needs == {"teacher", "features"} and losses.term("ce").needs == {"labels"}
+    spec = losses.LossSpec.parse("kd,ce")
+    assert spec.needs_teacher and spec.needs_labels and not spec.needs_features
+    with pytest.raises(SurgeryError, match="unknown loss 'nope'; choose from kd, at"):
+        losses.term("nope")
+    with pytest.raises(ValueError, match="twice"):
+        losses.register("kd")(lambda s, t: s)
+
+
+def test_single_score_distils_by_squared_error():
+    # OnionNet's L_S2 towards a teacher's single score: the squared error (feat of the one pair)
+    s, t = torch.tensor([[1.0], [3.0]]), torch.tensor([[0.0], [1.0]])
+    assert losses.s2_term("kd", s, None, t, 4.0).item() == pytest.approx((1 + 4) / 2)
+
