@@ -52,7 +52,7 @@ def regroup_cmd(
     the result with `surgery heal`.
     """
     from cli_commands.base import load_model
-    from surgery.core import io as sio
+    from surgery.outputs import plan_outputs, write_outputs
 
     if root < 1:
         raise SurgeryError(f"--root {root}: give a positive number of groups (1, 2, 4, ..., 64)")
@@ -62,19 +62,15 @@ def regroup_cmd(
         raise SurgeryError(f"--permute {permute!r}: use best or none")
     if probes < 0:
         raise SurgeryError(f"--probes {probes}: give 0 or more")
-    if darknet and not darknet.endswith(".cfg"):
-        raise SurgeryError(f"--darknet {darknet!r}: give the .cfg path; the .weights goes beside it")
     if data and probes == 0:
         raise SurgeryError("--data gives the images to measure how far the function moved; drop --probes 0")
     check_data(data)
-    path = Path(output_path(output, [model], f"-root{root}"))
-    outs = [path] + ([Path(darknet), Path(darknet).with_suffix(".weights")] if darknet else [])
-    sio.check_outputs(outs, force=force, inputs=[model])  # refuse before the slow work
-    sio.check_checkpoint_name(path)  # a checkpoint is a .pt, refused before the slow work too
+    outs = plan_outputs(output_path(output, [model], f"-root{root}"), darknet=darknet, force=force,
+                        inputs=[model])  # refused before the slow work
+    path = outs.checkpoint
 
     from surgery.regroup import regroup
 
-    written = {}
     with stages("loading the model", "searching permutations, regrouping, measuring", "writing") as step:
         step("loading the model")
         net = load_model(model, arch, weights, trust_pickle, input, weights_cutoff)
@@ -91,16 +87,7 @@ def regroup_cmd(
                                + (f" ({why})" if why else " (the schedule gives every conv 1 group)")
                                + "; nothing written")
         step("writing")
-
-        def write(tmps):
-            import torch
-            from surgery.export import write_darknet
-
-            torch.save(sio.checkpoint_dict(new), tmps[0])
-            if darknet:
-                written["darknet"] = write_darknet(new, tmps[1], tmps[2], force=force, inputs=[model])
-
-        sio.atomic_write(outs, write, force=force, inputs=[model])
+        written = write_outputs(new, outs, force=force, inputs=[model])
     import dataclasses
 
     rep = dataclasses.replace(rep, output=str(path))
@@ -108,7 +95,7 @@ def regroup_cmd(
         d = rep.to_json()
         if darknet:
             d["darknet"] = {"cfg": darknet, "weights": str(Path(darknet).with_suffix(".weights")),
-                            "identical": written["darknet"].identical}
+                            "identical": written.darknet.identical}
         print_json(d)
         return
     render(rep)
