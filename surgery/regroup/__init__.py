@@ -52,11 +52,11 @@ from surgery.core.errors import SurgeryError
 from surgery.core.graph import is_darknet
 from surgery.core.net import ArchSpec, Net, Step
 from surgery.core.probe import Probe, check_shape
-from surgery.regroup.apply import apply, permuted_sides, regroup_structure
+from surgery.regroup.apply import apply_groups, permuted_sides, regroup_structure
 from surgery.regroup.interfaces import Graph
 from surgery.regroup.plan import plan_sides, select_targets
 from surgery.regroup.report import HEAL_NOTE, Moved, RegroupLayer, RegroupReport, RegroupSkip, measure_moved
-from surgery.regroup.search import search
+from surgery.regroup.search import search_groups
 
 __all__ = ["HEAL_NOTE", "PERMUTES", "SCHEDULES", "Moved", "RegroupLayer", "RegroupReport", "RegroupSkip",
            "measure_moved", "regroup", "regroup_structure"]
@@ -87,11 +87,11 @@ def regroup(net: Net, root: int, *, schedule: str = "deep-roots", layers: str | 
     g = Graph(module)
     targets, skipped = select_targets(g, net, root, schedule, layers)
     t0 = time.perf_counter()
-    search(targets, plan_sides(g, targets, permute), seed)  # --permute none: every side is fixed
+    search_groups(targets, plan_sides(g, targets, permute), seed)  # --permute none: every side is fixed
     search_s = time.perf_counter() - t0
 
     new_module = copy.deepcopy(module)
-    apply(new_module, g, targets)
+    apply_groups(new_module, g, targets)
     meta = {**dict(net.metadata), "regroup": {"root": root, "schedule": schedule, "permute": permute}}
     if is_darknet(new_module):
         how = "darknet-cfg"

@@ -69,7 +69,7 @@ def _perm_of(groups: Sequence[int]) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def apply(module: nn.Module, g: Graph, targets: list[Target]) -> None:
+def apply_groups(module: nn.Module, g: Graph, targets: list[Target]) -> None:
     """Permute neighbours and replace the regrouped convs in ``module`` (a private copy)."""
     by_name = {t.unit.name: t for t in targets}
     done: set[str] = set()  # interfaces (by producer) already permuted: a chain's interior is shared

@@ -26,7 +26,7 @@ def _sizes(n: int, groups: int) -> list[int]:
     return [n // groups] * groups
 
 
-def search(targets: list[Target], links: Mapping[str, str], seed: int) -> None:
+def search_groups(targets: list[Target], links: Mapping[str, str], seed: int) -> None:
     """Set each target's ``out_groups``, ``in_groups``, ``retained`` and ``contiguous``."""
     by_name = {t.unit.name: t for t in targets}
     linked_to = set(links.values())
