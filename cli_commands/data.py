@@ -94,35 +94,71 @@ def patch_pairs_cmd(
     wrote(rep.output)
 
 
+# the options the generators of YOLO-format folders (surgery/datasets/paste.py) share
+_YOLO_OUT = typer.Argument(..., metavar="OUT_DIR", help="Folder to write ({train,val}/images/*.jpg, "
+                                                        "{train,val}/labels/*.txt, classes.txt, synth.json).")
+_SIZE = typer.Option(256, "--size", help="Image side in pixels (square images).")
+_SEED = typer.Option(0, "--seed", help="Seed of everything drawn (same seed, same bytes).")
+
+
 @data_app.command("synth-text", epilog=examples(
     "surgery data synth-text text",
     "surgery data synth-text text --train 2000 --val 400 --size 416 --seed 1 --force",
 ))
 def synth_text_cmd(
-    out_dir: str = typer.Argument(..., metavar="OUT_DIR", help="Folder to write ({train,val}/images/*.jpg, "
-                                                               "{train,val}/labels/*.txt, classes.txt, synth.json)."),
+    out_dir: str = _YOLO_OUT,
     train: int = typer.Option(200, "--train", help="Training images."),
     val: int = typer.Option(50, "--val", help="Held-out images (cut from other photographs than the training ones)."),
-    size: int = typer.Option(256, "--size", help="Image side in pixels (square images)."),
+    size: int = _SIZE,
     max_words: int = typer.Option(4, "--max-words", help="Words per image: 1..N."),
     max_angle: float = typer.Option(5.0, "--max-angle", help="Rotation of a word: within ±N degrees."),
-    seed: int = typer.Option(0, "--seed", help="Seed of everything drawn (same seed, same bytes)."),
+    seed: int = _SEED,
     force: bool = ForceOpt,
     json_out: bool = JsonOpt,
 ):
     """SynthText-style text detection data: words in matplotlib's DejaVu fonts on the bundled photographs,
     YOLO-format boxes (class 0 = text), train/val split by photograph."""
-    from cli_commands.base import progress
     from surgery.datasets.synth_text import write_synth_text
 
+    _pasted(write_synth_text, "synth-text", "words", json_out, out_dir, n_train=train, n_val=val, size=size,
+            max_words=max_words, max_angle=max_angle, seed=seed, force=force)
+
+
+@data_app.command("digit-boxes", epilog=examples(
+    "surgery data digit-boxes digits-det",
+    "surgery data digit-boxes digits-det --train 2000 --val 400 --size 160 --seed 1 --force",
+))
+def digit_boxes_cmd(
+    out_dir: str = _YOLO_OUT,
+    train: int = typer.Option(1000, "--train", help="Training images."),
+    val: int = typer.Option(200, "--val", help="Held-out images (other photographs, held-out digit samples)."),
+    size: int = _SIZE,
+    max_digits: int = typer.Option(10, "--max-digits", help="Digits per image: 1..N."),
+    max_angle: float = typer.Option(10.0, "--max-angle", help="Rotation of a digit: within ±N degrees."),
+    seed: int = _SEED,
+    force: bool = ForceOpt,
+    json_out: bool = JsonOpt,
+):
+    """Digit detection data: scikit-learn's 8x8 digits upscaled onto the bundled photographs (random size,
+    contrasting colour, slight rotation), 10 classes, YOLO-format boxes, train/val split by photograph."""
+    from surgery.datasets.digit_boxes import write_digit_boxes
+
+    _pasted(write_digit_boxes, "digit-boxes", "digits", json_out, out_dir, n_train=train, n_val=val, size=size,
+            max_digits=max_digits, max_angle=max_angle, seed=seed, force=force)
+
+
+def _pasted(write, name: str, noun: str, json_out: bool, out_dir: str, **kw) -> None:
+    """Run a pasted-objects writer (surgery.datasets.paste) under a progress bar and render its report."""
+    from cli_commands.base import progress
+
     with progress() as bar:
-        task = bar.add_task("rendering", total=train + val)
-        rep = write_synth_text(out_dir, n_train=train, n_val=val, size=size, max_words=max_words, max_angle=max_angle,
-                               seed=seed, force=force, progress=lambda d, t: bar.update(task, completed=d))
+        task = bar.add_task("rendering", total=kw["n_train"] + kw["n_val"])
+        rep = write(out_dir, progress=lambda d, t: bar.update(task, completed=d), **kw)
     if json_out:
         print_json(rep)
         return
-    out().print(f"synth-text: {rep.train_images} training images ({rep.train_boxes} words) from "
-                f"{len(rep.train_photos)} photographs, {rep.val_images} held-out images ({rep.val_boxes} words) from "
-                f"{len(rep.val_photos)} others; {'x'.join(map(str, rep.image_shape))} JPEGs, YOLO labels")
+    out().print(f"{name}: {rep.train_images} training images ({rep.train_boxes} {noun}) from "
+                f"{len(rep.train_photos)} photographs, {rep.val_images} held-out images ({rep.val_boxes} {noun}) from "
+                f"{len(rep.val_photos)} others; {'x'.join(map(str, rep.image_shape))} JPEGs, YOLO labels"
+                + (f", {len(rep.classes)} classes" if len(rep.classes) > 1 else ""))
     wrote(rep.output)

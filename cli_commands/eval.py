@@ -19,6 +19,7 @@ def _pct(v) -> str:
     "surgery eval teacher.pt --data digits",
     "surgery eval root4.pt root4-healed.pt --teacher teacher.pt --data digits",
     "surgery eval a.pt b.pt --data digits/val --json",
+    "surgery eval text.pt shared.pt --head 1 --data text     # head 1 of a shared detector vs its own model",
 ))
 def eval_cmd(
     models: List[str] = typer.Argument(..., metavar="MODEL...", help="Models to measure: FILE.pt, FILE.cfg or "
@@ -28,6 +29,8 @@ def eval_cmd(
     teacher: Optional[str] = typer.Option(None, "--teacher", help="Reference model: top-1 agreement and KL of each "
                                                                    "MODEL to it."),
     batch: int = typer.Option(256, "--batch", help="Images per forward pass."),
+    head: Optional[int] = typer.Option(None, "--head", help="Of a shared multi-head detector (surgery share): "
+                                                            "measure head N alone (0 = BASE's, 1.. = the tasks')."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     json_out: bool = JsonOpt,
     arch: Optional[List[str]] = ArchEachOpt,
@@ -47,7 +50,12 @@ def eval_cmd(
         from cli_commands.eval_detect import run_detection_eval
 
         return run_detection_eval(models, data, teacher=teacher, batch=batch, device=device, json_out=json_out,
-                                  arch=arch, weights=weights, trust_code=trust_code, input=input)
+                                  arch=arch, weights=weights, trust_code=trust_code, input=input, head=head)
+    if head is not None:
+        from surgery.core.errors import SurgeryError
+
+        raise SurgeryError(f"--head picks a head of a shared detector measured on a YOLO-format folder; {data} is "
+                           "an image folder (drop --head)")
     from surgery.evaluate import evaluate, eval_folder
     from surgery.train import data as tdata
 

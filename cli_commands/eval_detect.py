@@ -9,7 +9,8 @@ def _pct(v) -> str:
     return "–" if v is None else f"{100 * v:.1f}"
 
 
-def run_detection_eval(models, data, *, teacher, batch, device, json_out, arch, weights, trust_code, input) -> None:
+def run_detection_eval(models, data, *, teacher, batch, device, json_out, arch, weights, trust_code, input,
+                       head=None) -> None:
     from surgery.core.errors import SurgeryError
     from surgery.detect.evaluate import evaluate_detectors
 
@@ -19,12 +20,13 @@ def run_detection_eval(models, data, *, teacher, batch, device, json_out, arch, 
     nets = load_models(list(models), arch, weights, trust_code, input)
     with progress() as bar:
         task = bar.add_task("evaluating", total=None)
-        rep = evaluate_detectors(nets, data, batch=min(batch, 64), device=device,
+        rep = evaluate_detectors(nets, data, batch=min(batch, 64), device=device, head=head,
                                  progress=lambda d, t, label: bar.update(task, completed=d, total=t, description=label))
     if json_out:
         print_json(rep)
         return
-    rows = [[m.model, "x".join(map(str, m.input_shape)), str(m.classes), _pct(m.map50), _pct(m.map),
+    rows = [[m.model + (f" (head {m.head})" if m.head is not None else ""), "x".join(map(str, m.input_shape)),
+             str(m.classes), _pct(m.map50), _pct(m.map),
              f"{m.detections:,}"] for m in rep.models]
     skipped = f", {rep.skipped_images} unreadable skipped" if rep.skipped_images else ""
     con = out()

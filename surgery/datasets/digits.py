@@ -33,30 +33,36 @@ class DigitsReport:
     image_shape: tuple[int, ...]  # C x H x W as written
 
 
+def digit_split():
+    """(images uint8 (1797, 8, 8) scaled to 0..255, targets, train indices, val indices): the
+    stratified deterministic split every writer of the digits uses."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    images = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)  # (1797, 8, 8)
+    train_idx, val_idx = train_test_split(np.arange(len(images)), test_size=VAL_FRACTION, stratify=d.target,
+                                          random_state=SPLIT_SEED)
+    return images, d.target, train_idx, val_idx
+
+
 def write_digits(out_dir: str | Path, *, per_class: int | None = None, force: bool = False) -> DigitsReport:
     """Write the digits image folder to ``out_dir`` atomically (a temporary sibling folder,
     renamed into place). An existing non-empty ``out_dir`` is refused without ``force``.
     ``per_class``: keep only the first N images (by index) of each class in each split — a
     small folder for quick examples and tests."""
-    import numpy as np
     from PIL import Image
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
     out = check_new_folder(out_dir, force=force)
-
-    d = load_digits()
-    images = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)  # (1797, 8, 8)
-    index = np.arange(len(images))
-    train_idx, val_idx = train_test_split(index, test_size=VAL_FRACTION, stratify=d.target,
-                                          random_state=SPLIT_SEED)
+    images, target, train_idx, val_idx = digit_split()
     if per_class is not None and per_class < 1:
         raise SurgeryError(f"per-class {per_class} must be at least 1")
     splits = {}
     for split, idx in (("train", train_idx), ("val", val_idx)):
         kept, seen = [], {}
         for i in sorted(int(j) for j in idx):
-            c = int(d.target[i])
+            c = int(target[i])
             if per_class is None or seen.get(c, 0) < per_class:
                 kept.append(i)
                 seen[c] = seen.get(c, 0) + 1
@@ -64,7 +70,7 @@ def write_digits(out_dir: str | Path, *, per_class: int | None = None, force: bo
     with atomic_folder(out) as tmp:
         for split, idx in splits.items():
             for i in idx:
-                folder = tmp / split / str(int(d.target[i]))
+                folder = tmp / split / str(int(target[i]))
                 folder.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(images[i], mode="L").save(folder / f"{i:04d}.png")
     return DigitsReport(str(out), len(splits["train"]), len(splits["val"]), tuple(str(c) for c in range(10)), (1, 8, 8))

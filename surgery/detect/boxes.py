@@ -47,10 +47,16 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
     """NMS within each category ``idxs`` (as torchvision.ops.batched_nms): boxes of different
-    categories never suppress each other. Each category's boxes are shifted by an offset larger
-    than every coordinate, so one pass over all of them cannot mix categories."""
+    categories never suppress each other. Each category is suppressed on its own (its IoU matrix
+    alone: 10 classes x 240 candidates is 10x less work than one 2400 x 2400 matrix), and the kept
+    boxes are returned in the order one pass over all of them would keep them: highest score
+    first, ties by lower index."""
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    span = (boxes.max() - boxes.min()).clamp(min=0) + 1
-    shifted = boxes - boxes.min() + (idxs.to(boxes.dtype) * span)[:, None]
-    return nms(shifted, scores, iou_threshold)
+    order = torch.sort(scores, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order), device=order.device)
+    kept = [members[nms(boxes[members], scores[members], iou_threshold)]
+            for members in (torch.nonzero(idxs == c).flatten() for c in torch.unique(idxs))]
+    keep = torch.cat(kept)
+    return keep[torch.argsort(rank[keep])]

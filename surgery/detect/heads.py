@@ -99,20 +99,22 @@ def yolo_heads(module: nn.Module) -> tuple[YoloHead, ...]:
     outputs = [l for l in module.layers if l.section in ("yolo", "region", "detection")]
     if not outputs or any(l.section != "yolo" for l in outputs):
         return ()
-    heads = []
-    for l in outputs:
-        where = f"{getattr(module, 'source', 'model')}: yolo layer {l.index}"
-        opts = l.options
-        for k, neutral in _UNSUPPORTED.items():
-            if k in opts and str(opts[k]).strip() != neutral and _num(opts[k]) != _num(neutral):
-                raise SurgeryError(f"{where} sets {k}={opts[k]}; training implements Darknet's mse box loss without "
-                                   f"it (remove the option or set {k}={neutral})")
-        flat = _floats(opts["anchors"], where) if "anchors" in opts else [0.5] * (2 * l.num)
-        anchors = tuple((flat[2 * i], flat[2 * i + 1]) for i in range(l.num))
-        heads.append(YoloHead(l.index, l.classes, anchors, tuple(l.mask),
-                              float(opts.get("ignore_thresh", 0.5)), float(opts.get("truth_thresh", 1.0)),
-                              float(opts.get("scale_x_y", 1.0))))
-    return tuple(heads)
+    return tuple(yolo_head(l, l.index, getattr(module, "source", "model")) for l in outputs)
+
+
+def yolo_head(layer: nn.Module, index: int, source: str = "model") -> YoloHead:
+    """The :class:`YoloHead` of one built ``[yolo]`` layer (``index``: its layer index, as the
+    messages name it; ``source``: the model's name)."""
+    where = f"{source}: yolo layer {index}"
+    opts = layer.options
+    for k, neutral in _UNSUPPORTED.items():
+        if k in opts and str(opts[k]).strip() != neutral and _num(opts[k]) != _num(neutral):
+            raise SurgeryError(f"{where} sets {k}={opts[k]}; training implements Darknet's mse box loss without "
+                               f"it (remove the option or set {k}={neutral})")
+    flat = _floats(opts["anchors"], where) if "anchors" in opts else [0.5] * (2 * layer.num)
+    anchors = tuple((flat[2 * i], flat[2 * i + 1]) for i in range(layer.num))
+    return YoloHead(index, layer.classes, anchors, tuple(layer.mask), float(opts.get("ignore_thresh", 0.5)),
+                    float(opts.get("truth_thresh", 1.0)), float(opts.get("scale_x_y", 1.0)))
 
 
 def _num(v):

@@ -39,10 +39,16 @@ class DetectionTask:
     max_boxes: int = 1  # targets per image the samples are padded to (the folders' most)
     conf_thresh: float = CONF_THRESH
     nms_iou: float = NMS_IOU
+    outputs: tuple[int, int] | None = None  # a shared model: [start, stop) of its outputs that are these heads'
 
     @property
     def classes(self) -> int:
         return self.heads[0].classes
+
+    def head_outputs(self, out) -> list[Tensor]:
+        """The model's output tensors that belong to :attr:`heads` (all, unless :attr:`outputs`)."""
+        t = output_tensors(out)
+        return t if self.outputs is None else t[self.outputs[0]:self.outputs[1]]
 
     # -- what the loop calls
     def dataset(self, folder: DetectionFolder, shape, *, train: bool, seed: int = 0) -> DetectionDataset:
@@ -55,7 +61,7 @@ class DetectionTask:
         return Batch(x, None, sample["index"], targets=sample["targets"].to(device))
 
     def loss(self, student, teacher, batch) -> dict[str, Tensor]:
-        return detection_loss(self.heads, output_tensors(student.output), batch.targets, self.net_hw)
+        return detection_loss(self.heads, self.head_outputs(student.output), batch.targets, self.net_hw)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, folder: DetectionFolder | None, data, *, batch: int = 16,
@@ -70,7 +76,7 @@ class DetectionTask:
         truths, dets = [], []
         for sample in DataLoader(ds, batch_size=min(batch, EVAL_BATCH), shuffle=False, num_workers=0):
             x = prepare(sample, data.norm, train=False, device=device)
-            outs = output_tensors(model(x))
+            outs = self.head_outputs(model(x))
             for k, d in enumerate(self.detect(outs)):
                 r, dx, dy = (float(v) for v in sample["letterbox"][k])
                 ih, iw = (int(v) for v in sample["size"][k])

@@ -19,6 +19,7 @@ from surgery.core.errors import SurgeryError
 from surgery.core.net import Net, Step
 from surgery.detect.data import Augment
 from surgery.detect.heads import YoloHead, net_hw, yolo_heads
+from surgery.detect.shared import SharedHead, head_frozen, pick_head
 from surgery.detect.labels import is_yolo_folder, yolo_folders
 from surgery.detect import labels as dlabels
 from surgery.detect.task import DetectionTask
@@ -42,10 +43,13 @@ def darknet_normalization(meta: Mapping | None, channels: int) -> tdata.Normaliz
     return tdata.Normalization((0.0,) * channels, (1.0,) * channels)
 
 
-def _heads(student: Net, data) -> tuple[YoloHead, ...]:
-    heads = yolo_heads(student.module)
+def detector_heads(student: Net, data, head: int | None = None) -> tuple[tuple[YoloHead, ...], SharedHead | None]:
+    """(the [yolo] heads to train or evaluate, the shared model's head they are or None)."""
+    picked = pick_head(student, head)
+    heads = picked.yolo if picked is not None else yolo_heads(student.module)
     if not heads:
-        raise SurgeryError(f"{data} is a YOLO-format detection folder (images/ + labels/) but {student.source} has no "
+        what = f"head {picked.describe()}" if picked is not None else student.source
+        raise SurgeryError(f"{data} is a YOLO-format detection folder (images/ + labels/) but {what} has no "
                            "Darknet [yolo] heads to train on it; give a YOLO detector (a Darknet cfg with [yolo] "
                            "layers, zoo:yolov3, zoo:yolov3_tiny, or one retargeted from them)")
     if not is_yolo_folder(data):
@@ -57,11 +61,11 @@ def _heads(student: Net, data) -> tuple[YoloHead, ...]:
         raise SurgeryError(f"{student.source} has [yolo] heads for different class counts "
                            f"({', '.join(f'layer {h.index}: {h.classes}' for h in heads)}), a shared multi-task "
                            "net; train each task's own model, then `surgery share` them")
-    return heads
+    return heads, picked
 
 
-def _plan(student: Net, cfg: HealConfig):
-    heads = _heads(student, cfg.data)
+def _plan(student: Net, cfg: HealConfig, head: int | None = None):
+    heads, picked = detector_heads(student, cfg.data, head)
     student.require_editable("train")
     cfg.train.validate()
     shape = tuple(student.input_shape)
@@ -78,12 +82,18 @@ def _plan(student: Net, cfg: HealConfig):
         raise SurgeryError(f"{train_f.root.parent}: none of its {len(train_f)} label files holds a box; nothing to "
                            "learn (labels/<name>.txt: one 'class cx cy w h' line per box)")
     frozen_names, frozen_layers, frozen_params = frozen_selection(student.module, cfg.freeze)
+    if picked is not None:  # one head of a shared model: the backbone and the other heads kept exactly
+        names, layers, _ = head_frozen(student, picked)
+        frozen_names = tuple(dict.fromkeys(frozen_names + names))
+        frozen_layers = tuple(sorted(set(frozen_layers) | set(layers)))
+        frozen_params = sum(p.numel() for n in frozen_names for p in student.module.get_submodule(n).parameters())
     task = DetectionTask(heads, net_hw(student.module, shape), Augment(flip=cfg.flip),
-                         max_boxes=max(train_f.max_boxes, val_f.max_boxes, 1))
+                         max_boxes=max(train_f.max_boxes, val_f.max_boxes, 1),
+                         outputs=picked.outputs if picked is not None else None)
     norm = darknet_normalization(student.metadata, shape[0])
     data = TrainData(train_f, val_f, shape, norm, task=task)
     data.validate()
-    return data, task, frozen_names, frozen_layers, frozen_params
+    return data, task, frozen_names, frozen_layers, frozen_params, picked
 
 
 def loss_settings(heads) -> dict[str, Any]:
@@ -94,10 +104,12 @@ def loss_settings(heads) -> dict[str, Any]:
 
 def train_detector(student: Net, cfg: HealConfig, *, run_dir: str | Path | None = None,
                    run_config: Mapping[str, Any] | None = None, resume: bool = False, force: bool = False,
-                   hooks: Hooks | None = None, interrupt=None) -> tuple[Net, HealReport]:
+                   hooks: Hooks | None = None, interrupt=None, head: int | None = None) -> tuple[Net, HealReport]:
     """Train ``student``'s [yolo] heads on the YOLO folder ``cfg.data`` (see the module
-    docstring); ``student`` is not mutated. Run directories as :func:`surgery.heal.heal`."""
-    data, task, frozen_names, frozen_layers, frozen_params = _plan(student, cfg)
+    docstring); ``student`` is not mutated. Run directories as :func:`surgery.heal.heal`.
+    ``head``: train head N of a shared multi-head model (:mod:`surgery.detect.shared`) alone —
+    every other layer (the shared backbone, the other heads) kept exactly."""
+    data, task, frozen_names, frozen_layers, frozen_params, picked = _plan(student, cfg, head)
     digest = dlabels.digest(data.train, data.val)
     rank = dist.env_rank()
     if run_dir is not None and not resume and rank == 0:
@@ -114,6 +126,7 @@ def train_detector(student: Net, cfg: HealConfig, *, run_dir: str | Path | None 
     step = Step("train", {
         "teacher": None, "data": str(cfg.data), "data_sha256": digest, "train_images": len(data.train),
         "losses": losses, "pairs": [], "frozen_layers": list(frozen_layers), **result.recipe_fields(cfg.train),
+        **({"head": picked.index} if picked is not None else {}),
     })
     meta = {**dict(student.metadata), "normalization": data.norm.to_dict()}
     out = student.evolve(result.module, step, metadata=meta)
