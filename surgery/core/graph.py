@@ -421,11 +421,8 @@ def node_channel_op(node: fx.Node, root: nn.Module) -> ChannelOp | None:
     """The entry of an fx node's module (in ``root``), function or method."""
     if node.op == "call_module":
         return module_channel_op(root.get_submodule(str(node.target)))
-    if node.op in ("call_function", "call_method"):
-        try:
-            return _CHANNEL_OPS.get(node.target)
-        except TypeError:  # an unhashable target
-            return None
+    if node.op in ("call_function", "call_method"):  # a function, or a method by its name
+        return _CHANNEL_OPS.get(node.target)
     return None
 
 
