@@ -28,9 +28,9 @@ from torch import nn
 
 from analyzers import cost
 from analyzers import latency as lat
+from analyzers.figures import save_png
 from analyzers.onion_operating import calibrated
 from surgery.core.errors import SurgeryError
-from surgery.core.files import atomic_write
 from surgery.core.net import Net
 from surgery.core.onnx_io import export_model
 from surgery.core.ort_session import ort_session
@@ -243,9 +243,5 @@ def plot(report: CurveReport, path, *, force: bool = False, inputs=()):
     bottom.legend(fontsize=8)
     bottom.grid(alpha=0.3)
     fig.tight_layout()
-    try:
-        return atomic_write([path], lambda tmps: fig.savefig(tmps[0], format="png", dpi=110), force=force,
-                            inputs=inputs)[0]
-    finally:
-        plt.close(fig)
+    return save_png(fig, path, force=force, inputs=inputs, dpi=110)
 

@@ -10,10 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from surgery.core.errors import SurgeryError
 from surgery.core.io import atomic_write, check_outputs, default_output
 from surgery.core.net import Net
+from surgery.core.probe import RANDOM, Probe
+from surgery.core.verify import compare
 from zoo.onion import OnionCascade, cascade_of
 from zoo.onion_onnx import OPSET, OrtCascade, export_bytes, ort_cascade
 from zoo.onion_runtime import forced_mask, run
@@ -34,27 +37,45 @@ class OnionExportReport:
     export_s: float
 
 
+class _Masked(nn.Module):
+    """One side of the pair check as a module for :func:`surgery.core.verify.compare`: S1's
+    logits and the survivors' outputs under the forced mask of the batch's size."""
+
+    def __init__(self, run_masked, masks: dict):
+        super().__init__()
+        self.run_masked, self.masks = run_masked, masks
+
+    def forward(self, x: torch.Tensor):
+        mask = self.masks[x.shape[0]]
+        logits, out = self.run_masked(x, mask)
+        return logits, out[mask]
+
+
 def check_pair(pair: OrtCascade, cascade: OnionCascade, input_shape, batches=(1, 5), seed: int = 0) -> dict:
     """The ORT pair against torch's compacted runtime on random masks (survivors' outputs and
-    S1 logits); raises above RTOL."""
-    worst_abs, worst_rel = 0.0, 0.0
+    S1 logits, :func:`surgery.core.verify.compare`); raises above RTOL."""
+    xs, masks = [], {}
     for i, b in enumerate(batches):
-        g = torch.Generator().manual_seed(seed + i)
-        x = torch.randn((b, *input_shape), generator=g)
+        xs.append(torch.randn((b, *input_shape), generator=torch.Generator().manual_seed(seed + i)))
         mask = forced_mask(b, 0.6, seed=seed + i)
         if not mask.any():
             mask[0] = True
-        ref = run(cascade, x, mask=mask)
+        masks[b] = mask
+
+    def in_torch(x, mask):
+        res = run(cascade, x, mask=mask)
+        return res.s1_logits, res.output
+
+    def in_ort(x, mask):
         logits, _, out = pair(x.numpy(), mask.numpy())
-        for a, r in ((torch.from_numpy(logits), ref.s1_logits), (torch.from_numpy(out)[mask], ref.output[mask])):
-            d = (a - r).abs().max().item()
-            scale = r.abs().max().item()
-            worst_abs = max(worst_abs, d)
-            worst_rel = max(worst_rel, d / scale if scale > 0 else (0.0 if d == 0 else float("inf")))
-    if worst_rel > RTOL:
-        raise SurgeryError(f"the ONNX pair differs from torch by {worst_rel:.3g} (relative; limit {RTOL:g}); "
+        return torch.from_numpy(logits), torch.from_numpy(out)
+
+    v = compare(_Masked(in_torch, masks), _Masked(in_ort, masks), input_shape,
+                probe=Probe(tuple(xs), RANDOM, "random normal"))
+    if not v.ok(RTOL):
+        raise SurgeryError(f"the ONNX pair differs from torch by {v.max_rel:.3g} (relative; limit {RTOL:g}); "
                            f"nothing written")
-    return {"max_abs": worst_abs, "max_rel": worst_rel}
+    return {"max_abs": v.max_abs, "max_rel": v.max_rel}
 
 
 def default_outputs(model_ref: str) -> tuple[Path, Path]:
