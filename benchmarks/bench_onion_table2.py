@@ -92,6 +92,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--time-batch", type=int, default=256, help="Pairs per forward when timing.")
     ap.add_argument("--models", default="P_M,P_NS,P")
+    ap.add_argument("--s1-widths", default="",
+                    help="Table 5 in small: also train P with S1 = this fraction of every hidden layer "
+                         "(zoo:onion_p:s1_width=F), e.g. 0.125,0.25,0.5; plotted t against FPR@95 (table5.png).")
     ap.add_argument("--init", default="zoo", choices=("zoo", "kaiming"),
                     help="zoo: as `surgery zoo build` makes them (He-normal conv weights, zero biases: "
                          "zoo/patchnets.py); kaiming: the same init drawn again from seed 0 (how runs before "
@@ -124,6 +127,9 @@ def main(argv=None) -> int:
                      "pairs_seconds": round(gen_s, 1), "models": {}}
     trained = {}
     names = args.models.split(",")
+    for f in filter(None, args.s1_widths.split(",")):
+        ZOO[f"P@{float(f):g}"] = f"zoo:onion_p:s1_width={float(f):g}"
+        names.append(f"P@{float(f):g}")
     for name in names:
         net = sio.load(ZOO[name])
         if args.init == "kaiming":
@@ -194,9 +200,10 @@ def main(argv=None) -> int:
           "| s / 100K pairs, paper (Titan Black) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for n in names:
-        r, p = m[n], PAPER[n]
-        print(f"| {n} | {r['fpr95']:.4f} | {p[0]:.4f} | {100 * r['pass_fraction']:.2f} % | {100 * p[1]:.2f} % | "
-              f"{r['s_per_100k']:.1f} | {p[2]:.3f} |")
+        r, p = m[n], PAPER.get(n)
+        paper = (lambda i, fmt: "-" if p is None else fmt.format(p[i] * (100 if i == 1 else 1)))  # noqa: E731
+        print(f"| {n} | {r['fpr95']:.4f} | {paper(0, '{:.4f}')} | {100 * r['pass_fraction']:.2f} % | "
+              f"{paper(1, '{:.2f} %')} | {r['s_per_100k']:.1f} | {paper(2, '{:.3f}')} |")
     if "ratios" in results:
         rt = results["ratios"]
         print(f"\ntime P / P_M = {rt['time_P_over_P_M']:.3f} (paper {rt['paper_time_P_over_P_M']:.3f}); "
@@ -216,10 +223,48 @@ def main(argv=None) -> int:
               f"{r['fpr95_before']} before -> {r['fpr95']} after; loss per tenth of the run: "
               + " ".join("/".join(f"{v:.3f}" for v in c.values()) for c in r["loss_curve"])
               + f" ({'/'.join(r['loss_curve'][0]) if r['loss_curve'] else ''})")
+    widths = [n for n in names if n.startswith("P@")]
+    if widths and "P_M" in m:
+        results["table5"] = _table5(m, widths + (["P"] if "P" in m else []), work / "table5.png")
+        t5 = results["table5"]
+        print(f"\nTable 5 in small (S1 width sweep, {t5['plot']}): fastest width "
+              f"{t5['fastest']}; fastest within FPR@95 <= 1.25 x P_M: {t5['fastest_within_fpr'] or 'none'}")
     (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nmachine: {results['machine']}; load average at start {load}; {results['date']}; "
           f"pairs written in {gen_s:.1f} s; results: {work / 'results.json'}")
     return 0
+
+
+def _table5(m: dict, names: list[str], path: Path) -> dict:
+    """t (s / 100K pairs) against FPR@95, one point per S1 width (Table 1's P is 1/3), P_M
+    marked; the fastest width, and the fastest whose FPR@95 is within 1.25x P_M's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    width = {n: (float(n[2:]) if n.startswith("P@") else 1 / 3) for n in names}
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    for n in sorted(names, key=width.get):
+        r = m[n]
+        ax.plot(r["fpr95"], r["s_per_100k"], "o", color="#4C72B0")
+        ax.annotate(f"S1 {width[n]:.3g} (p̄ {100 * r['pass_fraction']:.0f} %)", (r["fpr95"], r["s_per_100k"]),
+                    textcoords="offset points", xytext=(6, 4), fontsize=8)
+    pm = m["P_M"]
+    ax.plot(pm["fpr95"], pm["s_per_100k"], "s", color="#C44E52", label="P_M (monolithic)")
+    ax.axvline(1.25 * pm["fpr95"], ls="--", lw=0.8, color="0.5", label="1.25 x P_M's FPR@95")
+    ax.set_xlabel("FPR@95 on held-out pairs (lower is better)")
+    ax.set_ylabel("s per 100K held-out pairs (this CPU)")
+    ax.set_title("S1 width sweep: time against accuracy (OnionNet Table 5 in small)", fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(lw=0.3, alpha=0.6)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    ok = [n for n in names if m[n]["fpr95"] is not None and m[n]["fpr95"] <= 1.25 * pm["fpr95"]]
+    fastest = lambda ns: min(ns, key=lambda n: m[n]["s_per_100k"]) if ns else None  # noqa: E731
+    return {"widths": {n: width[n] for n in names}, "fastest": fastest(names), "fastest_within_fpr": fastest(ok),
+            "plot": str(path)}
 
 
 if __name__ == "__main__":

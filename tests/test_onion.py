@@ -58,9 +58,9 @@ def s1_params(key: str) -> int:
     return total
 
 
-def paper_formula(key: str) -> int:
+def paper_formula(key: str, widths=None) -> int:
     """params(N) = params(N_M) + S1's output layer − Σ_l s_l² n2_{l-1} n1_l (§3.1)."""
-    cfg, widths = MONO[key], TABLE1[key]
+    cfg, widths = MONO[key], widths or TABLE1[key]
     s_last, _ = cfg["layers"][-1]
     n_prev = cfg["layers"][-2][1]
     k = widths[-1][0]
@@ -87,6 +87,25 @@ def test_onion_p_params_pinned():
     # P_M 1,083,073 + S1 head (2·192·2²+2 = 1,538) − dropped (239,616 + head's 2·128·4 = 1,024)
     assert mono_params("p") == 1_083_073
     assert n_params(build_meta("onion_p")) == 843_971
+
+
+@pytest.mark.parametrize("fraction, n1", [(0.125, (12, 24)), (0.25, (24, 48)), (0.5, (48, 96))])
+def test_s1_width_gives_that_share_of_every_hidden_layer(fraction, n1):
+    """Table 5 in small: zoo:onion_p:s1_width=F puts F of P_M's 96 / 192 filters in S1."""
+    with torch.device("meta"):
+        m = registry.get("onion_p").build(s1_width=fraction)
+    a, b = n1
+    widths = [(a, 96 - a)] * 4 + [(b, 192 - b)] * 3 + [(2, 1)]
+    assert list(zip(m.n1, m.n2)) == widths
+    assert n_params(m) == paper_formula("p", widths)
+
+
+@pytest.mark.parametrize("fraction", [1, -0.5, 1.5])
+def test_s1_width_outside_0_1_is_refused(fraction):
+    from surgery.core.errors import SurgeryError
+
+    with pytest.raises(SurgeryError, match="between 0 and 1"):
+        registry.get("onion_p").build(s1_width=fraction)
 
 
 @pytest.mark.parametrize("key", ["p", "d", "r"])

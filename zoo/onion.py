@@ -326,6 +326,17 @@ def cascade_of(net, *, sharing: bool = False) -> OnionCascade:
     return net.module
 
 
+def s1_widths(module: nn.Module, fraction: float, what: str) -> tuple[int, ...]:
+    """S1's share of every hidden conv layer of a monolithic chain (the paper's Table 5 varies
+    S1's width): ``round(fraction * n)`` filters, at least 1 and at most ``n - 1`` (S2 keeps
+    one)."""
+    if not 0 < fraction < 1:
+        raise SurgeryError(f"{what}: s1_width={fraction!r}: give the fraction of each hidden layer's filters that "
+                           f"goes to S1, between 0 and 1 (Table 1's P is about 0.33)")
+    blocks, _ = blocks_of(list(module.features))
+    return tuple(min(max(1, round(fraction * b.conv.out_channels)), b.conv.out_channels - 1) for b in blocks[:-1])
+
+
 # ---------------------------------------------------------------- Table 1 configurations
 
 # S1 widths of the hidden conv layers and the S1-classes (Table 1: Cs(n^S1/n^S2); a layer
@@ -347,14 +358,16 @@ def _entry(key: str, share: bool):
 
     @register(name, family="onionnet", input_shape=shape,
               description=f"OnionNet {label}: {'' if share else 'non-sharing '}cascade of {key.upper()}_M "
-                          f"({_WHAT[key]}), S1 widths {'/'.join(map(str, cfg['n1']))}, {cfg['s1_classes']} S1-classes",
+                          f"({_WHAT[key]}), S1 widths {'/'.join(map(str, cfg['n1']))} (s1_width=F: F of every hidden "
+                          f"layer, Table 5), {cfg['s1_classes']} S1-classes",
               source="onionnet-bmvc2016 Table 1 (widths); no count published, closed form in tests/test_onion.py")
-    def build(s1_classes: int = cfg["s1_classes"]) -> OnionCascade:
+    def build(s1_classes: int = cfg["s1_classes"], s1_width: float = 0.0) -> OnionCascade:
         if s1_classes < 1:
             raise SurgeryError(f"zoo:{name}: s1_classes={s1_classes} must be at least 1")
         with torch.device("meta"):  # only the layout is read from the monolithic net
             layout = base()
-        return he_normal_(from_monolithic(layout, cfg["n1"], s1_classes, share=share))  # as its base trains
+        n1 = cfg["n1"] if not s1_width else s1_widths(layout, s1_width, f"zoo:{name}")
+        return he_normal_(from_monolithic(layout, n1, s1_classes, share=share))  # as its base trains
 
     build.__name__ = name
     build.__doc__ = f"OnionNet {label} (Table 1)."
