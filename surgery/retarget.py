@@ -160,6 +160,9 @@ def derive_seed(source: str, at: int, classes: int, anchors: str | None, avoid: 
     return seed + 1 if seed == avoid else seed
 
 
+_WEIGHTS_ONLY = ("train", "heal")  # recipe steps that change weights, never the structure
+
+
 def retarget(net: Net, at: int | str, classes: int, *, anchors: str | None = None,
              seed: int | None = None) -> tuple[Net, RetargetReport]:
     """A new Net: ``net``'s layers ``0..at`` and fresh layers after it for ``classes`` classes
@@ -188,7 +191,8 @@ def retarget(net: Net, at: int | str, classes: int, *, anchors: str | None = Non
         built = net.metadata.get("seed")
         seed = derive_seed(net.source, k, classes, anchors, built if isinstance(built, int) else None)
 
-    darknet = (is_darknet(net.module) and not net.recipe
+    structural = [s for s in net.recipe if s.op not in _WEIGHTS_ONLY]  # a trained Darknet net is still its cfg
+    darknet = (is_darknet(net.module) and not structural
                and any(getattr(l, "section", "") in _HEADS for l in net.module.layers))  # else: a classifier
     step = None
     arch, shape = net.arch, net.input_shape

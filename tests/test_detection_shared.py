@@ -131,3 +131,18 @@ def test_refusals(cli, work):
     res = cli("train", work / "shared-fx.pt", "--head", "3", "--data", work / "text", "--steps", "1", *FAST,
               "-o", work / "no.pt")
     assert res.code == 2 and "--head 3:" in res.err and not (work / "no.pt").exists()
+
+
+def test_retarget_a_trained_darknet_detector_keeps_it_darknet(trained):
+    """A trained base (a `train` step in its recipe: weights only) retargets as a Darknet cfg:
+    every [yolo] head and the conv before it resized, --anchors taken, layers 0..K kept."""
+    from surgery.detect.heads import yolo_heads
+
+    src = sio.load(str(trained / "task-trained.pt"))
+    assert [s.op for s in src.recipe] == ["train"]
+    new, rep = retarget(src, AT, 3, anchors="8,8,16,16,32,32", seed=3)
+    assert rep.how == "darknet-cfg" and new.arch.kind == "darknet" and [s.op for s in new.recipe] == ["train"]
+    assert [(h.classes, h.anchors) for h in yolo_heads(new.module)] == [(3, ((8, 8), (16, 16), (32, 32)))]
+    assert new.module.layers[7].conv.out_channels == 3 * (3 + 5)
+    a, b = src.module.state_dict(), new.module.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a if int(k.split(".")[1]) <= AT)
