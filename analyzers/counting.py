@@ -32,7 +32,7 @@ from torch.utils._pytree import tree_leaves
 
 from analyzers.formulas import FIRST_OUTPUT_ONLY, KNOWN, OVERWRITE, QUERIES, Formula, formula, is_view
 from analyzers.shortcuts import shortcut
-from surgery.core.errors import SurgeryError
+from surgery.core.errors import SurgeryError, first_line
 from surgery.core.graph import Layer, LayerGraph, layer_graph, meta_copy
 
 
@@ -342,9 +342,8 @@ def _on_cpu(prep: Prepared, input_shape, batch: int, why: BaseException) -> bool
                                 what="counting on cpu (the model cannot run on the meta device)")
     prep.model = copy.deepcopy(prep.real).to(prep.dtype).eval()
     prep.device = "cpu"
-    first = str(why).strip().splitlines()[0] if str(why).strip() else ""
     prep.note = (f"{prep.note}; counted by running the model on cpu at the given input: it cannot run on the meta "
-                 f"device ({type(why).__name__}: {first[:120]})")
+                 f"device ({type(why).__name__}: {first_line(why, 120)})")
     return True
 
 
@@ -371,10 +370,9 @@ def run(prep: Prepared, input_shape: tuple[int, ...], batch: int) -> tuple[list[
         handles = []
         if _on_cpu(prep, input_shape, batch, e):
             return run(prep, input_shape, batch)
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SurgeryError(
             f"cannot run the model on the {prep.device} device at input {'x'.join(map(str, input_shape))} "
-            f"(batch {batch}): {type(e).__name__}: {msg}; check --input"
+            f"(batch {batch}): {type(e).__name__}: {first_line(e)}; check --input"
         ) from None
     finally:
         for h in handles:

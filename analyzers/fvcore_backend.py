@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from surgery.core.errors import SurgeryError
+from surgery.core.errors import SurgeryError, first_line
 from surgery.core.net import Net
 
 # fvcore's own operator names for the conv+linear (matmul) class
@@ -98,7 +98,6 @@ def fvcore_count(net_or_module: Net | nn.Module, input_shape: Sequence[int] | No
             by_mod = {k: int(v) for k, v in fca.by_module().items()}
             unsupported = {k: int(v) for k, v in fca.unsupported_ops().items()}
         except Exception as e:  # jit tracing fails in many ways
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise SurgeryError(f"{name}: fvcore could not analyse the model ({type(e).__name__}: {msg}); "
+            raise SurgeryError(f"{name}: fvcore could not analyse the model ({type(e).__name__}: {first_line(e)}); "
                                f"use --backend native") from None
     return FvcoreReport(name, shape, batch, total, by_op, by_mod, unsupported, time.perf_counter() - t0)

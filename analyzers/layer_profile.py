@@ -64,7 +64,7 @@ from torch import fx, nn
 
 from analyzers import latency as lat
 from analyzers.latency import DTYPES, TimingConfig, Unavailable
-from surgery.core.errors import SurgeryError
+from surgery.core.errors import SurgeryError, first_line
 from surgery.core.graph import LayerGraph, layer_graph
 from surgery.core.net import Net
 
@@ -611,7 +611,7 @@ def profile_layers(net: Net | str, *, runtime: str = "torch", device: str = "cpu
         floors = {l.index: l.floor_ms for l in rr.layers}
         estimate = spec.estimate
     except Exception as e:  # the floor is a help; the timing stands without it
-        roof_err = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        roof_err = first_line(e)
 
     medians = {k: _stats(v) for k, v in m.samples.items() if v}
     total_ms = sum(med for med, _, _ in medians.values())

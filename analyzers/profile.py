@@ -45,7 +45,7 @@ import torch
 from analyzers import latency as lat
 from analyzers.latency import DTYPES, TimingConfig, Unavailable
 from surgery.core.dtypes import dtype_name
-from surgery.core.errors import SurgeryError
+from surgery.core.errors import SurgeryError, first_line
 from surgery.core.net import Net
 
 ProgressFn = Callable[[int, int, str], None]  # (done, total, what is running now)
@@ -135,11 +135,12 @@ def roofline_spec_name(device: torch.device) -> str | None:
 
 
 def _err(e: BaseException, limit: int = 300) -> str:
-    lines = [l for l in str(e).strip().splitlines() if l.strip()]
-    text = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
-    if isinstance(e, (SurgeryError, Unavailable)) and lines:
-        text = lines[0]
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """A row's error: the first line (:func:`surgery.core.errors.first_line`), after the
+    exception's type unless it is one of ours (already a sentence for people)."""
+    line = first_line(e, limit)
+    if isinstance(e, (SurgeryError, Unavailable)) or line == type(e).__name__:
+        return line
+    return first_line(f"{type(e).__name__}: {line}", limit)
 
 
 class _Costs:
