@@ -92,6 +92,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--time-batch", type=int, default=256, help="Pairs per forward when timing.")
     ap.add_argument("--models", default="P_M,P_NS,P")
+    ap.add_argument("--retime", action="store_true",
+                    help="Time again the models a previous run trained in --work (its results.json and "
+                         "checkpoints), e.g. on a quiet machine; nothing is trained.")
     ap.add_argument("--s1-widths", default="",
                     help="Table 5 in small: also train P with S1 = this fraction of every hidden layer "
                          "(zoo:onion_p:s1_width=F), e.g. 0.125,0.25,0.5; plotted t against FPR@95 (table5.png).")
@@ -130,7 +133,12 @@ def main(argv=None) -> int:
     for f in filter(None, args.s1_widths.split(",")):
         ZOO[f"P@{float(f):g}"] = f"zoo:onion_p:s1_width={float(f):g}"
         names.append(f"P@{float(f):g}")
-    for name in names:
+    if args.retime:
+        results = {**json.loads((work / "results.json").read_text()), "load_average_at_start": load,
+                   "retimed": time.strftime("%Y-%m-%d %H:%M")}
+        names = list(results["models"])
+        trained = {n: sio.load(str(work / f"{n}.pt")) for n in names}
+    for name in ([] if args.retime else names):
         net = sio.load(ZOO[name])
         if args.init == "kaiming":
             torch.manual_seed(0)
@@ -231,7 +239,8 @@ def main(argv=None) -> int:
               f"{t5['fastest']}; fastest within FPR@95 <= 1.25 x P_M: {t5['fastest_within_fpr'] or 'none'}")
     (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nmachine: {results['machine']}; load average at start {load}; {results['date']}; "
-          f"pairs written in {gen_s:.1f} s; results: {work / 'results.json'}")
+          f"pairs written in {results['pairs_seconds']:.1f} s"
+          + (f"; timed again {results['retimed']}" if args.retime else "") + f"; results: {work / 'results.json'}")
     return 0
 
 
