@@ -141,18 +141,12 @@ _EXPORTED: dict = {}
 
 
 def _ort_module(module, x, threads, key):
-    import onnxruntime as ort
-
     from surgery.core.onnx_io import OrtModule, export_model
+    from surgery.core.ort_session import ort_session
 
     if key not in _EXPORTED:  # one export per (root, batch); a session per thread count
         _EXPORTED[key] = export_model(module, x, exporter="torchscript").data
-    data = _EXPORTED[key]
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return OrtModule(ort.InferenceSession(data, sess_options=so, providers=["CPUExecutionProvider"]))
+    return OrtModule(ort_session(_EXPORTED[key], threads=threads))
 
 
 def part_latency(roots, repeats: int, plot: str | None, runtimes=("torch", "torch-channels-last", "onnxruntime"),
