@@ -21,11 +21,7 @@ it — a layer is never timed alone, out of context:
   data movement of the layer they serve; a node with no layer at all is listed as
   ``(runtime)``.
 
-Kinds (:data:`KINDS`, the seed's categories): ``convolution`` (conv, depthwise or not);
-``data movement`` (copies, reshapes, transposes, concatenation, slicing, layout reorders);
-``element-wise`` (activations, BatchNorm at inference, adds, multiplies); ``channel shuffle``
-(the reshape → transpose → copy → reshape of ShuffleNet, found structurally from the layer
-shapes); ``other`` (pooling, reductions, fully-connected/matmul, softmax, upsampling).
+Kinds: :mod:`analyzers.layer_kinds`; the profilers' side: :mod:`analyzers.layer_measure`.
 
 Units: ``*_ms`` milliseconds per forward pass of the batch (median over runs, p10/p90 its
 spread); ``share``: of the sum of per-layer times (the shares add up to 1); ``macs``,
@@ -44,62 +40,25 @@ layers (Python and plumbing in eager, session overhead in ONNX Runtime).
 
 from __future__ import annotations
 
-import bisect
-import contextlib
-import copy
-import json
-import os
-import re
 import statistics
-import sys
 import tempfile
-import time
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import fx, nn
 
 from analyzers import latency as lat
 from analyzers.latency import DTYPES, TimingConfig, Unavailable
+from analyzers.layer_kinds import KINDS, kind_of_category, shuffle_layers
+from analyzers.layer_measure import measure_ort, measure_torch
 from surgery.core.errors import SurgeryError, first_line
-from surgery.core.graph import LayerGraph, layer_graph
+from surgery.core.graph import layer_graph
 from surgery.core.net import Net
 
-KINDS = ("convolution", "data movement", "element-wise", "channel shuffle", "other")
 FLAG_RATIO = 2.0  # time share at least this many times the MAC and the byte share ...
 FLAG_MIN_SHARE = 0.005  # ... for a layer with at least 0.5 % of the time (tiny layers are noise)
-PROFILE_MAX_RUNS = 200  # profiled forwards kept at most (every op of every run is an event)
 BY = ("layer", "kind")
-
-# the cost analyzer's op categories (analyzers.formulas) -> the seed's kinds; one table for both
-# the counted side (MACs, bytes) and the measured side (aten ops the profiler names)
-KIND_OF_CATEGORY = {
-    "conv": "convolution",
-    "batch_norm": "element-wise", "norm": "element-wise", "activation": "element-wise", "elementwise": "element-wise",
-    "concat": "data movement", "movement": "data movement", "view": "data movement",
-    "matmul": "other", "attention": "other", "pool": "other", "reduction": "other", "softmax": "other",
-    "upsample": "other", "alloc": "other", "uncounted": "other",
-}
-# ONNX Runtime op types (optimized graph, CPU and CUDA providers) -> kinds; anything else is "other"
-ORT_KINDS = {
-    **dict.fromkeys(("Conv", "FusedConv", "NhwcFusedConv", "NhwcConv", "ConvTranspose", "QLinearConv", "ConvInteger"),
-                    "convolution"),
-    **dict.fromkeys(("Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu",
-                     "PRelu", "Softplus", "Gelu", "FastGelu", "BiasGelu", "QuickGelu", "Add", "Sub", "Mul", "Div",
-                     "Sum", "Max", "Min", "Pow", "Sqrt", "Exp", "Log", "Neg", "Abs", "Erf", "Reciprocal",
-                     "BatchNormalization", "InstanceNormalization", "LayerNormalization", "Where", "Equal", "Less",
-                     "Greater", "Not", "And", "Or", "Mish", "Swish"), "element-wise"),
-    **dict.fromkeys(("Reshape", "Transpose", "Concat", "Split", "Slice", "Gather", "GatherElements", "Identity",
-                     "Flatten", "Squeeze", "Unsqueeze", "Pad", "Expand", "Tile", "Cast", "Shape", "ReorderInput",
-                     "ReorderOutput", "MemcpyToHost", "MemcpyFromHost", "DepthToSpace", "SpaceToDepth",
-                     "ScatterND", "ScatterElements", "Constant", "ConstantOfShape"), "data movement"),
-}
-_SCOPE = "surgery_layer_"
-_SCOPE_RE = re.compile(_SCOPE + r"(\d+)")
-_SHUFFLE_TYPES = {"channel_shuffle", "ChannelShuffle", "native_channel_shuffle"}
 
 
 @dataclass(frozen=True)
@@ -204,313 +163,6 @@ class LayerProfileReport:
         }
 
 
-# ----------------------------------------------------------------------------- classification
-
-
-def kind_of_category(category: str) -> str:
-    """The seed's kind of a cost-analyzer op category (``conv`` -> ``convolution``...)."""
-    return KIND_OF_CATEGORY.get(category, "other")
-
-
-_NAME_KINDS: dict[str, str | None] = {}
-
-
-def kind_of_aten(name: str) -> str | None:
-    """The kind of an op the torch profiler names (``aten::relu_``); None for a composite op
-    no table names (``aten::conv2d``: what it runs decides)."""
-    if name not in _NAME_KINDS:
-        from analyzers.formulas import category_of
-
-        kind = None
-        if name.startswith("aten::"):
-            packet = getattr(torch.ops.aten, name[6:], None)
-            if packet is not None:
-                cat = category_of(packet)
-                kind = None if cat == "uncounted" else kind_of_category(cat)
-        _NAME_KINDS[name] = kind
-    return _NAME_KINDS[name]
-
-
-def kind_of_ort(op_type: str) -> str:
-    return ORT_KINDS.get(op_type, "other")
-
-
-def shuffle_layers(lg, cost) -> set[int]:
-    """Indices of the layers that make up a channel shuffle: a ``channel_shuffle`` op, or a reshape
-    that splits the channels into (g, c/g), a transpose of those two axes, the copies after it and
-    the reshape back (ShuffleNet's ``view → transpose → contiguous → view``). Shapes come from the
-    cost report (without batch), edges from the layer graph."""
-    by = {l.index: l for l in cost.layers}
-    g = lg.nx
-    found: set[int] = set()
-    for lay in lg.layers:
-        if lay.type in _SHUFFLE_TYPES:
-            found.add(lay.index)
-            continue
-        c = by.get(lay.index)
-        if lay.type not in ("transpose", "permute", "swapaxes") or c is None or not c.input_shapes:
-            continue
-        ins = tuple(c.input_shapes[0])
-        preds = [p for p in g.predecessors(lay.index) if p != "input"]
-        if len(ins) < 2 or len(preds) != 1 or tuple(c.output_shape) != (ins[1], ins[0], *ins[2:]):
-            continue
-        v = by.get(preds[0])
-        if v is None or v.type not in ("view", "reshape", "unflatten") or not v.input_shapes:
-            continue
-        src = tuple(v.input_shapes[0])
-        if len(src) != len(ins) - 1 or src[0] != ins[0] * ins[1] or src[1:] != ins[2:] or min(ins[:2]) < 2:
-            continue
-        chain, cur = [v.index, lay.index], lay.index
-        while True:
-            succ = list(g.successors(cur))
-            s = by.get(succ[0]) if len(succ) == 1 else None
-            if s is None:
-                break
-            if s.type in ("contiguous", "clone"):
-                chain.append(s.index)
-                cur = s.index
-                continue
-            if s.type in ("view", "reshape", "flatten") and tuple(s.output_shape) == src:
-                chain.append(s.index)
-            break
-        found.update(chain)
-    return found
-
-
-# ----------------------------------------------------------------------------- torch: ranges in the graph
-
-
-def ranged_module(module: nn.Module) -> tuple[fx.GraphModule, LayerGraph]:
-    """(GraphModule, LayerGraph): the model's layer graph with a ``record_function`` range named
-    ``surgery_layer_<index>`` around every layer node (a graph edit: lint, recompile)."""
-    lg = layer_graph(module)
-    gm = copy.deepcopy(lg.gm)
-    g = gm.graph
-    enter = torch.ops.profiler._record_function_enter_new
-    leave = torch.ops.profiler._record_function_exit._RecordFunction
-    for n in list(g.nodes):
-        layer = lg._by_node.get(n.name)
-        if layer is None:
-            continue
-        with g.inserting_before(n):
-            h = g.call_function(enter, (f"{_SCOPE}{layer.index}", None))
-        with g.inserting_after(n):
-            g.call_function(leave, (h,))
-    g.lint()
-    gm.recompile()
-    return gm, lg
-
-
-class _Scope(nn.Module):
-    """A layer wrapped so that ONNX names every node it exports with ``surgery_layer_<index>``."""
-
-    def __init__(self, target, how: str):
-        super().__init__()
-        self.how = how
-        if how == "module":
-            self.inner = target
-        else:
-            self.fn = target
-
-    def forward(self, *args, **kwargs):
-        if self.how == "module":
-            return self.inner(*args, **kwargs)
-        if self.how == "method":
-            return getattr(args[0], self.fn)(*args[1:], **kwargs)
-        return self.fn(*args, **kwargs)
-
-
-def scoped_module(module: nn.Module) -> tuple[fx.GraphModule, LayerGraph]:
-    """(GraphModule, LayerGraph): every layer node turned into a call of a ``surgery_layer_<index>``
-    module (module layers keep their module inside it), so that exported ONNX names carry the layer."""
-    lg = layer_graph(module)
-    gm = copy.deepcopy(lg.gm)
-    for n in list(gm.graph.nodes):
-        if n.name not in lg._by_node:
-            continue
-        idx = lg._by_node[n.name].index
-        name = f"{_SCOPE}{idx}"
-        if n.op == "call_module":
-            wrapped = _Scope(gm.get_submodule(n.target), "module")
-        elif n.op == "call_method":
-            wrapped = _Scope(n.target, "method")
-        else:
-            wrapped = _Scope(n.target, "function")
-        gm.add_submodule(name, wrapped)
-        n.op, n.target = "call_module", name
-    gm.graph.lint()
-    gm.recompile()
-    return gm, lg
-
-
-# ----------------------------------------------------------------------------- measuring
-
-
-@dataclass
-class _Measured:
-    """What a runtime's profiler gave: per-layer samples (ms, one per run) and kind fractions."""
-
-    samples: dict  # layer index (or None) -> [ms per run]
-    kinds: dict  # layer index (or None) -> {kind: time} (any unit; normalised later)
-    profiled: lat.Timing
-    whole: lat.Measurement
-    runs: int
-    notes: list
-    types: dict  # None -> the op types of the (runtime) row
-
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Library code never prints: the profiler's C++ side (Kineto) writes start/stop lines straight
-    to file descriptor 2, below Python, so that descriptor points at /dev/null meanwhile."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def _event_kind(e) -> str:
-    kind = kind_of_aten(e.name)
-    if kind is not None:
-        return kind
-    kids = list(e.cpu_children)
-    if kids:
-        return _event_kind(max(kids, key=lambda k: k.cpu_time_total))
-    return "other"
-
-
-def _measure_torch(module: nn.Module, x: torch.Tensor, config: TimingConfig, threads) -> _Measured:
-    from torch.profiler import ProfilerActivity, profile, record_function
-
-    cuda = x.device.type == "cuda"
-    whole = lat.time_torch(module, x, config=config, threads=threads)
-    gm, _ = ranged_module(module)
-    gm = gm.to(x.device)
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-
-    def step():
-        with record_function("surgery_forward"):
-            gm(x)
-            sync()
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    run_cfg = replace(config, warmup=0, warmup_s=0.0, max_runs=max(1, min(config.max_runs, PROFILE_MAX_RUNS)),
-                      min_runs=min(config.min_runs, PROFILE_MAX_RUNS))
-    ctx = torch.no_grad() if cuda else torch.inference_mode()
-    with lat.torch_settings(x.device, threads=threads), ctx:
-        t0, warm = time.perf_counter(), 0
-        while warm < max(1, config.warmup) or time.perf_counter() - t0 < config.warmup_s:  # warm-up, unprofiled
-            step()
-            warm += 1
-        with _quiet_stderr(), profile(activities=activities) as prof:
-            profiled = lat.measure(step, run_cfg)
-    samples: dict = defaultdict(list)
-    kinds: dict = defaultdict(lambda: defaultdict(float))
-    for e in prof.events():
-        m = _SCOPE_RE.fullmatch(e.name)
-        if m is None:
-            continue
-        idx = int(m.group(1))
-        t_us = e.device_time_total if cuda else e.time_range.elapsed_us()
-        samples[idx].append(t_us / 1e3)
-        for k in e.cpu_children:
-            kinds[idx][_event_kind(k)] += (k.device_time_total if cuda else k.cpu_time_total)
-    notes = [f"torch.profiler over {profiled.runs} forward passes; record_function ranges around every layer "
-             f"node of the fx layer graph" + ("; CUDA kernel time per layer" if cuda else "")]
-    return _Measured(dict(samples), {k: dict(v) for k, v in kinds.items()}, profiled, whole, profiled.runs, notes, {})
-
-
-def _layer_of_ort_node(node, opt_nodes: dict) -> int | None:
-    m = _SCOPE_RE.search(node)
-    if m:
-        return int(m.group(1))
-    on = opt_nodes.get(node)
-    if on is None:
-        return None
-    for names in (on.output, on.input):
-        for v in names:
-            m = _SCOPE_RE.search(v)
-            if m:
-                return int(m.group(1))
-    return None
-
-
-def _measure_ort(net: Net, module: nn.Module, x: torch.Tensor, runtime: str, config: TimingConfig, threads,
-                 conv_of: Callable[[int], int], tmp: Path) -> _Measured:
-    import onnx
-
-    from surgery.core.onnx_io import export_model, verify_session
-
-    device = x.device
-    lat.check_ort(runtime, device)
-    host = module if device.type == "cpu" else copy.deepcopy(module).cpu()  # exported and verified on the host
-    scoped, _ = scoped_module(host)
-    xe = x.detach().cpu()
-    try:
-        exported = export_model(scoped, xe, exporter="torchscript")
-    except SurgeryError:
-        exported = export_model(scoped, xe)
-    path = tmp / "scoped.onnx"
-    path.write_bytes(exported.data)
-    sess = lat.ort_session(path, runtime, device, threads=threads, dtype=x.dtype)
-    rep = verify_session(sess, host, net.input_shape, batch=x.shape[0], dtype=x.dtype, probes=1,
-                         what=f"ONNX model ({runtime})")
-    whole = lat.time_onnxruntime(sess, x, runtime, config=config, threads=threads)
-    del sess
-    opt_path = tmp / "optimized.onnx"
-    psess = lat.ort_session(path, runtime, device, threads=threads, dtype=x.dtype, profile_prefix=str(tmp / "ort"),
-                            optimized_path=str(opt_path))
-    run_cfg = replace(config, max_runs=max(1, min(config.max_runs, PROFILE_MAX_RUNS)),
-                      min_runs=min(config.min_runs, PROFILE_MAX_RUNS))
-    profiled = lat.time_onnxruntime(psess, x, runtime, config=run_cfg, threads=threads).timing
-    events = json.loads(Path(psess.end_profiling()).read_text())
-    try:
-        opt_nodes = {n.name: n for n in onnx.load(str(opt_path), load_external_data=False).graph.node}
-    except Exception:  # the optimized graph is a help for names, not a need
-        opt_nodes = {}
-    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
-                  if e.get("cat") == "Session" and e.get("name") == "SequentialExecutor::Execute")
-    runs = runs[-profiled.runs:] if profiled.runs <= len(runs) else runs  # the timed runs (after the warm-up)
-    per_run: list[dict] = [defaultdict(float) for _ in runs]
-    kinds: dict = defaultdict(lambda: defaultdict(float))
-    types: dict = defaultdict(set)
-    starts = [r[0] for r in runs]
-    for e in events:
-        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
-            continue
-        i = bisect.bisect_right(starts, e["ts"]) - 1
-        if i < 0 or e["ts"] > runs[i][1]:
-            continue  # a warm-up run
-        node = e["name"][: -len("_kernel_time")]
-        op = e.get("args", {}).get("op_name", "")
-        kind = kind_of_ort(op)
-        idx = _layer_of_ort_node(node, opt_nodes)
-        if idx is not None and (kind == "convolution" or op.startswith("Reorder")):
-            # a fused conv(+BN)(+act) kernel named after its last op is the conv's time, and so are the
-            # layout reorders of its blocked (NCHWc) output
-            idx = conv_of(idx)
-        per_run[i][idx] += e["dur"] / 1e3
-        kinds[idx][kind] += e["dur"]
-        if idx is None:
-            types[None].add(op)
-    samples: dict = defaultdict(list)
-    keys = set().union(*per_run) if per_run else set()
-    for r in per_run:
-        for k in keys:
-            samples[k].append(r.get(k, 0.0))
-    notes = [f"ONNX Runtime's profiler over {len(per_run)} runs of the optimized graph "
-             f"({exported.exporter} exporter, opset {exported.opset}, verified against PyTorch: max rel "
-             f"{rep.max_rel:.1e}); nodes mapped to layers by their {_SCOPE}<index> scope"]
-    return _Measured(dict(samples), {k: dict(v) for k, v in kinds.items()}, profiled, whole, len(per_run), notes,
-                     {None: ", ".join(sorted(types[None]))} if None in types else {})
-
-
 def _stats(vals: list[float]) -> tuple[float, float, float]:
     s = sorted(vals)
     return statistics.median(s), lat.percentile(s, 10), lat.percentile(s, 90)
@@ -538,8 +190,8 @@ def profile_layers(net: Net | str, *, runtime: str = "torch", device: str = "cpu
 
     ``runtime``: ``torch`` (eager) or ``onnxruntime`` (``onnxruntime:cpu|cuda``); ``device``
     ``cpu`` or ``cuda[:N]``; ``timing`` as for :func:`analyzers.profile.profile` (at most
-    :data:`PROFILE_MAX_RUNS` forwards are profiled); ``device_spec`` names the roofline spec
-    (default: this CPU, measured, or the GPU's datasheet)."""
+    :data:`analyzers.layer_measure.PROFILE_MAX_RUNS` forwards are profiled); ``device_spec``
+    names the roofline spec (default: this CPU, measured, or the GPU's datasheet)."""
     from analyzers.cost import CostCounter
     from analyzers.profile import parse_dtypes, roofline_spec_name
     from surgery.core.io import load
@@ -589,9 +241,9 @@ def profile_layers(net: Net | str, *, runtime: str = "torch", device: str = "cpu
         x = net.example_input(batch, device=dev if rt != "onnxruntime:cpu" else "cpu", dtype=DTYPES[dtype])
         try:
             if rt == "torch":
-                m = _measure_torch(module, x, timing, threads)
+                m = measure_torch(module, x, timing, threads)
             else:
-                m = _measure_ort(net, module, x, rt, timing, threads, conv_of, Path(tmp))
+                m = measure_ort(net, module, x, rt, timing, threads, conv_of, Path(tmp))
         except Unavailable as e:
             raise SurgeryError(f"{rt}: {e}") from None
         used_threads = threads or (torch.get_num_threads() if dev.type == "cpu" or rt == "onnxruntime:cpu" else None)

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Sequence
 
 from analyzers.figures import save_png
-from analyzers.layer_profile import KINDS, LayerProfileReport
+from analyzers.layer_kinds import KINDS
+from analyzers.layer_profile import LayerProfileReport
 
 COLORS = {"convolution": "#4C72B0", "data movement": "#DD8452", "element-wise": "#55A868",
           "channel shuffle": "#C44E52", "other": "#8172B3"}

@@ -16,8 +16,9 @@ from torch import nn
 
 from analyzers.cost import analyze
 from analyzers.latency import TimingConfig
-from analyzers.layer_profile import (KINDS, LayerProfileReport, kind_of_aten, kind_of_category, kind_of_ort,
-                                     profile_layers, ranged_module, scoped_module, shuffle_layers)
+from analyzers.layer_kinds import KINDS, kind_of_aten, kind_of_category, kind_of_ort, shuffle_layers
+from analyzers.layer_measure import ranged_module, scoped_module
+from analyzers.layer_profile import LayerProfileReport, profile_layers
 from conftest import run_cli
 from surgery.core.errors import SurgeryError
 from surgery.core.graph import layer_graph
