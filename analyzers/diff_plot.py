@@ -1,4 +1,4 @@
-"""The picture of a :class:`analyzers.diff.DiffReport`, like Fig. 1-4 of
+"""The picture of a :class:`analyzers.diff_report.DiffReport`, like Fig. 1-4 of
 shared-backbone-yolov3.txt: per-layer box plots of the relative weight (top) and bias
 (bottom) differences along the layer index, the suggested split marked.
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from analyzers.diff import DiffReport, LayerDiff
+from analyzers.diff_report import DiffReport, LayerDiff
 
 PANELS = (("weights", ("weight",)), ("biases", ("bias", "bn_bias")))
 _LOG_RANGE = 100.0  # use a log y axis when the largest drawn value exceeds the smallest median this much

@@ -13,6 +13,9 @@ import torch
 from torch import nn
 
 from analyzers import diff as D
+from analyzers import diff_report as R
+from analyzers import diff_split as SP
+from analyzers import diff_stats as ST
 from surgery.core import io as sio
 from surgery.core.errors import SurgeryError
 from surgery.core.net import ArchSpec, Net
@@ -137,14 +140,14 @@ DISTS = {
 }
 
 
-@pytest.mark.parametrize("n", [1, 2, 7, 1000, D._SMALL + 1, 300_001])
+@pytest.mark.parametrize("n", [1, 2, 7, 1000, ST._SMALL + 1, 300_001])
 @pytest.mark.parametrize("dist", sorted(DISTS))
 def test_box_stats_match_matplotlib(n, dist):
     """Both paths (sort for small samples, radix histogram for large ones) give matplotlib's boxes."""
     from matplotlib.cbook import boxplot_stats
 
     d = DISTS[dist](np.random.default_rng(n), n).astype(np.float32)
-    s = D.box_stats(d)
+    s = ST.box_stats(d)
     ref = boxplot_stats(d)[0]
     for ours, theirs in (("mean", "mean"), ("q1", "q1"), ("median", "med"), ("q3", "q3"),
                          ("whisker_low", "whislo"), ("whisker_high", "whishi")):
@@ -158,7 +161,7 @@ def test_known_perturbation_gives_exact_relative_differences():
     a = torch.full((1000,), 2.0)
     a[::2] = -2.0  # sign does not matter: mean|A| = 2
     delta = torch.linspace(0, 1, 1000)  # |B - A| / 2 is uniform on [0, 0.5]
-    s, scale, rel = D.relative_diff_stats(a, a + delta)
+    s, scale, rel = ST.relative_diff_stats(a, a + delta)
     assert rel and scale == 2.0
     assert s.mean == pytest.approx(0.25, rel=1e-6)
     assert s.median == pytest.approx(0.25, rel=1e-6)
@@ -167,7 +170,7 @@ def test_known_perturbation_gives_exact_relative_differences():
     # one element moved by 10 x mean|A|: an outlier above the whisker
     b = a + delta
     b[500] += 20.0
-    s, _, _ = D.relative_diff_stats(a, b)
+    s, _, _ = ST.relative_diff_stats(a, b)
     assert (s.outliers, s.outliers_high) == (1, 1)
     assert s.max == pytest.approx(10.0 + 0.5 * 500 / 999, rel=1e-6)
     assert s.whisker_high == pytest.approx(0.5, rel=1e-6)
@@ -176,7 +179,7 @@ def test_known_perturbation_gives_exact_relative_differences():
 def test_scaling_a_tensor_gives_its_factor_as_mean():
     """B = 1.25 A: d_i = 0.25 |A_i| / mean|A|, so the mean is exactly 0.25."""
     a = torch.randn(64, 32, 3, 3, generator=torch.Generator().manual_seed(0))
-    s, scale, rel = D.relative_diff_stats(a, a * 1.25)
+    s, scale, rel = ST.relative_diff_stats(a, a * 1.25)
     expected = (0.25 * a.abs() / a.abs().mean()).numpy().astype(np.float64)
     assert s.mean == pytest.approx(0.25, rel=1e-5)
     for q, v in ((0.25, s.q1), (0.5, s.median), (0.75, s.q3)):
@@ -184,14 +187,14 @@ def test_scaling_a_tensor_gives_its_factor_as_mean():
 
 
 def test_zero_base_reports_absolute_differences():
-    s, scale, rel = D.relative_diff_stats(torch.zeros(10), torch.full((10,), 0.5))
+    s, scale, rel = ST.relative_diff_stats(torch.zeros(10), torch.full((10,), 0.5))
     assert not rel and scale == 0.0
     assert s.mean == pytest.approx(0.5) and s.median == pytest.approx(0.5)
 
 
 def test_shape_mismatch_is_an_error_for_the_tensor_function():
     with pytest.raises(SurgeryError, match="shapes"):
-        D.relative_diff_stats(torch.zeros(3), torch.zeros(4))
+        ST.relative_diff_stats(torch.zeros(3), torch.zeros(4))
 
 
 # ----------------------------------------------------------------------------- the split rule
@@ -199,12 +202,12 @@ def test_shape_mismatch_is_an_error_for_the_tensor_function():
 
 def test_split_on_a_step():
     pts = [(i, 0.0) for i in range(10)] + [(i, 1.0) for i in range(10, 15)]
-    sp = D.suggest_split(pts)
+    sp = SP.suggest_split(pts)
     assert (sp.first_changed, sp.share_at) == (10, 9) and sp.r2 == pytest.approx(1.0)
 
 
 def test_split_uses_layer_indices_not_positions():
-    sp = D.suggest_split([(0, 0.01), (3, 0.012), (7, 0.011), (12, 0.5), (15, 0.6)])
+    sp = SP.suggest_split([(0, 0.01), (3, 0.012), (7, 0.011), (12, 0.5), (15, 0.6)])
     assert (sp.first_changed, sp.share_at) == (12, 11)
 
 
@@ -216,7 +219,7 @@ def test_split_uses_layer_indices_not_positions():
     [0.5],
 ])
 def test_no_split_without_a_clear_rise(medians):
-    assert D.suggest_split(list(enumerate(medians))) is None
+    assert SP.suggest_split(list(enumerate(medians))) is None
 
 
 @pytest.mark.parametrize("text,expected", [("0-3", [0, 1, 2, 3]), ("5", [5]), ("0-1, 7,9-10", [0, 1, 7, 9, 10])])
@@ -413,17 +416,17 @@ def _png_size(path) -> tuple[int, int]:
     return w, h
 
 
-def _synthetic_report(n_layers: int) -> D.DiffReport:
+def _synthetic_report(n_layers: int) -> R.DiffReport:
     rng = np.random.default_rng(0)
     rows = []
     for i in range(n_layers):
         level = 0.001 if i < 75 else 0.2
         for kind in ("weight", "bias"):
-            s = D.box_stats((rng.lognormal(0, 1, 2000) * level).astype(np.float32))
-            rows.append(D.LayerDiff(i, f"layers.{i}", f"layers.{i}.{kind}", kind, (2000,), True, 1.0, s))
-    split = D.suggest_split([(r.index, r.stats.median) for r in rows if r.kind == "weight"])
-    skipped = (D.Skipped(81, "layers.81", "layers.81.conv.weight", "weight", "shapes differ", (255,), (18,)),)
-    return D.DiffReport("a.pt", "b.pt", True, tuple(rows), skipped, split)
+            s = ST.box_stats((rng.lognormal(0, 1, 2000) * level).astype(np.float32))
+            rows.append(R.LayerDiff(i, f"layers.{i}", f"layers.{i}.{kind}", kind, (2000,), True, 1.0, s))
+    split = SP.suggest_split([(r.index, r.stats.median) for r in rows if r.kind == "weight"])
+    skipped = (R.Skipped(81, "layers.81", "layers.81.conv.weight", "weight", "shapes differ", (255,), (18,)),)
+    return R.DiffReport("a.pt", "b.pt", True, tuple(rows), skipped, split)
 
 
 def test_plot_is_a_png_of_sensible_size(tmp_path):

@@ -7,7 +7,8 @@ import struct
 
 import numpy as np
 
-from analyzers import diff as D
+from analyzers import diff_report as R
+from analyzers import diff_stats as ST
 
 
 def _png_size(path) -> tuple[int, int]:
@@ -16,14 +17,14 @@ def _png_size(path) -> tuple[int, int]:
     return struct.unpack(">II", head[16:24])
 
 
-def _report(kinds) -> D.DiffReport:
+def _report(kinds) -> R.DiffReport:
     rng = np.random.default_rng(0)
     rows = []
     for i in range(12):
         for kind in kinds:
-            s = D.box_stats((rng.lognormal(0, 1, 500) * (0.01 if i < 6 else 0.2)).astype(np.float32))
-            rows.append(D.LayerDiff(i, f"layers.{i}", f"layers.{i}.{kind}", kind, (500,), True, 1.0, s))
-    return D.DiffReport("a.pt", "b.pt", False, tuple(rows), (), None)
+            s = ST.box_stats((rng.lognormal(0, 1, 500) * (0.01 if i < 6 else 0.2)).astype(np.float32))
+            rows.append(R.LayerDiff(i, f"layers.{i}", f"layers.{i}.{kind}", kind, (500,), True, 1.0, s))
+    return R.DiffReport("a.pt", "b.pt", False, tuple(rows), (), None)
 
 
 def test_diff_without_biases_has_the_weight_panel_alone(tmp_path):
