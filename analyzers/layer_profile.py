@@ -193,7 +193,8 @@ def profile_layers(net: Net | str, *, runtime: str = "torch", device: str = "cpu
     :data:`analyzers.layer_measure.PROFILE_MAX_RUNS` forwards are profiled); ``device_spec``
     names the roofline spec (default: this CPU, measured, or the GPU's datasheet)."""
     from analyzers.cost import CostCounter
-    from analyzers.profile import parse_dtypes, roofline_spec_name
+    from analyzers.profile import parse_dtypes
+    from analyzers.profile_costs import roofline_spec_name
     from surgery.core.io import load
 
     net = net if isinstance(net, Net) else load(net)

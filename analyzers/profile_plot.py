@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 
 from analyzers.figures import save_png
-from analyzers.profile import ProfileReport
+from analyzers.profile_rows import ProfileReport
 
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
 

@@ -18,7 +18,8 @@ from torch import nn
 
 from analyzers import latency as lat
 from analyzers.latency import TimingConfig, Unavailable
-from analyzers.profile import ProfileReport, ProfileRow, _pareto, pareto_front, profile
+from analyzers.profile import profile
+from analyzers.profile_rows import ProfileReport, ProfileRow, pareto_front, pareto_rows
 from cli_commands.base import to_jsonable
 from surgery.core import io as sio
 from surgery.core.errors import SurgeryError
@@ -175,7 +176,7 @@ def test_pareto_flags_of_hand_made_rows():
     rows = [row(10, 5.0), row(20, 4.0), row(20, 6.0), row(30, 9.0, batch=8), row(5, 1.0, status="failed"),
             row(None, 0.5)]
     # (20, 6) is dominated by (10, 5); (30, 9) is alone at batch 8; a failed row and one without MACs get none
-    assert [r.pareto for r in _pareto(rows)] == [True, True, False, True, None, None]
+    assert [r.pareto for r in pareto_rows(rows)] == [True, True, False, True, None, None]
 
 
 def test_roofline_floor_joined(report):
