@@ -47,6 +47,16 @@ def parse_tprs(text: str) -> tuple[float, ...]:
     return tuple(_floats(text, "--tpr", "give recalls in (0, 1], e.g. 0.99 or 0.99,0.95"))
 
 
+def parse_classes(text: str | None) -> tuple[int, ...] | None:
+    """``--classes``: ``"1"`` or ``"0,2"`` -> S1-class indices; None or empty -> the default."""
+    if text is None or not str(text).strip():
+        return None
+    try:
+        return tuple(int(v) for v in str(text).split(",") if v.strip())
+    except ValueError:
+        raise SurgeryError(f"--classes {text!r}: give S1-class indices like 1 or 0,2") from None
+
+
 def parse_thresholds(text: str, k: int) -> list[float]:
     """``--pass-threshold``: ``"0.5"`` (every S1-class) or ``"0.5,inf,0.2"`` (one per class;
     ``inf`` = never passes, ``-inf`` = always) -> ``k`` values."""

@@ -172,17 +172,18 @@ def calibrate_cmd(
     Reports the achieved TPR and FPR and the pass fraction p on the calibration and held-out data.
     """
     from surgery.core import io as sio
-    from cli_commands.onion import parse_tprs
+    from cli_commands.onion import parse_classes, parse_tprs
     from surgery.onion.calibrate import calibrate, check_tprs
 
     tprs = check_tprs(parse_tprs(tpr))  # refused before anything loads
+    interest = parse_classes(classes)
     out_path = output or str(sio.default_output([cascade], "-calibrated"))
     inputs = [r for r in (cascade, teacher) if r]
     sio.check_outputs([out_path], force=force, inputs=inputs)
     sio.check_checkpoint_name(out_path)
     net, t = (load_models([cascade] + ([teacher] if teacher else []), arch, weights, trust_code, input)
               + [None])[:2]  # loader options: CASCADE, then --teacher
-    res, rep = calibrate(net, data, tprs=tprs, val=val, interest=classes, teacher=t, batch=batch)
+    res, rep = calibrate(net, data, tprs=tprs, val=val, interest=interest, teacher=t, batch=batch)
     path = sio.save(res, out_path, force=force, inputs=inputs)
     import dataclasses
 

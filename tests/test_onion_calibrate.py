@@ -164,3 +164,20 @@ def test_cli_no_positives_writes_nothing(cli, pairs, tmp_path):
     r = cli("onion", "calibrate", "c.pt", "--data", str(pairs), cwd=tmp_path)
     assert r.code == 2 and r.err.count("\n") == 1 and "no positive example" in r.err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+
+
+@pytest.mark.parametrize("classes, why", [("x", "give S1-class indices"), ("5", "not one of 0..1")])
+def test_cli_bad_classes_of_interest_write_nothing(cli, pairs, tmp_path, classes, why):
+    r = cli("onion", "calibrate", "zoo:onion_p", "--data", str(pairs), "--classes", classes, cwd=tmp_path)
+    assert r.code == 2 and r.err.count("\n") == 1 and why in r.err, r.err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_classes_of_interest_are_typed_and_checked_in_the_library(pairs):
+    from surgery.onion import s1classes
+
+    s1 = s1classes.S1Map("binary", ("neg", "pos"), (0, 1), 2)
+    assert s1classes.check_interest(None, s1) == s1.default_interest()
+    assert s1classes.check_interest((1, 1, 0), s1) == (0, 1)
+    with pytest.raises(SurgeryError, match="integer indices"):
+        s1classes.check_interest("1", s1)

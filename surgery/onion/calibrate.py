@@ -241,7 +241,7 @@ def _s1_map(net: Net, cascade: OnionCascade, folder: tdata.ImageFolder, teacher:
 
 
 def calibrate(net: Net, data: str, *, tprs: float | Sequence[float], val: str | None = None,
-              interest: str | Sequence[int] | None = None, teacher: Net | None = None,
+              interest: Sequence[int] | None = None, teacher: Net | None = None,
               batch: int = 256) -> tuple[Net, CalibrationReport]:
     """Thresholds at each TPR of ``tprs`` (the first one goes into the cascade); ``net`` is not mutated."""
     tprs = check_tprs(tprs)
@@ -258,7 +258,7 @@ def calibrate(net: Net, data: str, *, tprs: float | Sequence[float], val: str | 
     if s1.classes and cal_f.labels is not None and tuple(cal_f.classes) != s1.classes:
         raise SurgeryError(f"{data}: its classes ({', '.join(cal_f.classes[:6])}) differ from those the cascade was "
                            f"trained on ({', '.join(s1.classes[:6])})")
-    chosen = s1classes.parse_interest(",".join(map(str, interest)) if isinstance(interest, (list, tuple)) else interest, s1)
+    chosen = s1classes.check_interest(interest, s1)
     norm = tdata.Normalization.from_metadata(net.metadata, net.input_shape[0])
 
     scores = cascade.pass_scores(s1_logits(cascade, cal_f, net.input_shape, norm, batch=batch))  # (N, K)

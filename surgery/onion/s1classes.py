@@ -121,15 +121,15 @@ def stored(metadata: Mapping, where: str) -> S1Map | None:
     return None if d is None else S1Map.from_dict(d, where)
 
 
-def parse_interest(text: str | None, s1: S1Map) -> tuple[int, ...]:
-    """``"1"`` or ``"0,2"`` -> S1-classes of interest (default: see the module docstring)."""
-    if text is None or not str(text).strip():
+def check_interest(values: Sequence[int] | None, s1: S1Map) -> tuple[int, ...]:
+    """The S1-classes of interest, checked against ``s1`` (None or empty: the default of the
+    module docstring); sorted, without repeats."""
+    if not values:
         return s1.default_interest()
-    try:
-        vals = sorted({int(v) for v in str(text).split(",") if v.strip()})
-    except ValueError:
-        raise SurgeryError(f"bad S1-classes of interest {text!r}; give indices like 1 or 0,2") from None
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in values):
+        raise SurgeryError(f"S1-classes of interest {list(values)!r}: give integer indices like (1,) or (0, 2)")
+    vals = sorted(set(values))
     bad = [v for v in vals if not 0 <= v < s1.k]
-    if bad or not vals:
-        raise SurgeryError(f"S1-class {bad[0] if bad else text!r} of interest is not one of 0..{s1.k - 1}")
+    if bad:
+        raise SurgeryError(f"S1-class {bad[0]} of interest is not one of 0..{s1.k - 1}")
     return tuple(vals)

@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 from torch.fx.passes.shape_prop import ShapeProp
 
-from surgery.core.errors import SurgeryError
+from surgery.core.errors import SurgeryError, first_line
 from surgery.core.graph import meta_copy, select
 from surgery.core.net import Net
 from surgery.regroup.interfaces import Graph, Interface, Unit
@@ -50,7 +50,7 @@ def spatial_sizes(g: Graph, input_shape: Sequence[int]) -> dict[str, tuple[int, 
         ShapeProp(gm).propagate(x)
     except Exception as e:  # shape errors from the user's model
         raise SurgeryError(f"regroup: cannot run the model on input 1x{'x'.join(map(str, input_shape))} "
-                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); pass --input") from None
+                           f"({type(e).__name__}: {first_line(e)}); pass --input") from None
     shapes = {}
     for n in gm.graph.nodes:
         tm = n.meta.get("tensor_meta")

@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 from torch import fx, nn
 
-from surgery.core.errors import SurgeryError
+from surgery.core.errors import SurgeryError, first_line
 from surgery.core.graph import LayerGraph, layer_graph, resolve
 
 
@@ -74,7 +74,7 @@ def layer_shapes(module: nn.Module, input_shape: Sequence[int]) -> tuple[LayerGr
             _Shapes(gm, shapes).run(x)
     except Exception as e:  # the model cannot run a batch of one of its input shape
         raise SurgeryError(f"cannot run {type(module).__name__} on a 1x{'x'.join(map(str, input_shape))} input to "
-                           f"find its feature maps ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+                           f"find its feature maps ({type(e).__name__}: {first_line(e)})") from None
     finally:
         for m, was in modes.items():
             m.train(was)
