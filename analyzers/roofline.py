@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -33,6 +32,7 @@ from typing import Mapping
 import torch
 
 from analyzers.cost import CostReport
+from analyzers.devices import cpu_model
 from surgery.core.errors import SurgeryError, suggest
 
 
@@ -103,21 +103,11 @@ def cache_dir() -> Path:
     return Path(base) / "surgery"
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 _PROBES_VERSION = 3  # bump when measure_cpu's probes change: cached figures of older probes are not reused
 
 
 def _fingerprint() -> str:
-    return (f"{_cpu_model()}|{os.cpu_count()} cpus|{torch.get_num_threads()} threads|torch {torch.__version__}"
+    return (f"{cpu_model()}|{os.cpu_count()} cpus|{torch.get_num_threads()} threads|torch {torch.__version__}"
             f"|probes v{_PROBES_VERSION}")
 
 
