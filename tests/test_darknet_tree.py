@@ -11,7 +11,7 @@ from conftest import run_cli
 from surgery.core import io as sio
 from surgery.core.errors import SurgeryError
 from zoo.darknet import build_darknet, load_darknet
-from zoo.darknet.layers import tree_group_sizes
+from zoo.darknet.head_layers import tree_group_sizes
 
 # 9 nodes: root group {0,1}, children of 0 {2,3,4}, children of 1 {5,6}, children of 3 {7,8}
 TREE = "animal -1\nthing -1\ndog 0\ncat 0\nbird 0\nrock 1\nchair 1\nrobin 3\nowl 3\n"
@@ -129,7 +129,7 @@ def test_tree_larger_than_the_inputs_is_refused(tmp_path):
 import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from zoo.darknet.layers import map_entries  # noqa: E402
+from zoo.darknet.head_layers import map_entries  # noqa: E402
 from zoo.darknet.side_files import tree_text  # noqa: E402
 
 DATA = Path(__file__).parent / "data" / "darknet"

@@ -18,28 +18,12 @@ Forward is inference-exact except for BatchNorm: see :data:`BN_EPS`.
 
 from zoo.darknet.cfg import BN_EPS, OUTPUT_SECTIONS, SECTIONS, TYPE_OPTION, parse_cfg, write_cfg
 from zoo.darknet.files import load_darknet, save_darknet
-from zoo.darknet.layers import ACTIVATIONS, make_activation
-from zoo.darknet.layers import (
-    DarknetActivation,
-    DarknetLayer,
-    ConvolutionalLayer,
-    ConnectedLayer,
-    LocalLayer,
-    MaxpoolLayer,
-    AvgpoolLayer,
-    RouteLayer,
-    ShortcutLayer,
-    UpsampleLayer,
-    ReorgLayer,
-    YoloLayer,
-    RegionLayer,
-    DetectionLayer,
-    DropoutLayer,
-    SoftmaxLayer,
-    CropLayer,
-    CostLayer,
-    ActivationLayer,
-)
+from zoo.darknet.activations import ACTIVATIONS, DarknetActivation, make_activation
+from zoo.darknet.layers import DarknetLayer
+from zoo.darknet.conv_layers import AvgpoolLayer, ConnectedLayer, ConvolutionalLayer, LocalLayer, MaxpoolLayer
+from zoo.darknet.route_layers import (ActivationLayer, CostLayer, CropLayer, DropoutLayer, ReorgLayer, RouteLayer,
+                                      ShortcutLayer, UpsampleLayer)
+from zoo.darknet.head_layers import DetectionLayer, RegionLayer, SoftmaxLayer, YoloLayer
 from zoo.darknet.norm_layers import BatchnormLayer, L2normLayer, NormalizationLayer
 from zoo.darknet.seg_layers import DeconvolutionalLayer, IsegLayer, LogisticLayer
 from zoo.darknet.net import DarknetNet, build_darknet

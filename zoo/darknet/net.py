@@ -9,9 +9,12 @@ from torch import nn
 
 from surgery.core.errors import SurgeryError
 from zoo.darknet.cfg import OUTPUT_SECTIONS, Shape, parse_cfg, write_cfg
-from zoo.darknet.layers import _LAYERS, _Ctx, no_image_reason
+from zoo.darknet.conv_layers import CONV_LAYERS
+from zoo.darknet.head_layers import HEAD_LAYERS
+from zoo.darknet.layers import Ctx, no_image_reason
 from zoo.darknet.norm_layers import NORM_LAYERS
 from zoo.darknet.recurrent import RECURRENT_LAYERS
+from zoo.darknet.route_layers import ROUTE_LAYERS
 from zoo.darknet.seg_layers import SEG_LAYERS
 from zoo.darknet.weights import WeightsHeader
 
@@ -29,7 +32,7 @@ class DarknetNet(nn.Module):
         self.source = source
         self.blocks = blocks
         self.net_options = {k: v for k, v in blocks[0].items() if k != "type"}
-        net = _Ctx(-1, blocks[0], source, [], (0, 0, 0), (0, 0))
+        net = Ctx(-1, blocks[0], source, [], (0, 0, 0), (0, 0))
         net.where = f"{source}: [net]: "
         c, h, w = net.int("channels", 0), net.int("height", 0), net.int("width", 0)
         images: list[str | None] = [None]  # Darknet's C x H x W or why there is none, per output (no_image_reason)
@@ -45,7 +48,7 @@ class DarknetNet(nn.Module):
         shapes: list[Shape] = []
         layers = []
         for i, block in enumerate(blocks[1:]):
-            ctx = _Ctx(i, block, source, shapes, self.input_shape, (h, w), images)
+            ctx = Ctx(i, block, source, shapes, self.input_shape, (h, w), images)
             ctx.net = net  # the [net] options a layer may read (the recurrent layers' time_steps)
             layer = _BUILDERS[block["type"]](ctx)
             if getattr(layer, "inline_options", None):  # e.g. a softmax tree file's groups: the cfg text carries them
@@ -158,7 +161,7 @@ def _fold_unit(old: nn.Module, new: nn.Module) -> None:
 
 
 # section name -> layer class; cfg.SECTIONS lists the same names (a test checks they agree)
-_BUILDERS = {**_LAYERS, **RECURRENT_LAYERS, **NORM_LAYERS, **SEG_LAYERS}
+_BUILDERS = {**CONV_LAYERS, **ROUTE_LAYERS, **HEAD_LAYERS, **RECURRENT_LAYERS, **NORM_LAYERS, **SEG_LAYERS}
 
 
 def free_after(inputs: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...]:

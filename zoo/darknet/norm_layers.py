@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.darknet.cfg import BN_EPS, BN_MOMENTUM
-from zoo.darknet.layers import DarknetLayer, _Ctx, _PassLayer
+from zoo.darknet.layers import DarknetLayer, Ctx, PassLayer
 
 
-class NormalizationLayer(_PassLayer):
+class NormalizationLayer(PassLayer):
     """normalization_layer.c ``forward_normalization_layer``: ``out = x * norms^-beta`` with
     ``norms[k] = kappa + alpha * S[k]`` -- alpha is *not* divided by size (torch's
     LocalResponseNorm divides it).
@@ -27,7 +27,7 @@ class NormalizationLayer(_PassLayer):
 
     section = "normalization"
 
-    def __init__(self, ctx: _Ctx):
+    def __init__(self, ctx: Ctx):
         ctx.need_image()  # Darknet's layer is empty after a layer without C x H x W
         super().__init__(ctx)
         c = self.in_shape[0]
@@ -51,14 +51,14 @@ class NormalizationLayer(_PassLayer):
         return super().extra_repr() + f", size={self.size}, alpha={self.alpha:g}, beta={self.beta:g}, kappa={self.kappa:g}"
 
 
-class L2normLayer(_PassLayer):
+class L2normLayer(PassLayer):
     """blas.c ``l2normalize_cpu``: each position's channel vector divided by its L2 norm (no
     epsilon: an all-zero vector gives NaN, as Darknet's CPU path does; its GPU kernel
     ``l2norm_kernel`` treats a zero norm as 1 and gives 0)."""
 
     section = "l2norm"
 
-    def __init__(self, ctx: _Ctx):
+    def __init__(self, ctx: Ctx):
         ctx.need_image()  # after a layer without C x H x W Darknet normalises over 0 channels: a no-op
         super().__init__(ctx)
 
@@ -66,7 +66,7 @@ class L2normLayer(_PassLayer):
         return x / x.pow(2).sum(1, keepdim=True).sqrt()
 
 
-class BatchnormLayer(_PassLayer):
+class BatchnormLayer(PassLayer):
     """batchnorm_layer.c at inference: ``scales * (x - rolling_mean) / sqrt(rolling_variance) +
     biases`` per channel (with this builder's eps, :data:`zoo.darknet.cfg.BN_EPS`).
 
@@ -78,7 +78,7 @@ class BatchnormLayer(_PassLayer):
 
     section = "batchnorm"
 
-    def __init__(self, ctx: _Ctx):
+    def __init__(self, ctx: Ctx):
         ctx.need_image()  # after a layer without C x H x W Darknet's [batchnorm] has 0 channels
         super().__init__(ctx)
         c = self.in_shape[0]

@@ -28,7 +28,8 @@ from torch import nn
 
 from surgery.core.errors import SurgeryError
 from zoo.darknet.cfg import BN_EPS, BN_MOMENTUM
-from zoo.darknet.layers import DarknetLayer, _Ctx, make_activation
+from zoo.darknet.activations import make_activation
+from zoo.darknet.layers import Ctx, DarknetLayer
 
 
 # ------------------------------------------------------------------------------------
@@ -101,7 +102,7 @@ class _Recurrent(DarknetLayer):
 
     FILE_ORDER: tuple[str, ...] = ()  # sublayer attribute names in parser.c's load/save order
 
-    def __init__(self, ctx: _Ctx, inputs: tuple[int, ...], out_shape):
+    def __init__(self, ctx: Ctx, inputs: tuple[int, ...], out_shape):
         super().__init__(ctx, inputs, out_shape)
         self.steps = time_steps(ctx)
         self.batch_unit = self.steps  # surgery.core.net.batch_unit: a forward takes whole sequences of rows
@@ -130,7 +131,7 @@ class _Recurrent(DarknetLayer):
         return super().extra_repr() + f", steps={self.steps}"
 
 
-def time_steps(ctx: _Ctx) -> int:
+def time_steps(ctx: Ctx) -> int:
     """``[net] time_steps`` (default 1), as parse_net_options reads it. ``ctx.net`` is the
     ``[net]`` block's context, which DarknetNet hands every layer."""
     net = getattr(ctx, "net", None)
@@ -153,7 +154,7 @@ def _join(outs: list[torch.Tensor]) -> torch.Tensor:
     return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
-def _flat_inputs(ctx: _Ctx) -> int:
+def _flat_inputs(ctx: Ctx) -> int:
     c, h, w = ctx.in_shape
     if c * h * w <= 0:
         raise ctx.error(f"needs a non-empty input, got {c}x{h}x{w}")
@@ -171,7 +172,7 @@ class RnnLayer(_Recurrent):
     section = "rnn"
     FILE_ORDER = ("input_layer", "self_layer", "output_layer")
 
-    def __init__(self, ctx: _Ctx):
+    def __init__(self, ctx: Ctx):
         n_in = _flat_inputs(ctx)
         output = ctx.int("output", 1)
         ctx.positive(output=output)
@@ -204,7 +205,7 @@ class _Gated(_Recurrent):
 
     GATES: tuple[str, ...] = ()
 
-    def __init__(self, ctx: _Ctx):
+    def __init__(self, ctx: Ctx):
         n_in = _flat_inputs(ctx)
         output = ctx.int("output", 1)
         ctx.positive(output=output)
@@ -223,7 +224,7 @@ class GruLayer(_Gated):
     FILE_ORDER = ("wz", "wr", "wh", "uz", "ur", "uh")
     GATES = ("z", "r", "h")
 
-    def __init__(self, ctx: _Ctx):
+    def __init__(self, ctx: Ctx):
         super().__init__(ctx)
         self.tanh = bool(ctx.int("tanh", 0))
 
@@ -285,7 +286,7 @@ class CrnnLayer(_Recurrent):
     section = "crnn"
     FILE_ORDER = ("input_layer", "self_layer", "output_layer")
 
-    def __init__(self, ctx: _Ctx):
+    def __init__(self, ctx: Ctx):
         c, h, w = ctx.need_image()
         for key in ("output", "hidden"):
             if key in ctx.opts:

@@ -8,7 +8,9 @@ import torch
 from torch import nn
 
 from zoo.darknet.cfg import BN_EPS, BN_MOMENTUM
-from zoo.darknet.layers import DarknetLayer, _Ctx, _PassLayer, check_numload, make_activation
+from zoo.darknet.activations import make_activation
+from zoo.darknet.conv_layers import check_numload
+from zoo.darknet.layers import Ctx, DarknetLayer, PassLayer
 
 
 class DeconvolutionalLayer(DarknetLayer):
@@ -25,7 +27,7 @@ class DeconvolutionalLayer(DarknetLayer):
 
     section = "deconvolutional"
 
-    def __init__(self, ctx: _Ctx):
+    def __init__(self, ctx: Ctx):
         c, h, w = ctx.need_image()
         n, size, stride = ctx.int("filters", 1), ctx.int("size", 1), ctx.int("stride", 1)
         padding = ctx.int("padding", 0)
@@ -49,13 +51,13 @@ class DeconvolutionalLayer(DarknetLayer):
         return self.act(x)
 
 
-class LogisticLayer(_PassLayer):
+class LogisticLayer(PassLayer):
     """logistic_layer.c: the logistic activation of the whole input (the cross-entropy against
     the truth is training only)."""
 
     section = "logistic"
 
-    def __init__(self, ctx: _Ctx):
+    def __init__(self, ctx: Ctx):
         super().__init__(ctx)
         self.act = nn.Sigmoid()
 
@@ -63,14 +65,14 @@ class LogisticLayer(_PassLayer):
         return self.act(x)
 
 
-class IsegLayer(_PassLayer):
+class IsegLayer(PassLayer):
     """iseg_layer.c's output: the logistic of the first ``classes`` channels (per-class masks),
     the ``ids`` embedding channels after them unchanged. Everything else forward_iseg_layer does
     is its loss (and it reads the truth even at inference, where Darknet has none)."""
 
     section = "iseg"
 
-    def __init__(self, ctx: _Ctx):
+    def __init__(self, ctx: Ctx):
         ctx.need_image()  # parse_iseg builds from params.w/h: nothing after a layer without C x H x W
         super().__init__(ctx)
         self.classes, self.ids = ctx.int("classes", 20), ctx.int("ids", 32)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterable
 
 from surgery.core.errors import SurgeryError
-from zoo.darknet.layers import map_entries, tree_group_sizes
+from zoo.darknet.head_layers import map_entries, tree_group_sizes
 
 # option -> (the layer attribute holding its values, what the file is, how Darknet reads it)
 _OPTIONS = {

@@ -16,7 +16,8 @@ from surgery.core.errors import SurgeryError
 from surgery.core.files import atomic_write
 from typing import TYPE_CHECKING
 
-from zoo.darknet.layers import ConnectedLayer, ConvolutionalLayer, DarknetLayer, LocalLayer
+from zoo.darknet.conv_layers import ConnectedLayer, ConvolutionalLayer, LocalLayer
+from zoo.darknet.layers import DarknetLayer
 from zoo.darknet.norm_layers import BatchnormLayer
 from zoo.darknet.seg_layers import DeconvolutionalLayer
 
