@@ -96,7 +96,7 @@ class ScaledChain(Chain):
 
 
 def test_a_registered_channel_op_passes_the_permutation():
-    from surgery.core.graph import PASS, ChannelOp, register_channel_op
+    from surgery.core.channel_ops import PASS, ChannelOp, register_channel_op
 
     src = as_net(ScaledChain())
     _, rep = regroup(src, 4, schedule="constant", cost=False, probes=0)

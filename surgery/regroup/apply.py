@@ -1,7 +1,7 @@
 """Apply: permute the neighbours, replace the regrouped convs; and the structural replay.
 
 Interface permutations go into the producer's output channels (weight rows, bias, the norm
-inside it), every per-channel op's tensors (:class:`surgery.core.graph.ChannelOp` ``params``)
+inside it), every per-channel op's tensors (:class:`surgery.core.channel_ops.ChannelOp` ``params``)
 and the consumers' input channels; the regrouped conv keeps its diagonal blocks in the
 permuted order. Everything outside the regrouped convs computes exactly what it did before.
 """
@@ -15,7 +15,7 @@ from torch import nn
 
 from surgery import partition
 from surgery.core.errors import SurgeryError
-from surgery.core.graph import module_channel_op
+from surgery.core.channel_ops import module_channel_op
 from surgery.core.recipe import replayable
 from surgery.regroup.interfaces import Graph
 from surgery.regroup.plan import Target

@@ -2,7 +2,7 @@
 
 An interface is the tensor between one producer conv and its consumer convs through ops that
 pass channels one to one. What each op does to channels is the core's channel-op registry
-(:func:`surgery.core.graph.node_channel_op`: torch's BatchNorm, activations, pools, dropout;
+(:func:`surgery.core.channel_ops.node_channel_op`: torch's BatchNorm, activations, pools, dropout;
 the Darknet sections register their own); any other op (a residual add, a concat, a reshape),
 the network input or output fixes the interface, and the reason is kept.
 """
@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 
-from surgery.core.graph import ABSORB, PASS, ChannelOp, layer_graph, node_channel_op
+from surgery.core.channel_ops import ABSORB, PASS, ChannelOp, node_channel_op
+from surgery.core.graph import layer_graph
 
 
 @dataclass

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from surgery.core.errors import SurgeryError, suggest
-from surgery.core.graph import PASS, ChannelOp, channel_op
+from surgery.core.channel_ops import PASS, ChannelOp, channel_op
 
 
 def _stair(x):
@@ -46,7 +46,7 @@ _TORCH_ACTS: dict[str, Callable[[], nn.Module]] = {
 ACTIVATIONS = tuple(sorted({*_TORCH_ACTS, *_CUSTOM_ACTS}))
 
 
-@channel_op(ChannelOp(PASS))  # per channel: a permutation passes through (surgery.core.graph)
+@channel_op(ChannelOp(PASS))  # per channel: a permutation passes through (surgery.core.channel_ops)
 class DarknetActivation(nn.Module):
     """A Darknet activation with no exact torch module (formula from activations.h)."""
 

@@ -1,6 +1,6 @@
 """Darknet's sections with weights over an image and its pools: ``[convolutional]`` (binary and
 XNOR included), ``[connected]``, ``[local]``, ``[maxpool]``, ``[avgpool]``. The conv and the
-pools register their channel ops with :mod:`surgery.core.graph` on import."""
+pools register their channel ops with :mod:`surgery.core.channel_ops` on import."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from surgery.core.graph import ABSORB, PASS, ChannelOp, channel_op
+from surgery.core.channel_ops import ABSORB, PASS, ChannelOp, channel_op
 from zoo.darknet.activations import make_activation
 from zoo.darknet.cfg import BN_EPS, BN_MOMENTUM
 from zoo.darknet.layers import Ctx, DarknetLayer, cdiv
@@ -137,7 +137,7 @@ class LocalLayer(DarknetLayer):
         return self.act(y.reshape(x.shape[0], *self.bias.shape) + self.bias)
 
 
-@channel_op(ChannelOp(PASS))  # per channel: a permutation passes through (surgery.core.graph)
+@channel_op(ChannelOp(PASS))  # per channel: a permutation passes through (surgery.core.channel_ops)
 class MaxpoolLayer(DarknetLayer):
     """Darknet max pooling: out = (w + padding - size)/stride + 1, window origin -padding/2."""
 
@@ -166,7 +166,7 @@ class MaxpoolLayer(DarknetLayer):
         return F.max_pool2d(x, self.size, (self.sy, self.sx))[..., :oh, :ow]
 
 
-@channel_op(ChannelOp(PASS))  # per channel: a permutation passes through (surgery.core.graph)
+@channel_op(ChannelOp(PASS))  # per channel: a permutation passes through (surgery.core.channel_ops)
 class AvgpoolLayer(DarknetLayer):
     section = "avgpool"  # global average pool
 

@@ -1,6 +1,6 @@
 """Darknet's sections that route, add, resample or pass tensors: ``[route]``, ``[shortcut]``,
 ``[upsample]``, ``[reorg]``, ``[crop]``, ``[dropout]``, ``[cost]``, ``[activation]``. The
-per-channel ones register their channel ops with :mod:`surgery.core.graph` on import."""
+per-channel ones register their channel ops with :mod:`surgery.core.channel_ops` on import."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from surgery.core.graph import PASS, ChannelOp, channel_op
+from surgery.core.channel_ops import PASS, ChannelOp, channel_op
 from zoo.darknet.activations import make_activation
 from zoo.darknet.layers import Ctx, DarknetLayer, PassLayer, identity_forward
 
@@ -163,7 +163,7 @@ class ReorgLayer(DarknetLayer):
         return y.reshape(b, c * s * s, h // s, w // s)
 
 
-@channel_op(ChannelOp(PASS))  # per channel: a permutation passes through (surgery.core.graph)
+@channel_op(ChannelOp(PASS))  # per channel: a permutation passes through (surgery.core.channel_ops)
 class DropoutLayer(PassLayer):
     section = "dropout"
 
@@ -199,7 +199,7 @@ class CostLayer(PassLayer):
     forward = identity_forward
 
 
-@channel_op(ChannelOp(PASS))  # per channel: a permutation passes through (surgery.core.graph)
+@channel_op(ChannelOp(PASS))  # per channel: a permutation passes through (surgery.core.channel_ops)
 class ActivationLayer(PassLayer):
     section = "activation"
 
