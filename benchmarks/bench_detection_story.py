@@ -19,7 +19,7 @@ end through the command line, on what ships here:
 Every command's wall time, the mAPs, training images/s and the load average are printed (and
 written to WORK/story.json).
 
-    python benchmarks/bench_detection_story.py --work /tmp/story --size 128 --base-epochs 6 --threads 1
+    python benchmarks/bench_detection_story.py --work /tmp/story --size 128 --base-epochs 8 --threads 1
 """
 
 from __future__ import annotations
@@ -107,8 +107,8 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=128, help="network input and image side (a multiple of 32)")
     ap.add_argument("--at", type=int, default=12, help="K: the last shared layer (yolov3_tiny: 12 = the backbone)")
     ap.add_argument("--digits", default="2000,300", help="digit-boxes train,val images")
-    ap.add_argument("--text", default="1000,200", help="synth-text train,val images")
-    ap.add_argument("--base-epochs", type=int, default=6)
+    ap.add_argument("--text", default="800,200", help="synth-text train,val images")
+    ap.add_argument("--base-epochs", type=int, default=8)
     ap.add_argument("--text-epochs", type=int, default=4)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -140,7 +140,7 @@ def main(argv=None) -> int:
     sweep = run(["share", "--sweep", k, "base.pt", "text-trained.pt"], log, w, "sweep")
     paper = run(["share", "--sweep", ",".join(map(str, sorted(PAPER))), "zoo:yolov3", "zoo:yolov3"], log, w, "sweep")
     prof = run(["profile", "base.pt", "base.pt+text-trained.pt", "shared.pt", "--threads", args.threads,
-                "--min-time", 3], log, w, "profile")
+                "--min-time", 5], log, w, "profile")
     v3 = yolov3_step(args.yolov3_size, w / "digits", args.threads) if args.yolov3_size else None
     total = time.perf_counter() - start
 
