@@ -6,9 +6,9 @@ from typing import Optional
 
 import typer
 
-from cli_commands.base import (ArchOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsCutoffOpt, WeightsOpt, app,
-                               note_random_weights, err_console, examples, fmt_num, human, load_model, out, print_json,
-                               table, wrote)
+from cli_commands.base import (app, err_console, examples, fmt_num, human, load_model, note_random_weights, out,
+                               print_json, table, wrote)
+from cli_commands.option_groups import ONE_MODEL, declared
 from cli_commands.probing import ProbeDataOpt, check_data, probe_for
 from cli_commands.writing import output_path, stages
 
@@ -20,6 +20,7 @@ _KINDS = "dirac,bn,branches"  # surgery.fold.KINDS (not imported here: the CLI s
     "surgery fold zoo:yolov3 --darknet yolov3-folded.cfg   # Darknet: batch_normalize=0, biases",
     "surgery fold r50.pt -o r50-nobn.pt --only bn --dtype float64",
 ))
+@declared(ONE_MODEL)
 def fold_cmd(
     model: str = typer.Argument(..., help="Model reference: FILE.pt, FILE.cfg or zoo:NAME[:k=v]."),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="The folded checkpoint (.pt); default: "
@@ -30,13 +31,7 @@ def fold_cmd(
     dtype: str = typer.Option("float32", "--dtype", help="The dtype the models run in for the verification: float32 "
                                                          "or float64."),
     data: Optional[str] = ProbeDataOpt,
-    force: bool = ForceOpt,
-    json_out: bool = JsonOpt,
-    arch: str = ArchOpt,
-    weights: str = WeightsOpt,
-    weights_cutoff: int = WeightsCutoffOpt,
-    trust_pickle: bool = TrustOpt,
-    input: str = InputOpt,
+    *, force, json_out, arch, weights, weights_cutoff, trust_pickle, input,
 ):
     """Fold Dirac convs, BatchNorm and parallel linear branches into plain convs; verify, then write.
 

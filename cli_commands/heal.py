@@ -3,15 +3,13 @@ train`` (supervised training with folder labels, e.g. a dense teacher): one loop
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
-from cli_commands.base import (ArchEachOpt, ArchOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsEachOpt,
-                               WeightsOpt, app, err_console, examples, out, print_json, table, wrote)
-from cli_commands.training_options import (BatchOpt, BnOpt, CropScaleOpt, DeviceOpt, EpochsOpt, KeepOpt, LrOpt,
-                                           OptimizerOpt, SaveEveryOpt, ScheduleOpt, StepsOpt, ThreadsOpt, ValOpt,
-                                           WeightDecayOpt, WorkersOpt, resumed, run_rows, train_config)
+from cli_commands.base import app, err_console, examples, out, print_json, table, wrote
+from cli_commands.option_groups import EACH_MODEL, ONE_MODEL, declared
+from cli_commands.training_options import TRAINING, resumed, run_rows, train_config
 from cli_commands.training_run import run_training
 
 
@@ -138,20 +136,13 @@ def _opts(**kw):
 
 
 @app.command("heal", epilog=_HEAL_EXAMPLES)
+@declared(EACH_MODEL, TRAINING)
 def heal_cmd(
     model: Optional[str] = typer.Argument(None, metavar="STUDENT", help="The edited model: FILE.pt, FILE.cfg or zoo:NAME."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="The model to match (e.g. the one before the edit)."),
     data: Optional[str] = typer.Option(None, "--data", help="Folder of .png/.jpg images, any depth (train/ and val/ "
                                                              "sub-folders are used as the split)."),
-    val: Optional[str] = ValOpt,
     loss: str = typer.Option("kd", "--loss", help="Comma list of kd, at, feat, ce (ce uses sub-folder labels)."),
-    epochs: Optional[int] = EpochsOpt,
-    steps: Optional[int] = StepsOpt,
-    batch: int = BatchOpt,
-    lr: Optional[float] = LrOpt,
-    optimizer: str = OptimizerOpt,
-    schedule: str = ScheduleOpt,
-    weight_decay: float = WeightDecayOpt,
     freeze: Optional[str] = typer.Option(None, "--freeze", help="Layers kept exactly: indices, ranges, names, globs "
                                                                  "(e.g. 0-74 or features.*)."),
     match: Optional[str] = typer.Option(None, "--match", help="at/feat layer pairs STUDENT:TEACHER,... "
@@ -161,26 +152,15 @@ def heal_cmd(
     beta: float = typer.Option(1000.0, "--beta", help="at weight beta (Zagoruyko & Komodakis: 1e3)."),
     feat_weight: float = typer.Option(1.0, "--feat-weight", help="Weight of the feat term."),
     ce_weight: float = typer.Option(1.0, "--ce-weight", help="Weight of the ce term."),
-    bn: str = BnOpt,
-    crop_scale: float = CropScaleOpt,
     flip: bool = typer.Option(True, "--flip/--no-flip", help="Random horizontal flips."),
-    device: str = DeviceOpt,
-    workers: Optional[int] = WorkersOpt,
-    threads: Optional[int] = ThreadsOpt,
-    save_every: Optional[int] = SaveEveryOpt,
-    keep: str = KeepOpt,
     seed: int = typer.Option(0, "--seed", help="Seed of the data order, augmentation and dropout."),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Output checkpoint (default: STUDENT-healed.pt)."),
     run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Run directory for epoch checkpoints "
                                                                    "(default: the output with .run)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue the run in this run directory "
                                                                  "(its own options are used)."),
-    force: bool = ForceOpt,
-    json_out: bool = JsonOpt,
-    arch: Optional[List[str]] = ArchEachOpt,
-    weights: Optional[List[str]] = WeightsEachOpt,
-    trust_code: bool = TrustOpt,
-    input: Optional[str] = InputOpt,
+    *, val, epochs, steps, batch, lr, optimizer, schedule, weight_decay, bn, crop_scale, device, workers, threads,
+    save_every, keep, force, json_out, arch, weights, trust_code, input,
 ):
     """Train STUDENT until it behaves like TEACHER again (distillation, attention transfer).
 
@@ -217,40 +197,22 @@ def _dispatch(params: dict, resume: str | None, json_out: bool, op: str) -> None
     "surgery data digits digits",
     "surgery train zoo:digits_cnn --data digits --epochs 10 --no-flip --crop-scale 0.5 --lr 3e-3 -o teacher.pt",
 ))
+@declared(ONE_MODEL, TRAINING)
 def train_cmd(
     model: Optional[str] = typer.Argument(None, metavar="MODEL", help="Model to train: FILE.pt, FILE.cfg or zoo:NAME."),
     data: Optional[str] = typer.Option(None, "--data", help="Folder with one sub-folder per class, or for a YOLO "
                                                              "detector a YOLO-format folder (images/*.jpg + "
                                                              "labels/*.txt); train/ and val/ sub-folders are the split."),
-    val: Optional[str] = ValOpt,
-    epochs: Optional[int] = EpochsOpt,
-    steps: Optional[int] = StepsOpt,
-    batch: int = BatchOpt,
-    lr: Optional[float] = LrOpt,
-    optimizer: str = OptimizerOpt,
-    schedule: str = ScheduleOpt,
-    weight_decay: float = WeightDecayOpt,
     freeze: Optional[str] = typer.Option(None, "--freeze", help="Layers kept exactly (indices, ranges, names, globs)."),
-    bn: str = BnOpt,
-    crop_scale: float = CropScaleOpt,
     flip: bool = typer.Option(True, "--flip/--no-flip", help="Random horizontal flips (off for digits and text)."),
-    device: str = DeviceOpt,
-    workers: Optional[int] = WorkersOpt,
-    threads: Optional[int] = ThreadsOpt,
-    save_every: Optional[int] = SaveEveryOpt,
-    keep: str = KeepOpt,
     head: Optional[int] = typer.Option(None, "--head", help="Of a shared multi-head detector (surgery share): train "
                                                             "head N alone, every other layer kept exactly."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data order, augmentation and dropout."),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Output checkpoint (default: MODEL-trained.pt)."),
     run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Run directory (default: the output with .run)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue the run in this run directory."),
-    force: bool = ForceOpt,
-    json_out: bool = JsonOpt,
-    arch: Optional[str] = ArchOpt,
-    weights: Optional[str] = WeightsOpt,
-    trust_code: bool = TrustOpt,
-    input: Optional[str] = InputOpt,
+    *, val, epochs, steps, batch, lr, optimizer, schedule, weight_decay, bn, crop_scale, device, workers, threads,
+    save_every, keep, force, json_out, arch, weights, trust_code, input,
 ):
     """Train MODEL with the folder's labels (cross entropy): the same loop as heal, no teacher.
 

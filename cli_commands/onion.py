@@ -4,13 +4,14 @@ The argument parsers of the onion commands live here (the library takes typed va
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
-from cli_commands.base import (ArchEachOpt, ArchOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsCutoffOpt,
-                               WeightsEachOpt, WeightsOpt, app, console, examples, human, load_model, load_models,
-                               note_random_weights, out, print_json, progress, table, to_jsonable, wrote)
+from cli_commands.base import (ArchOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsOpt, app, console, examples,
+                               human, load_model, load_models, note_random_weights, out, print_json, progress, table,
+                               to_jsonable, wrote)
+from cli_commands.option_groups import EACH_MODEL, ONE_MODEL, declared
 from cli_commands.probing import ProbeDataOpt, check_data, probe_for
 from surgery.core.errors import SurgeryError
 
@@ -73,6 +74,7 @@ def parse_thresholds(text: str, k: int) -> list[float]:
     "surgery onion split zoo:onion_pm --s1 32,32,32,32,64,64,64 --s1-classes 2",
     "surgery onion split pm.pt --s1 0.5 -o p.pt",
 ))
+@declared(ONE_MODEL)
 def split_cmd(
     model: str = typer.Argument(..., help="Monolithic chain network: FILE.pt, FILE.cfg or zoo:NAME[:k=v]."),
     s1: str = typer.Option(..., "--s1", help="S1's share of every hidden conv layer (a fraction in (0, 1), e.g. 0.333) "
@@ -82,13 +84,7 @@ def split_cmd(
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Output checkpoint (default: MODEL-onion.pt)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the partition search's random starts."),
     data: Optional[str] = ProbeDataOpt,
-    force: bool = ForceOpt,
-    json_out: bool = JsonOpt,
-    arch: str = ArchOpt,
-    weights: str = WeightsOpt,
-    weights_cutoff: int = WeightsCutoffOpt,
-    trust_pickle: bool = TrustOpt,
-    input: Optional[str] = InputOpt,
+    *, force, json_out, arch, weights, weights_cutoff, trust_pickle, input,
 ):
     """Split a trained chain network into a two-stage OnionNet cascade (S1 filters chosen to drop the least weight energy)."""
     from surgery.core import io as sio
@@ -230,6 +226,7 @@ def run_cmd(
     "surgery onion curve zoo:onion_p --batch 16 --points 3 --plot onion-p-curve.png",
     "surgery onion curve p-trained-calibrated.pt --batch 16 --points 3 --runtime torch --min-time 0",
 ))
+@declared(EACH_MODEL)
 def curve_cmd(
     cascade: str = typer.Argument(..., help="OnionNet cascade: a split checkpoint or zoo:onion_p / onion_d / onion_r."),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="Monolithic baseline N_M (default: the cascade's "
@@ -240,12 +237,7 @@ def curve_cmd(
                                                                       "`surgery profile --runtime`)."),
     min_time: float = typer.Option(0.2, "--min-time", help="Seconds of timed runs per point (at least 3 runs)."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Write a Figure-3-style PNG here."),
-    force: bool = ForceOpt,
-    json_out: bool = JsonOpt,
-    arch: Optional[List[str]] = ArchEachOpt,
-    weights: Optional[List[str]] = WeightsEachOpt,
-    trust_pickle: bool = TrustOpt,
-    input: Optional[str] = InputOpt,
+    *, force, json_out, arch, weights, trust_pickle, input,
 ):
     """t(p), t_NS(p) and t_M: complexity (exact MACs/bytes) and measured CPU time with a forced pass fraction."""
     from analyzers import latency as lat

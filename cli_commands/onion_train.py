@@ -4,16 +4,14 @@ through the project's one loop, and S1 pass thresholds at a chosen TPR (onionnet
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
-from cli_commands.base import (ArchEachOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsEachOpt, examples,
-                               load_models, out, print_json, table, wrote)
+from cli_commands.base import examples, load_models, out, print_json, table, wrote
+from cli_commands.option_groups import EACH_MODEL, declared
 from cli_commands.onion import onion_app
-from cli_commands.training_options import (BatchOpt, DeviceOpt, EpochsOpt, LrOpt, OptimizerOpt, SaveEveryOpt,
-                                           ScheduleOpt, StepsOpt, ThreadsOpt, ValOpt, WeightDecayOpt, resumed, run_rows,
-                                           train_config)
+from cli_commands.training_options import TRAINING, resumed, run_rows, train_config
 from cli_commands.training_run import run_training
 
 
@@ -74,12 +72,12 @@ def _run_train(p: dict, *, resume_dir: str | None, json_out: bool) -> None:
     "surgery onion train cascade.pt --teacher monolithic.pt --data images --s1-classes kmeans",
     "surgery onion train --resume onion_p-trained.run",
 ))
+@declared(EACH_MODEL, TRAINING)
 def train_cmd(
     model: Optional[str] = typer.Argument(None, metavar="CASCADE", help="Cascade (split checkpoint or zoo:onion_p...); "
                                                                         "a monolithic model trains under L_S2 alone."),
     data: Optional[str] = typer.Option(None, "--data", help="Image folder (class sub-folders for labels; train/ and "
                                                              "val/ used as the split)."),
-    val: Optional[str] = ValOpt,
     alpha: float = typer.Option(0.5, "--alpha", help="Weight of L_S1 in L = alpha*L_S1 + (1-alpha)*L_S2, in (0, 1)."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="Monolithic source: label-free training (S2 distils "
                                                                    "it, S1 learns its S1-class decision)."),
@@ -88,30 +86,16 @@ def train_cmd(
     s1_classes: str = typer.Option("binary", "--s1-classes", help="binary (first class vs the rest), kmeans (teacher's "
                                                                   "class-mean activations) or a JSON class -> S1-class map."),
     temperature: float = typer.Option(4.0, "--temperature", help="kd temperature T."),
-    epochs: Optional[int] = EpochsOpt,
-    steps: Optional[int] = StepsOpt,
-    batch: int = BatchOpt,
-    lr: Optional[float] = LrOpt,
-    optimizer: str = OptimizerOpt,
-    schedule: str = ScheduleOpt,
-    weight_decay: float = WeightDecayOpt,
     crop_scale: float = typer.Option(1.0, "--crop-scale", help="Smallest area fraction of the random resized crop "
                                                                "(1 = none; patch pairs keep their scale)."),
     flip: bool = typer.Option(True, "--flip/--no-flip", help="Random horizontal flips (the paper's)."),
-    device: str = DeviceOpt,
     workers: int = typer.Option(2, "--workers", help="DataLoader worker processes."),
-    threads: Optional[int] = ThreadsOpt,
-    save_every: Optional[int] = SaveEveryOpt,
     seed: int = typer.Option(0, "--seed", help="Seed of the data order, augmentation and initialisation order."),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Output checkpoint (default: CASCADE-trained.pt)."),
     run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Run directory (default: the output with .run)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue the run in this run directory."),
-    force: bool = ForceOpt,
-    json_out: bool = JsonOpt,
-    arch: Optional[List[str]] = ArchEachOpt,
-    weights: Optional[List[str]] = WeightsEachOpt,
-    trust_code: bool = TrustOpt,
-    input: Optional[str] = InputOpt,
+    *, val, epochs, steps, batch, lr, optimizer, schedule, weight_decay, device, threads, save_every, force,
+    json_out, arch, weights, trust_code, input,
 ):
     """Train a cascade jointly: S1's classifier on S1-classes, S2 on the task, S1's features on both.
 
@@ -147,6 +131,7 @@ def distinct_digits(values, least: int = 4, most: int = 9) -> int:
     "surgery onion calibrate onion_p-trained.pt --data pairs --tpr 0.99",
     "surgery onion calibrate cascade.pt --data images --tpr 0.99,0.95,0.9 --classes 1",
 ))
+@declared(EACH_MODEL)
 def calibrate_cmd(
     cascade: str = typer.Argument(..., metavar="CASCADE", help="Trained cascade checkpoint (or zoo:onion_p...)."),
     data: str = typer.Option(..., "--data", help="Calibration images: the training folder (DATA/train when DATA has "
@@ -159,12 +144,7 @@ def calibrate_cmd(
     teacher: Optional[str] = typer.Option(None, "--teacher", help="Label-free: S1-classes from this model's decisions."),
     batch: int = typer.Option(256, "--batch", help="Images per forward."),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Output (default: CASCADE-calibrated.pt)."),
-    force: bool = ForceOpt,
-    json_out: bool = JsonOpt,
-    arch: Optional[List[str]] = ArchEachOpt,
-    weights: Optional[List[str]] = WeightsEachOpt,
-    trust_code: bool = TrustOpt,
-    input: Optional[str] = InputOpt,
+    *, force, json_out, arch, weights, trust_code, input,
 ):
     """Per-S1-class ROC on the calibration data; thresholds at the TPR stored in the cascade.
 

@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from cli_commands.base import (ArchOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsCutoffOpt, WeightsOpt, app,
-                               note_random_weights, examples, fmt_num, human, out, print_json, table, wrote)
+from cli_commands.base import app, examples, fmt_num, human, note_random_weights, out, print_json, table, wrote
+from cli_commands.option_groups import ONE_MODEL, declared
 from cli_commands.probing import ProbeDataOpt, check_data, probe_for
 from cli_commands.writing import output_path, stages
 from surgery.core.errors import SurgeryError
@@ -19,6 +19,7 @@ from surgery.core.errors import SurgeryError
     "surgery regroup model.pt --root 4 --schedule constant --layers 'layer3.*'",
     "surgery regroup yolov3.cfg --root 2 --darknet yolov3-root2.cfg",
 ))
+@declared(ONE_MODEL)
 def regroup_cmd(
     model: str = typer.Argument(..., help="Model reference: FILE.pt, FILE.cfg or zoo:NAME[:k=v]."),
     root: int = typer.Option(..., "--root", help="Groups of the first stage's spatial convs (Deep Roots root-N)."),
@@ -37,13 +38,7 @@ def regroup_cmd(
                                                    "(0: skip)."),
     data: Optional[str] = ProbeDataOpt,
     seed: int = typer.Option(0, "--seed", help="Seed of the permutation search's random starts."),
-    force: bool = ForceOpt,
-    json_out: bool = JsonOpt,
-    arch: Optional[str] = ArchOpt,
-    weights: Optional[str] = WeightsOpt,
-    weights_cutoff: int = WeightsCutoffOpt,
-    trust_pickle: bool = TrustOpt,
-    input: Optional[str] = InputOpt,
+    *, force, json_out, arch, weights, weights_cutoff, trust_pickle, input,
 ):
     """Regroup dense spatial convs into root (filter-group) convs, keeping the most weight energy.
 

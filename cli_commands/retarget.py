@@ -7,9 +7,9 @@ from typing import Optional
 
 import typer
 
-from cli_commands.base import (ArchOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsCutoffOpt, WeightsOpt, app,
-                               note_random_weights, err_console, examples, human, load_model, out, print_json, table,
-                               wrote)
+from cli_commands.base import (app, err_console, examples, human, load_model, note_random_weights, out, print_json,
+                               table, wrote)
+from cli_commands.option_groups import ONE_MODEL, declared
 from cli_commands.writing import output_path, stages
 
 
@@ -19,6 +19,7 @@ from cli_commands.writing import output_path, stages
     "surgery retarget yolov3.cfg --at 74 --classes 3 --anchors 12,16,19,36,40,28,36,75,76,55,72,146,142,110,192,243,"
     "459,401 -o logo.pt",
 ))
+@declared(ONE_MODEL)
 def retarget_cmd(
     model: str = typer.Argument(..., help="BASE model: FILE.pt, FILE.cfg or zoo:NAME[:k=v]."),
     at: str = typer.Option(..., "--at", help="Last kept layer (index or module name); layers after it are reinitialised."),
@@ -29,13 +30,7 @@ def retarget_cmd(
                                                                   "comma-separated w,h pairs."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the reinitialised layers (default: derived from "
                                                             "BASE, K, N and the anchors; never BASE's own seed)."),
-    force: bool = ForceOpt,
-    json_out: bool = JsonOpt,
-    arch: Optional[str] = ArchOpt,
-    weights: Optional[str] = WeightsOpt,
-    weights_cutoff: int = WeightsCutoffOpt,
-    trust_pickle: bool = TrustOpt,
-    input: Optional[str] = InputOpt,
+    *, force, json_out, arch, weights, weights_cutoff, trust_pickle, input,
 ):
     """A task model from BASE: layers 0..K kept, the rest fresh for N classes.
 

@@ -6,9 +6,9 @@ from typing import List, Optional
 
 import typer
 
-from cli_commands.base import (ArchEachOpt, ForceOpt, InputOpt, JsonOpt, TrustOpt, WeightsEachOpt, app, examples,
-                               fmt_num, human, load_models, note_random_weights, out,
+from cli_commands.base import (app, examples, fmt_num, human, load_models, note_random_weights, out,
                                parse_layer_list, print_json, table, wrote)
+from cli_commands.option_groups import EACH_MODEL, declared
 from cli_commands.probing import ProbeDataOpt, check_data, probe_for
 from cli_commands.writing import output_path, stages
 from surgery.core.errors import SurgeryError
@@ -21,6 +21,7 @@ DEFAULT_RTOL = 1e-5  # surgery.share.DEFAULT_RTOL (not imported here: the CLI st
     "surgery share --at 74 base.pt text.pt logo.pt -o shared.pt --darknet shared.cfg --onnx shared.onnx",
     "surgery share --sweep 40,48,64,73 zoo:yolov3           # savings per extra task; writes nothing",
 ))
+@declared(EACH_MODEL)
 def share_cmd(
     models: List[str] = typer.Argument(..., help="BASE, then one or more TASK models (FILE.pt, FILE.cfg, zoo:NAME)."),
     at: Optional[str] = typer.Option(None, "--at", help="Last shared layer (index or module name): layers 0..K come "
@@ -36,12 +37,7 @@ def share_cmd(
                                                                         "from BASE's; report how far each head moves."),
     rtol: float = typer.Option(DEFAULT_RTOL, "--rtol", help="Largest relative output difference a head may show."),
     data: Optional[str] = ProbeDataOpt,
-    force: bool = ForceOpt,
-    json_out: bool = JsonOpt,
-    arch: Optional[List[str]] = ArchEachOpt,
-    weights: Optional[List[str]] = WeightsEachOpt,
-    trust_pickle: bool = TrustOpt,
-    input: Optional[str] = InputOpt,
+    *, force, json_out, arch, weights, trust_pickle, input,
 ):
     """One network from BASE and TASK models: layers 0..K run once, then every head.
 

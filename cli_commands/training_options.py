@@ -5,6 +5,8 @@ Imports nothing heavy at module level (the CLI must start in a blink)."""
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
 ValOpt = typer.Option(None, "--val", help="Held-out folder (default: DATA/val, else 10% of DATA).")
@@ -26,6 +28,25 @@ SaveEveryOpt = typer.Option(None, "--save-every", metavar="STEPS",
                                  "of work; --resume continues exactly from there).")
 KeepOpt = typer.Option("last", "--keep", help="last: the weights after the last step; best: the epoch with the best "
                                               "held-out KL to the teacher (else accuracy).")
+
+# the options above by the parameter name every training command gives them (option_groups.declared)
+TRAINING = {
+    "val": (Optional[str], ValOpt),
+    "epochs": (Optional[int], EpochsOpt),
+    "steps": (Optional[int], StepsOpt),
+    "batch": (int, BatchOpt),
+    "lr": (Optional[float], LrOpt),
+    "optimizer": (str, OptimizerOpt),
+    "schedule": (str, ScheduleOpt),
+    "weight_decay": (float, WeightDecayOpt),
+    "bn": (str, BnOpt),
+    "crop_scale": (float, CropScaleOpt),
+    "device": (str, DeviceOpt),
+    "workers": (Optional[int], WorkersOpt),
+    "threads": (Optional[int], ThreadsOpt),
+    "save_every": (Optional[int], SaveEveryOpt),
+    "keep": (str, KeepOpt),
+}
 
 
 def auto_workers() -> int:

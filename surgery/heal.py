@@ -36,7 +36,7 @@ from surgery.train.data import TrainData
 from surgery.train.losses import LossSpec, distillation
 from surgery.train.loop import Hooks, TrainConfig
 from surgery.train.matching import Pair, auto_pairs, parse_pairs
-from surgery.train.run import run
+from surgery.train.run import RunReport, run
 
 
 @replayable("heal")
@@ -62,7 +62,9 @@ class HealConfig:
 
 
 @dataclass(frozen=True)
-class HealReport:
+class HealReport(RunReport):
+    """What heal (or train) did; the run's figures are :class:`surgery.train.run.RunReport`'s."""
+
     model: str
     teacher: str | None
     op: str  # "heal" | "train"
@@ -76,27 +78,10 @@ class HealReport:
     pairs: tuple[Pair, ...]
     frozen_layers: tuple[int, ...]
     frozen_params: int
-    steps: int
-    epochs: int
-    steps_per_epoch: int
-    batch: int
-    world_size: int
-    seconds: float
-    images_per_s: float
-    before: Mapping[str, Any]  # held-out metrics of the student before training
-    after: Mapping[str, Any]  # ... and after
     teacher_eval: Mapping[str, Any]  # the teacher's own held-out accuracy (labelled folders)
-    history: tuple[Mapping[str, Any], ...]
-    resumed_at: int = 0
-    run_dir: str | None = None
-    best: Mapping[str, Any] | None = None  # the best held-out epoch (epoch, step, metric, score: higher = better)
-    kept: str = "last"  # which weights the output holds: "last" step's or the "best" epoch's
-    threads: int = 1  # torch threads per process while training (the images/s figure's conditions)
-    workers: int = 0  # DataLoader workers per process
-    output: str = ""
 
     def to_json(self) -> dict:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d = super().to_json()
         d["pairs"] = [p.to_json() for p in self.pairs]
         d["frozen_layers"] = list(self.frozen_layers)
         d["skipped"] = list(self.skipped)

@@ -45,7 +45,7 @@ from surgery.train.data import TrainData
 from surgery.train.loop import Hooks, TrainConfig
 from surgery.train.losses import S2_KINDS, joint_loss, teacher_decision
 from surgery.train.predict import predict
-from surgery.train.run import run
+from surgery.train.run import RunReport, run
 from zoo.onion import OnionCascade
 
 S2_LOSSES = ("auto", *S2_KINDS)
@@ -80,7 +80,9 @@ class JointConfig:
 
 
 @dataclass(frozen=True)
-class JointReport:
+class JointReport(RunReport):
+    """What joint training did; the run's figures are :class:`surgery.train.run.RunReport`'s."""
+
     model: str
     teacher: str | None
     cascade: bool  # False: a monolithic model trained under L_S2 alone
@@ -92,23 +94,6 @@ class JointReport:
     s2_loss: str
     s1_map: str | None
     s1_of_class: tuple[int, ...]
-    steps: int
-    epochs: int
-    steps_per_epoch: int
-    batch: int
-    world_size: int
-    seconds: float
-    images_per_s: float
-    before: Mapping[str, Any]
-    after: Mapping[str, Any]
-    history: tuple[Mapping[str, Any], ...]
-    resumed_at: int = 0
-    run_dir: str | None = None
-    best: Mapping[str, Any] | None = None  # the best held-out epoch (epoch, step, metric, score: higher = better)
-    kept: str = "last"  # which weights the output holds: "last" step's or the "best" epoch's
-    threads: int = 1  # torch threads per process while training (the images/s figure's conditions)
-    workers: int = 0  # DataLoader workers per process
-    output: str = ""
 
 
 # ----------------------------------------------------------------------------- held-out metrics

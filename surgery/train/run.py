@@ -43,6 +43,36 @@ class Outcome:
     teacher: Mapping[str, Any]  # the teacher's own figures (``measure_teacher``), else {}
 
 
+@dataclass(frozen=True, kw_only=True)
+class RunReport:
+    """The figures every training report shares (heal's and train's, onion train's): what the
+    run did (``TrainResult.report_fields``) and the held-out figures before and after it. A
+    report adds its own fields; its JSON lists those first, then these (docs/JSON.md)."""
+
+    steps: int
+    epochs: int
+    steps_per_epoch: int
+    batch: int
+    world_size: int
+    seconds: float
+    images_per_s: float
+    before: Mapping[str, Any]  # held-out figures of the model before training
+    after: Mapping[str, Any]  # ... and of the output
+    history: tuple[Mapping[str, Any], ...]
+    resumed_at: int = 0
+    run_dir: str | None = None
+    best: Mapping[str, Any] | None = None  # the best held-out epoch (epoch, step, metric, score: higher = better)
+    kept: str = "last"  # which weights the output holds: "last" step's or the "best" epoch's
+    threads: int = 1  # torch threads per process while training (the images/s figure's conditions)
+    workers: int = 0  # DataLoader workers per process
+    output: str = ""
+
+    def to_json(self) -> dict:
+        shared = list(RunReport.__dataclass_fields__)
+        own = [k for k in self.__dataclass_fields__ if k not in RunReport.__dataclass_fields__]
+        return {k: getattr(self, k) for k in own + shared}
+
+
 def run(model: nn.Module, loss: LossFn, data: TrainData, cfg: TrainConfig, *, measure: Measure | None = None,
         teacher: nn.Module | None = None, measure_teacher: bool = False,
         taps: tuple[Sequence[str], Sequence[str]] = ((), ()), frozen: Sequence[str] = (),
