@@ -19,9 +19,7 @@ boxes are moved by the same affine here, clipped to the image, and dropped when 
 from __future__ import annotations
 
 import random
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,6 +27,7 @@ from torch.utils.data import Dataset
 
 from surgery.core.errors import SurgeryError
 from surgery.detect.labels import DetectionFolder
+from surgery.train.data import first_decodable, read_image
 
 MIN_VISIBLE = 0.3
 GREY = 0.5
@@ -84,18 +83,9 @@ class DetectionDataset(Dataset):
     def __getitem__(self, key):
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         c, h, w = self.shape
-        bad = -1
-        for _ in range(len(self.folder)):
-            got = _decode(self.folder.root / self.folder.files[index], c)
-            if got is not None:
-                break
-            bad = index if bad < 0 else bad
-            index = (index + 1) % len(self.folder)
-        else:
-            raise SurgeryError(f"{self.folder.root}: Pillow cannot decode any of its images")
+        im, index, bad = first_decodable(self.folder, index, lambda path: read_image(path, c))
         from PIL import Image
 
-        im = got
         iw, ih = im.size
         r, nw, nh, dx, dy = letterbox_params(ih, iw, h, w)
         canvas = Image.new(im.mode, (w, h), (128,) * len(im.getbands()) if len(im.getbands()) > 1 else 128)
@@ -148,18 +138,6 @@ class DetectionDataset(Dataset):
                 "hsv": torch.from_numpy(hsv.astype(np.float32)),
                 "letterbox": torch.tensor([r, dx, dy], dtype=torch.float64),
                 "size": torch.tensor([ih, iw]), "index": index, "undecodable": bad, "label": -1}
-
-
-def _decode(path: Path, c: int):
-    from PIL import Image
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(path) as im:
-                return im.convert("L" if c == 1 else "RGB")
-    except Exception:  # Pillow raises many types for a damaged file
-        return None
 
 
 def prepare(sample: dict, norm, *, train: bool, device) -> torch.Tensor:

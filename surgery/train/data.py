@@ -258,15 +258,7 @@ class FolderDataset(Dataset):
     def __getitem__(self, key):
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         c, h, w = self.shape
-        bad = -1
-        for _ in range(len(self.folder)):  # a file that passed verify() but fails to decode: the next one
-            arr = self._decode(self.folder.root / self.folder.files[index], c, h, w)
-            if arr is not None:
-                break
-            bad = index if bad < 0 else bad
-            index = (index + 1) % len(self.folder)
-        else:
-            raise SurgeryError(f"{self.folder.root}: Pillow cannot decode any of its images")
+        arr, index, bad = first_decodable(self.folder, index, lambda path: self._decode(path, c, h, w))
         image = torch.from_numpy(arr.copy())
         image = image[None] if image.ndim == 2 else image.permute(2, 0, 1)
         if c not in (1, 2, 3):  # e.g. a 4-channel model: repeat the gray plane
@@ -287,17 +279,39 @@ class FolderDataset(Dataset):
         """The image at ``path`` as a uint8 H x W (x C) array at the model's size, None when Pillow
         cannot decode it (counted by the loop as skipped)."""
         import numpy as np
-        from PIL import Image
 
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # DecompressionBombWarning
-                with Image.open(path) as im:
-                    mode = {1: "L", 2: "LA"}.get(c, "RGB")  # LA: a two-channel image (patch pairs, surgery.datasets.stereo_patches)
-                    im = im.convert(mode).resize((w, h), Image.BILINEAR)
-                    return np.asarray(im, dtype=np.uint8)
-        except Exception:  # Pillow raises many types for a damaged file
-            return None
+        im = read_image(path, c, size=(w, h))
+        return None if im is None else np.asarray(im, dtype=np.uint8)
+
+
+def read_image(path: Path, channels: int, *, size: tuple[int, int] | None = None):
+    """The Pillow image at ``path`` converted to ``channels`` (L, LA — a two-channel image, patch
+    pairs of :mod:`surgery.datasets.stereo_patches` — or RGB) and resized to ``size`` (w, h)
+    when given; None when Pillow cannot decode it (counted as skipped)."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DecompressionBombWarning
+            with Image.open(path) as im:
+                im = im.convert({1: "L", 2: "LA"}.get(channels, "RGB"))
+                return im.resize(size, Image.BILINEAR) if size is not None else im
+    except Exception:  # Pillow raises many types for a damaged file
+        return None
+
+
+def first_decodable(folder, index: int, decode) -> tuple[Any, int, int]:
+    """``(decode(path), index read, bad)`` for ``folder``'s file ``index`` — or, when a file that
+    passed ``verify()`` fails to decode (``decode`` returns None), the next one that does; ``bad``:
+    the first undecodable index, else -1."""
+    bad = -1
+    for _ in range(len(folder)):
+        got = decode(folder.root / folder.files[index])
+        if got is not None:
+            return got, index, bad
+        bad = index if bad < 0 else bad
+        index = (index + 1) % len(folder)
+    raise SurgeryError(f"{folder.root}: Pillow cannot decode any of its images")
 
 
 class EpochSampler(DistributedSampler):
