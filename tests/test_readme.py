@@ -33,7 +33,8 @@ def _self_contained(cmd: str) -> bool:
         return False
     inputs = [a for a in args[1:] if not a.startswith("-") and re.search(r"\.(pt|cfg|weights|pt2|onnx)$", a)]
     outputs = {args[i + 1] for i, a in enumerate(args[:-1]) if a in ("-o", "--output", "--plot", "--onnx", "--darknet")}
-    inputs += [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--data", "--val")]  # folders from earlier lines
+    inputs += [args[i + 1] for i, a in enumerate(args[:-1])  # folders from earlier lines (`data --val N` is a count)
+               if a in ("--data", "--val") and not args[i + 1].isdigit()]
     return all(a in outputs for a in inputs)
 
 
