@@ -103,9 +103,7 @@ def run_training(p: dict, *, resume_dir: str | None, json_out: bool, label: str,
             with tdata.reporting(scanning):
                 net, rep = train(config, model, teacher, run_dir=run_dir,
                                  hooks=Hooks(start=start, step=step, epoch=epoch))
-        except BaseException as e:
-            if not resume_dir and rank == 0:  # refused before its first saved state: leave nothing behind
-                ckpt.discard_unstarted(run_dir)  # (run() does so too; detection training does not use it yet)
+        except BaseException as e:  # a run refused before its first saved state left nothing behind (run())
             if isinstance(e, (safety.Interrupted, KeyboardInterrupt)) and (Path(run_dir) / ckpt.STATE).exists():
                 safety.set_hint(f"resume with `surgery {label} --resume {run_dir}`")
             raise

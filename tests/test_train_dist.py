@@ -90,3 +90,53 @@ def test_two_processes_equal_one_process(tmp_path):
         assert torch.allclose(v.double(), two[k].double(), rtol=1e-4, atol=1e-5), k
         moved |= not torch.equal(v, module.state_dict()[k])
     assert moved
+
+
+@pytest.mark.slow
+def test_two_process_detection_map_equals_one_process(tmp_path):
+    """Detection training under torchrun: each process detects on its half of the held-out images
+    and the mAP (before, every epoch, after) is that of all of them — the one-process figures."""
+    import json
+    from pathlib import Path
+
+    from surgery.datasets.synth_text import write_synth_text
+    from surgery.detect.data import Augment
+    from surgery.detect.heads import net_hw, yolo_heads
+    from surgery.detect.labels import yolo_folders
+    from surgery.detect.task import DetectionTask
+    from surgery.detect.train import darknet_normalization
+    from surgery.train.loop import TrainData, train
+
+    cfg = Path(__file__).parent / "data" / "detect" / "text-yolo-64.cfg"
+    text = write_synth_text(tmp_path / "text", n_train=8, n_val=5, size=64, seed=2, max_words=3).output
+    # a student that already finds some held-out boxes (fitted on them), so the figures are not all 0
+    net = sio.load(str(cfg))
+    _, held = yolo_folders(text, classes=1)
+    still = Augment(flip=False, scale_jitter=0.0, translate=0.0, hue=0.0, saturation=1.0, exposure=1.0)
+    task = DetectionTask(yolo_heads(net.module), net_hw(net.module, net.input_shape), still, max_boxes=held.max_boxes)
+    fit = train(net.module, task.loss, TrainData(held, None, tuple(net.input_shape), darknet_normalization(None, 3),
+                                                 task=task), TrainConfig(batch=5, steps=200, lr=3e-3, schedule="cosine"))
+    sio.save(net.evolve(fit.module), tmp_path / "student.pt")
+
+    args = ["train", str(tmp_path / "student.pt"), "--data", text, "--steps", "4", "--batch", "4", "--lr", "0.001",
+            "--workers", "0", "--seed", "3", "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("SURGERY_DEBUG", None)
+    reps = {}
+    for n in (2, 1):
+        launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+                  "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), SURGERY] if n == 2 else [SURGERY]
+        proc = subprocess.run([*launch, *args, "-o", f"p{n}.pt"], capture_output=True, text=True, cwd=tmp_path,
+                              env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        reps[n] = json.loads(proc.stdout)  # rank 0 alone prints: one JSON document
+    two, one = reps[2], reps[1]
+    assert (two["world_size"], one["world_size"]) == (2, 1) and two["steps"] == one["steps"] == 4
+    assert one["before"]["images"] == 5 and one["before"]["boxes"] == held.num_boxes
+    assert one["before"]["map50"] > 0  # the fitted student finds boxes: the comparison means something
+    for got, want in [(two["before"], one["before"]), (two["after"], one["after"])] + [
+            (a["eval"], b["eval"]) for a, b in zip(two["history"], one["history"], strict=True)]:
+        assert set(got) == set(want) == {"map50", "map", "images", "boxes", "detections"}
+        assert (got["images"], got["boxes"], got["detections"]) == (want["images"], want["boxes"], want["detections"])
+        assert got["map50"] == pytest.approx(want["map50"], rel=1e-4, abs=1e-6)
+        assert got["map"] == pytest.approx(want["map"], rel=1e-4, abs=1e-6)

@@ -40,6 +40,7 @@ from torch import Tensor
 
 from surgery.detect.boxes import box_iou, cxcywh_to_xyxy
 from surgery.detect.heads import YoloHead
+from surgery.train.losses import register
 
 TERMS = ("box", "obj", "cls")
 
@@ -149,6 +150,7 @@ def yolo_loss(head: YoloHead, p: Tensor, targets: Tensor, net_hw: tuple[int, int
     return {"box": box, "obj": obj, "cls": cls}
 
 
+@register("yolo", needs=("targets",), summary="Darknet's [yolo] layer loss (box, objectness, classes)")
 def detection_loss(heads: Sequence[YoloHead], outputs: Sequence[Tensor], targets: Tensor,
                    net_hw: tuple[int, int]) -> dict[str, Tensor]:
     """Every head's loss summed, per image of the batch (Darknet: learning rate / batch)."""

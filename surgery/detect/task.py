@@ -15,7 +15,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
 from surgery.core.graph import output_tensors
 from surgery.detect.boxes import batched_nms, cxcywh_to_xyxy
@@ -24,6 +23,9 @@ from surgery.detect.heads import YoloHead
 from surgery.detect.labels import DetectionFolder
 from surgery.detect.loss import detection_loss
 from surgery.detect.metrics import MAX_DETS, coco_map
+from surgery.train import dist
+from surgery.train.loop import Batch
+from surgery.train.predict import predict
 
 CONF_THRESH = 0.005  # Darknet's validate_detector_map / detector map: thresh .005
 NMS_IOU = 0.45  # do_nms_sort nms=.45
@@ -55,8 +57,6 @@ class DetectionTask:
         return DetectionDataset(folder, shape, train=train, seed=seed, augment=self.augment, max_boxes=self.max_boxes)
 
     def batch(self, sample: dict, data, *, train: bool, device):
-        from surgery.train.loop import Batch
-
         x = prepare(sample, data.norm, train=train, device=device)
         return Batch(x, None, sample["index"], targets=sample["targets"].to(device))
 
@@ -65,29 +65,35 @@ class DetectionTask:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, folder: DetectionFolder | None, data, *, batch: int = 16,
-                 device: str = "cpu") -> dict[str, Any]:
+                 device=None, d: dist.Dist = dist.SINGLE) -> dict[str, Any]:
         """mAP@0.5 and mAP@0.5:0.95 on ``folder`` (letterboxed, no augmentation), boxes compared in
-        the original image's pixels."""
+        the original image's pixels. Under torchrun every process detects on its share of the images
+        (:func:`surgery.train.predict.predict`: each image's detections, padded to ``MAX_DETS`` rows,
+        and their count) and computes the mAP of all of them — the one-process figures."""
         if folder is None:
             return {}
-        was = model.training
-        model.eval()
-        ds = self.dataset(folder, data.shape, train=False)
-        truths, dets = [], []
-        for sample in DataLoader(ds, batch_size=min(batch, EVAL_BATCH), shuffle=False, num_workers=0):
-            x = prepare(sample, data.norm, train=False, device=device)
-            outs = self.head_outputs(model(x))
-            for k, d in enumerate(self.detect(outs)):
+
+        def take(s, t, sample) -> dict[str, Tensor]:
+            found = self.detect(self.head_outputs(s))
+            dets = torch.zeros(len(found), MAX_DETS, 6, dtype=torch.float64)
+            for k, det in enumerate(found):
                 r, dx, dy = (float(v) for v in sample["letterbox"][k])
                 ih, iw = (int(v) for v in sample["size"][k])
-                d = d.cpu().double().numpy()
-                d[:, [0, 2]] = ((d[:, [0, 2]] - dx) / r).clip(0, iw)
-                d[:, [1, 3]] = ((d[:, [1, 3]] - dy) / r).clip(0, ih)
-                dets.append(d)
-                b = folder.boxes[int(sample["index"][k])].astype(np.float64)
-                truths.append(np.stack([b[:, 0], (b[:, 1] - b[:, 3] / 2) * iw, (b[:, 2] - b[:, 4] / 2) * ih,
-                                        (b[:, 1] + b[:, 3] / 2) * iw, (b[:, 2] + b[:, 4] / 2) * ih], -1))
-        model.train(was)
+                det = det.cpu().double()
+                det[:, [0, 2]] = ((det[:, [0, 2]] - dx) / r).clip(0, iw)
+                det[:, [1, 3]] = ((det[:, [1, 3]] - dy) / r).clip(0, ih)
+                dets[k, :len(det)] = det
+            return {"dets": dets, "count": torch.tensor([len(det) for det in found]), "size": sample["size"]}
+
+        tab = predict(model, folder, data, take=take, batch=min(batch, EVAL_BATCH), device=device, d=d)
+        truths, dets = [], []
+        rows = zip(tab["index"].tolist(), tab["size"].tolist(), tab["dets"], tab["count"].tolist()) if "dets" in tab \
+            else ()
+        for index, (ih, iw), found, n in rows:
+            dets.append(found[:n].numpy())
+            b = folder.boxes[index].astype(np.float64)
+            truths.append(np.stack([b[:, 0], (b[:, 1] - b[:, 3] / 2) * iw, (b[:, 2] - b[:, 4] / 2) * ih,
+                                    (b[:, 1] + b[:, 3] / 2) * iw, (b[:, 2] + b[:, 4] / 2) * ih], -1))
         return coco_map(truths, dets, self.classes).to_dict()
 
     def detect(self, outputs: Sequence[Tensor]) -> list[Tensor]:

@@ -1,8 +1,10 @@
 """``surgery train MODEL --data DIR`` for detectors: Darknet ``[yolo]`` heads trained on a
 YOLO-format folder with Darknet's loss (:mod:`surgery.detect.loss`), through the one loop
-(:func:`surgery.train.loop.train`) — optimizer, schedule, ``--freeze`` (weights and BatchNorm
+(:func:`surgery.train.run.run`) — optimizer, schedule, ``--freeze`` (weights and BatchNorm
 statistics of the frozen layers kept exactly), run directories, resume and torchrun as for
-every other training — and held-out mAP after every epoch (:mod:`surgery.detect.metrics`).
+every other training — and held-out mAP before, after every epoch and after
+(:mod:`surgery.detect.metrics`; under torchrun every process detects on its share of the
+held-out images and all compute the mAP of all of them).
 
 The result is a normal checkpoint whose recipe gains a ``train`` step (as ``surgery train`` on a
 classifier), recording the folder's digest, the heads' loss settings and the frozen layers.
@@ -24,10 +26,9 @@ from surgery.detect.labels import is_yolo_folder, yolo_folders
 from surgery.detect import labels as dlabels
 from surgery.detect.task import DetectionTask
 from surgery.heal import HealConfig, HealReport, frozen_selection
-from surgery.train import checkpoint as ckpt
 from surgery.train import data as tdata
-from surgery.train import dist
-from surgery.train.loop import Hooks, TrainData, evaluate, train
+from surgery.train.loop import Hooks, TrainData
+from surgery.train.run import run
 
 
 def wants_detection(student: Net, data: str | Path | None) -> bool:
@@ -111,17 +112,9 @@ def train_detector(student: Net, cfg: HealConfig, *, run_dir: str | Path | None 
     every other layer (the shared backbone, the other heads) kept exactly."""
     data, task, frozen_names, frozen_layers, frozen_params, picked = _plan(student, cfg, head)
     digest = dlabels.digest(data.train, data.val)
-    rank = dist.env_rank()
-    if run_dir is not None and not resume and rank == 0:
-        ckpt.create(run_dir, run_config or {}, force=force, inputs=[cfg.data, cfg.val, student.source])
-    elif run_dir is not None and resume and ckpt.load_state(run_dir) is None and not Path(run_dir).is_dir():
-        raise SurgeryError(f"run directory {str(run_dir)!r} does not exist")
-    before = evaluate(student.module, None, data) if rank == 0 else {}
-    result = train(student.module, task.loss, data, cfg.train, frozen=frozen_names, run_dir=run_dir, resume=resume,
-                   hooks=hooks, interrupt=interrupt)
-    after = dict(result.history[-1].get("eval", {})) if result.history else {}
-    if result.kept == "best" and result.best is not None:  # the output holds the best epoch: report its figures
-        after = dict(next((r.get("eval", {}) for r in result.history if r["epoch"] == result.best["epoch"]), after))
+    ran = run(student.module, task.loss, data, cfg.train, frozen=frozen_names, run_dir=run_dir, run_config=run_config,
+              inputs=[cfg.data, cfg.val, student.source], resume=resume, force=force, hooks=hooks, interrupt=interrupt)
+    result, before, after = ran.result, dict(ran.before), dict(ran.after)
     losses = loss_settings(task.heads)
     step = Step("train", {
         "teacher": None, "data": str(cfg.data), "data_sha256": digest, "train_images": len(data.train),

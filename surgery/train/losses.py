@@ -27,6 +27,9 @@ Terms of OnionNet joint training (onionnet-bmvc2016 §3.2, ``surgery onion train
   L_S2 by the S2 kind (``hinge``, ``ce``, or ``kd`` towards a teacher: Hinton's KL for class
   logits, the squared error of a single score); ``{"s2": L_S2}`` for a monolithic model.
 
+Terms registered by their own modules on import: ``yolo`` (Darknet's ``[yolo]`` loss of
+detection training, :func:`surgery.detect.loss.detection_loss`).
+
 :func:`distillation` and :func:`joint_loss` turn them into loss callbacks.
 """
 

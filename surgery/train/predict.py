@@ -123,14 +123,12 @@ def evaluate(model: nn.Module, teacher: nn.Module | None, data: TrainData, folde
     ``top1_agreement`` with the teacher, and ``accuracy`` when the folder is labelled (and the
     model has an output per class); for outputs that are not (B, classes) logits,
     ``mse_to_teacher`` instead. ``folder``: default the data's held-out folder. A task (detection)
-    measures itself (:meth:`surgery.detect.task.DetectionTask.evaluate`, on rank 0, shared)."""
+    measures itself (:meth:`surgery.detect.task.DetectionTask.evaluate`, every process its share)."""
     folder = folder if folder is not None else data.val
     if folder is None:
         return {}
     if data.task is not None:
-        mine = data.task.evaluate(model, folder, data, batch=batch, device=device if device is not None else
-                                  device_of(model)) if d.main else None
-        return dist.broadcast(mine, d)
+        return data.task.evaluate(model, folder, data, batch=batch, device=device, d=d)
     classes = len(folder.classes) if folder.labels is not None else None
 
     def take(s, t, sample) -> dict[str, Tensor]:
