@@ -267,6 +267,7 @@ def _table5(m: dict, names: list[str], path: Path) -> dict:
     ax.set_title("S1 width sweep: time against accuracy (OnionNet Table 5 in small)", fontsize=10)
     ax.legend(fontsize=8, loc="best")
     ax.grid(lw=0.3, alpha=0.6)
+    ax.margins(x=0.2, y=0.1)  # room for the labels right of the points
     fig.tight_layout()
     fig.savefig(path, format="png")
     plt.close(fig)
